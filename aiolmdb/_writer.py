@@ -1,0 +1,306 @@
+"""The writer thread: the one owner of every LMDB write transaction of an environment.
+
+LMDB binds a write transaction to the OS thread that began it, and allows one
+writer at a time. So each environment has exactly one writer thread, fed by a
+queue. Small writes queued by any number of tasks are applied together in one
+transaction and committed once (group commit); every waiter is woken by one
+``call_soon_threadsafe`` per event loop. A caller's ``await`` returns only after
+the commit that holds its write.
+
+Two kinds of work go through the queue:
+
+- batched writes: functions of the batch's ``lmdb.Transaction`` that only read
+  and write through it, so they can be replayed. If one raises, the batch is
+  aborted and replayed without it: a failing write fails alone.
+- exclusive work: functions run on their own (a user's ``run(fn, write=True)``,
+  an explicit ``env.transaction()`` session, creating a database). They manage
+  their own transaction and are never replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import threading
+from collections import deque
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+import lmdb
+
+from .errors import ClosedError, TransactionError
+
+__all__ = ["Waiting", "Writer", "deliver"]
+
+R = TypeVar("R")
+
+BatchFn = Callable[[lmdb.Transaction], Any]
+ExclusiveFn = Callable[[], Any]
+
+# (future, ok, value): what the writer hands back to an event loop.
+_Outcome = tuple["asyncio.Future[Any]", bool, Any]
+
+
+class _Job:
+    __slots__ = ("exclusive", "fn", "future", "loop", "session")
+
+    def __init__(
+        self,
+        fn: Callable[..., Any],
+        exclusive: bool,
+        loop: asyncio.AbstractEventLoop,
+        future: asyncio.Future[Any],
+        session: bool = False,
+    ) -> None:
+        self.fn = fn
+        self.exclusive = exclusive
+        self.loop = loop
+        self.future = future
+        # A session waits for its event loop while it runs.
+        self.session = session
+
+
+class _Urgent:
+    """A job run ahead of the queue for a thread that blocks on its result."""
+
+    __slots__ = ("fn", "result")
+
+    def __init__(self, fn: ExclusiveFn) -> None:
+        self.fn = fn
+        self.result: concurrent.futures.Future[Any] = concurrent.futures.Future()
+
+
+def _settle(outcomes: list[_Outcome]) -> None:
+    """Runs on the event loop: resolve every future of one delivery."""
+    for future, ok, value in outcomes:
+        if future.done():  # cancelled by its caller meanwhile
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(value)
+
+
+class Waiting(Protocol):
+    """Anything a task awaits the outcome of: its loop and its future."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def future(self) -> asyncio.Future[Any]: ...
+
+
+def deliver(outcomes: list[tuple[Waiting, bool, Any]]) -> None:
+    """Wake the waiters of finished work: one thread-safe call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
+    for job, ok, value in outcomes:
+        by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+    for loop, items in by_loop.items():
+        try:
+            loop.call_soon_threadsafe(_settle, items)
+        except RuntimeError:  # the loop was closed: nobody is waiting any more
+            pass
+
+
+class Writer:
+    """Owns the writer thread and the queue of pending writes of one environment.
+
+    ``max_pending`` bounds how many writes may wait in the queue; submitters
+    beyond it wait (asynchronously) for the writer to catch up. ``max_batch``
+    bounds how many writes go into one transaction.
+    """
+
+    def __init__(
+        self, env: lmdb.Environment, *, name: str, max_pending: int, max_batch: int
+    ) -> None:
+        if max_pending < 1:
+            raise ValueError(f"max_pending_writes must be at least 1, got {max_pending}")
+        if max_batch < 1:
+            raise ValueError(f"max_batch_writes must be at least 1, got {max_batch}")
+        self._env = env
+        self._name = name
+        self._max_pending = max_pending
+        self._max_batch = max_batch
+        self._queue: deque[_Job] = deque()
+        self._lock = threading.Lock()
+        self._work = threading.Condition(self._lock)
+        self._idle = True
+        self._stopping = False
+        # Submitters waiting for room in the queue, woken by the writer thread.
+        self._space_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
+        self._thread: threading.Thread | None = None
+        self._urgent: deque[_Urgent] = deque()
+        self._in_session = False
+
+    # -- event loop side -------------------------------------------------
+
+    async def submit(self, fn: BatchFn) -> Any:
+        """Queue ``fn(txn)`` for the next group commit; return its result after commit."""
+        return await self._submit(fn, exclusive=False)
+
+    async def submit_exclusive(self, fn: ExclusiveFn, *, session: bool = False) -> Any:
+        """Run ``fn()`` on the writer thread alone, between batches.
+
+        ``session`` marks work that waits for the event loop while it runs.
+        """
+        return await self._submit(fn, exclusive=True, session=session)
+
+    async def _submit(self, fn: Callable[..., Any], exclusive: bool, session: bool = False) -> Any:
+        loop = asyncio.get_running_loop()
+        while len(self._queue) >= self._max_pending:
+            await self._wait_for_space(loop)
+        future: asyncio.Future[Any] = loop.create_future()
+        job = _Job(fn, exclusive, loop, future, session)
+        with self._lock:
+            self._check_open()
+            self._queue.append(job)
+            self._wake_thread()
+        return await future
+
+    def run_now(self, fn: ExclusiveFn, refusal: str) -> Any:
+        """Run ``fn()`` on the writer thread ahead of the queue and block until it is done.
+
+        For rare set-up work that must be synchronous (creating a database).
+        Batches never wait for the event loop, so blocking on them is safe; a
+        session does, so while one runs this raises ``TransactionError(refusal)``
+        instead of deadlocking.
+        """
+        urgent = _Urgent(fn)
+        with self._lock:
+            self._check_open()
+            if self._in_session:
+                raise TransactionError(refusal)
+            self._urgent.append(urgent)
+            self._wake_thread()
+        return urgent.result.result()
+
+    def _check_open(self) -> None:
+        if self._stopping:
+            raise ClosedError(f"environment {self._name} is closed")
+
+    def _wake_thread(self) -> None:
+        if self._thread is None:
+            self._start()
+        elif self._idle:
+            self._work.notify()
+
+    async def _wait_for_space(self, loop: asyncio.AbstractEventLoop) -> None:
+        waiter: asyncio.Future[None] = loop.create_future()
+        with self._lock:
+            if len(self._queue) < self._max_pending:
+                return
+            self._space_waiters.append((loop, waiter))
+        await waiter
+
+    def _start(self) -> None:
+        self._thread = threading.Thread(
+            target=self._run, name=f"aiolmdb-writer {self._name}", daemon=True
+        )
+        self._thread.start()
+
+    def stop(self) -> threading.Thread | None:
+        """Refuse new work; the thread finishes what is queued, then ends.
+
+        Returns the thread to join (None when it never started).
+        """
+        with self._lock:
+            self._stopping = True
+            self._work.notify()
+            return self._thread
+
+    @property
+    def stopping(self) -> bool:
+        """True once :meth:`stop` was called."""
+        return self._stopping
+
+    # -- writer thread side ----------------------------------------------
+
+    def _take(self) -> list[_Job]:
+        """Wait for work; return the next batch, or one exclusive job, or [] to stop."""
+        with self._lock:
+            self._in_session = False
+            while True:
+                while self._urgent:
+                    urgent = self._urgent.popleft()
+                    self._lock.release()
+                    try:
+                        urgent.result.set_result(urgent.fn())
+                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                        urgent.result.set_exception(exc)
+                    finally:
+                        self._lock.acquire()
+                if self._queue:
+                    break
+                if self._stopping:
+                    return []
+                self._idle = True
+                self._work.wait()
+            self._idle = False
+            jobs: list[_Job] = []
+            while self._queue and len(jobs) < self._max_batch:
+                if self._queue[0].exclusive:
+                    if not jobs:
+                        jobs.append(self._queue.popleft())
+                        self._in_session = jobs[0].session
+                    break
+                jobs.append(self._queue.popleft())
+            waiters, self._space_waiters = self._space_waiters, []
+        for loop, waiter in waiters:
+            try:
+                loop.call_soon_threadsafe(_wake, waiter)
+            except RuntimeError:
+                pass
+        return jobs
+
+    def _run(self) -> None:
+        while jobs := self._take():
+            if jobs[0].exclusive:
+                self._run_exclusive(jobs[0])
+            else:
+                self._commit_batch(jobs)
+
+    def _run_exclusive(self, job: _Job) -> None:
+        if job.future.cancelled():
+            return
+        try:
+            deliver([(job, True, job.fn())])
+        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+            deliver([(job, False, exc)])
+
+    def _commit_batch(self, jobs: list[_Job]) -> None:
+        # A write whose caller was cancelled before it began is not applied.
+        pending = [job for job in jobs if not job.future.cancelled()]
+        while pending:
+            failed = self._try_batch(pending)
+            if failed is None:
+                return
+            pending.remove(failed)
+
+    def _try_batch(self, jobs: list[_Job]) -> _Job | None:
+        """Apply and commit ``jobs``; on a job's failure abort and return that job."""
+        try:
+            txn = self._env.begin(write=True)
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller
+            deliver([(job, False, exc) for job in jobs])
+            return None
+        results: list[tuple[Waiting, bool, Any]] = []
+        for job in jobs:
+            try:
+                results.append((job, True, job.fn(txn)))
+            except BaseException as exc:  # noqa: BLE001 - handed to its caller
+                txn.abort()
+                deliver([(job, False, exc)])
+                return job
+        try:
+            txn.commit()
+        except BaseException as exc:  # noqa: BLE001 - handed to every caller
+            deliver([(job, False, exc) for job in jobs])
+            return None
+        deliver(results)
+        return None
+
+
+def _wake(waiter: asyncio.Future[None]) -> None:
+    if not waiter.done():
+        waiter.set_result(None)

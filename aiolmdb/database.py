@@ -1,0 +1,574 @@
+"""``AsyncDatabase[K, V]``: one LMDB database with a key coder and a value coder."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+
+import lmdb
+
+from ._scan import fetch_batch, prefix_end
+from .coders import Coder
+from .errors import AiolmdbError, DecodeError, EncodeError, TransactionError, UnorderedKeyError
+
+if TYPE_CHECKING:
+    from .environment import AsyncEnvironment
+    from .transaction import Transaction
+
+__all__ = ["AsyncDatabase", "DatabaseTxn"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+D = TypeVar("D")
+R = TypeVar("R")
+
+#: Multi-key calls with more keys than this run on a worker thread.
+INLINE_MULTI_LIMIT = 32
+#: Records read by the first batch of a scan, on the loop thread (fast small queries).
+FIRST_SCAN_BATCH = 64
+#: Records read by each later batch of a scan, on a reader thread.
+SCAN_BATCH = 1024
+
+_MISSING: Any = object()
+_TOO_LARGE: Any = object()
+
+
+class AsyncDatabase(Generic[K, V]):
+    """One LMDB database, read and written through coroutines.
+
+    Keys are encoded with :attr:`key_coder` and values with
+    :attr:`value_coder`; both may be reassigned. Outside an explicit
+    transaction every call is its own atomic transaction: reads run on the
+    event loop thread when they are small (no thread hop), writes are queued
+    to the environment's writer thread and group-committed. Inside
+    ``env.transaction()`` calls join that transaction.
+
+    Obtain one with :meth:`AsyncEnvironment.open_db`.
+    """
+
+    def __init__(
+        self,
+        env: AsyncEnvironment,
+        handle: Any,
+        name: str,
+        key_coder: Coder[K],
+        value_coder: Coder[V],
+    ) -> None:
+        self.env = env
+        self.name = name
+        self.key_coder = key_coder
+        self.value_coder = value_coder
+        self._db = handle
+        self._max_key_size = env.max_key_size()
+        self._dropped = False
+
+    def __repr__(self) -> str:
+        return (
+            f"<AsyncDatabase {self.name} key_coder={self.key_coder!r} "
+            f"value_coder={self.value_coder!r}>"
+        )
+
+    # -- coding ----------------------------------------------------------
+
+    def _encode_key(self, key: K) -> bytes:
+        try:
+            raw = self.key_coder.serialize(key)
+        except Exception as exc:
+            raise EncodeError(
+                f"database {self.name}: cannot encode key {_show(key)} "
+                f"({type(key).__name__}) with {self.key_coder!r}: {exc}"
+            ) from exc
+        if not raw:
+            raise EncodeError(
+                f"database {self.name}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"empty bytes with {self.key_coder!r}; LMDB does not accept empty keys"
+            )
+        if len(raw) > self._max_key_size:
+            raise EncodeError(
+                f"database {self.name}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"{len(raw)} bytes with {self.key_coder!r}; the limit is {self._max_key_size}"
+            )
+        return raw
+
+    def _encode_value(self, key: K, value: V) -> bytes:
+        try:
+            return self.value_coder.serialize(value)
+        except Exception as exc:
+            raise EncodeError(
+                f"database {self.name}: cannot encode the value for key {_show(key)} "
+                f"({type(value).__name__}) with {self.value_coder!r}: {exc}"
+            ) from exc
+
+    def _encode_items(self, items: list[tuple[K, V]]) -> list[tuple[bytes, bytes]]:
+        return [(self._encode_key(k), self._encode_value(k, v)) for k, v in items]
+
+    def _encode_keys(self, keys: list[K]) -> list[bytes]:
+        return [self._encode_key(k) for k in keys]
+
+    def _decode_value(self, raw_key: bytes | memoryview, buf: bytes | memoryview) -> V:
+        try:
+            return self.value_coder.deserialize(buf)
+        except Exception as exc:
+            raise DecodeError(
+                f"database {self.name}: cannot decode the value of key "
+                f"{self._show_raw_key(raw_key)} with {self.value_coder!r}: {exc}"
+            ) from exc
+
+    def _decode_key(self, raw_key: bytes | memoryview) -> K:
+        try:
+            return self.key_coder.deserialize(raw_key)
+        except Exception as exc:
+            raise DecodeError(
+                f"database {self.name}: cannot decode key {bytes(raw_key)!r} "
+                f"with {self.key_coder!r}: {exc}"
+            ) from exc
+
+    def _show_raw_key(self, raw_key: bytes | memoryview) -> str:
+        try:
+            return _show(self.key_coder.deserialize(raw_key))
+        except Exception:
+            return repr(bytes(raw_key))
+
+    def _handle(self) -> Any:
+        if self._dropped:
+            raise AiolmdbError(f"database {self.name} was dropped; open it again to recreate it")
+        return self._db
+
+    async def _encode_off_loop(self, fn: Callable[[list[Any]], R], items: list[Any]) -> R:
+        """Encode many items on a reader thread so that the event loop never stalls."""
+        if len(items) <= INLINE_MULTI_LIMIT:
+            return fn(items)
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self.env._pool, fn, items)
+
+    # -- reads -----------------------------------------------------------
+
+    @overload
+    async def get(self, key: K, default: None = None, *, txn: Transaction | None = None) -> V | None: ...
+
+    @overload
+    async def get(self, key: K, default: D, *, txn: Transaction | None = None) -> V | D: ...
+
+    async def get(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
+        """The value stored under ``key``, or ``default`` when there is none."""
+        raw_key = self._encode_key(key)
+        db = self._handle()
+        limit = self.env.inline_value_limit
+
+        def read(t: lmdb.Transaction, inline: bool = True) -> Any:
+            buf = t.get(raw_key, db=db)
+            if buf is None:
+                return _MISSING
+            if inline and len(buf) > limit:
+                return _TOO_LARGE
+            return self._decode_value(raw_key, buf)
+
+        value = await self.env._read(read, txn)
+        if value is _TOO_LARGE:
+            value = await self.env._read(lambda t: read(t, inline=False), txn, offload=True)
+        return default if value is _MISSING else value
+
+    @overload
+    async def get_multi(
+        self, keys: Iterable[K], default: None = None, *, txn: Transaction | None = None
+    ) -> dict[K, V | None]: ...
+
+    @overload
+    async def get_multi(
+        self, keys: Iterable[K], default: D, *, txn: Transaction | None = None
+    ) -> dict[K, V | D]: ...
+
+    async def get_multi(
+        self, keys: Iterable[K], default: Any = None, *, txn: Transaction | None = None
+    ) -> dict[K, Any]:
+        """Values of many keys read in one transaction: every key present, missing ones ``default``."""
+        wanted = list(keys)
+        raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
+        db = self._handle()
+
+        def read(t: lmdb.Transaction) -> dict[K, Any]:
+            found: dict[K, Any] = {}
+            for key, raw_key in zip(wanted, raw_keys):
+                buf = t.get(raw_key, db=db)
+                found[key] = default if buf is None else self._decode_value(raw_key, buf)
+            return found
+
+        return await self.env._read(read, txn, offload=len(wanted) > INLINE_MULTI_LIMIT)
+
+    async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
+        """True when ``key`` is stored."""
+        raw_key = self._encode_key(key)
+        db = self._handle()
+        return await self.env._read(lambda t: t.get(raw_key, db=db) is not None, txn)
+
+    async def count(self, *, txn: Transaction | None = None) -> int:
+        """The number of records."""
+        db = self._handle()
+        return await self.env._read(lambda t: int(t.stat(db)["entries"]), txn)
+
+    async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:
+        """LMDB's statistics of this database (``entries``, ``depth``, page counts...)."""
+        db = self._handle()
+        return await self.env._read(lambda t: dict(t.stat(db)), txn)
+
+    # -- writes ----------------------------------------------------------
+
+    async def put(
+        self, key: K, value: V, *, overwrite: bool = True, txn: Transaction | None = None
+    ) -> bool:
+        """Store ``value`` under ``key``; returns False when ``overwrite=False`` and it exists.
+
+        Returns once the write is committed (durably, unless the environment
+        was opened with ``sync=False``).
+        """
+        raw_key = self._encode_key(key)
+        raw_value = self._encode_value(key, value)
+        db = self._handle()
+        return await self.env._write(
+            lambda t: t.put(raw_key, raw_value, db=db, overwrite=overwrite), txn
+        )
+
+    async def put_multi(
+        self,
+        items: Iterable[tuple[K, V]] | Mapping[K, V],
+        *,
+        overwrite: bool = True,
+        txn: Transaction | None = None,
+    ) -> int:
+        """Store many records atomically (all or none); returns how many were written.
+
+        With ``overwrite=False`` existing keys are left alone and not counted.
+        Many records are encoded on a worker thread: do not mutate the objects
+        until the call returns.
+        """
+        pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
+        encoded = await self._encode_off_loop(self._encode_items, pairs)
+        db = self._handle()
+
+        def write(t: lmdb.Transaction) -> int:
+            with _savepoint(self.env._lmdb, t) as child, child.cursor(db) as cursor:
+                return int(cursor.putmulti(encoded, overwrite=overwrite)[1])
+
+        return await self.env._write(write, txn)
+
+    async def delete(self, key: K, *, txn: Transaction | None = None) -> bool:
+        """Delete ``key``; returns whether it existed."""
+        raw_key = self._encode_key(key)
+        db = self._handle()
+        return await self.env._write(lambda t: t.delete(raw_key, db=db), txn)
+
+    async def delete_multi(self, keys: Iterable[K], *, txn: Transaction | None = None) -> dict[K, bool]:
+        """Delete many keys atomically; maps each key to whether it existed."""
+        wanted = list(keys)
+        raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
+        db = self._handle()
+
+        def write(t: lmdb.Transaction) -> dict[K, bool]:
+            with _savepoint(self.env._lmdb, t) as child:
+                return {k: child.delete(rk, db=db) for k, rk in zip(wanted, raw_keys)}
+
+        return await self.env._write(write, txn)
+
+    @overload
+    async def pop(self, key: K, default: None = None, *, txn: Transaction | None = None) -> V | None: ...
+
+    @overload
+    async def pop(self, key: K, default: D, *, txn: Transaction | None = None) -> V | D: ...
+
+    async def pop(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
+        """Delete ``key`` and return its value (``default`` when it did not exist)."""
+        raw_key = self._encode_key(key)
+        db = self._handle()
+        # Decoding happens before the commit: a value that cannot be decoded
+        # fails the call and stays stored.
+        value = await self.env._write(lambda t: self._pop_raw(t, db, raw_key), txn)
+        return default if value is _MISSING else value
+
+    async def replace(self, key: K, value: V, *, txn: Transaction | None = None) -> V | None:
+        """Store ``value`` under ``key`` and return the previous value (None if there was none)."""
+        raw_key = self._encode_key(key)
+        raw_value = self._encode_value(key, value)
+        db = self._handle()
+        old: V | None = await self.env._write(
+            lambda t: self._replace_raw(t, db, raw_key, raw_value), txn
+        )
+        return old
+
+    def _pop_raw(self, t: lmdb.Transaction, db: Any, raw_key: bytes) -> Any:
+        old = t.get(raw_key, db=db)
+        if old is None:
+            return _MISSING
+        value = self._decode_value(raw_key, old)
+        t.delete(raw_key, db=db)
+        return value
+
+    def _replace_raw(self, t: lmdb.Transaction, db: Any, raw_key: bytes, raw_value: bytes) -> V | None:
+        old = t.get(raw_key, db=db)
+        value = None if old is None else self._decode_value(raw_key, old)
+        t.put(raw_key, raw_value, db=db)
+        return value
+
+    async def drop(self, delete: bool = True, *, txn: Transaction | None = None) -> None:
+        """Delete every record; with ``delete=True`` remove the named database itself.
+
+        After ``delete=True`` this object can no longer be used (open the
+        database again to recreate it). The unnamed default database can only
+        be emptied.
+        """
+        db = self._handle()
+        delete = delete and self.name != "<default>"
+        if not delete:
+            await self.env._write(lambda t: t.drop(db, delete=False), txn)
+            return
+        if self.env._context(txn) is not None:
+            raise TransactionError(
+                f"database {self.name}: drop(delete=True) cannot run inside a transaction; "
+                "use drop(delete=False) to empty it there"
+            )
+
+        def remove(t: lmdb.Transaction) -> None:
+            with self.env._dbi_lock:
+                t.drop(db, delete=True)
+
+        await self.env._write_alone(remove)
+        self._dropped = True
+
+    # -- arbitrary work --------------------------------------------------
+
+    async def run(
+        self, fn: Callable[[DatabaseTxn[K, V]], R], *, write: bool = False, txn: Transaction | None = None
+    ) -> R:
+        """Run ``fn(txn)`` in one transaction on the right thread and return its result.
+
+        ``txn`` is a :class:`DatabaseTxn`: coder-aware ``get``/``put``/``delete``/
+        ``pop``/``replace``, ``cursor()``, ``id()`` and the raw
+        ``lmdb.Transaction`` as ``txn.txn``. A read runs on a reader thread; a
+        write (``write=True``) runs on the writer thread in a transaction of
+        its own (or in the enclosing ``env.transaction()``), committed when
+        ``fn`` returns and aborted when it raises. ``fn`` is called once.
+        """
+        db = self._handle()
+
+        def call(t: lmdb.Transaction) -> R:
+            return fn(DatabaseTxn(self, db, t))
+
+        if not write:
+            return await self.env._read(call, txn, offload=True)
+        if self.env._context(txn) is not None:
+            return await self.env._write(call, txn)
+        return await self.env._write_alone(call)
+
+    # -- queries ---------------------------------------------------------
+
+    def items(
+        self,
+        start: K | None = None,
+        stop: K | None = None,
+        *,
+        prefix: object = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        txn: Transaction | None = None,
+    ) -> AsyncIterator[tuple[K, V]]:
+        """Iterate over ``(key, value)`` pairs in key order.
+
+        ``start`` is inclusive, ``stop`` exclusive; ``prefix`` keeps keys that
+        start with it (a leading part of a tuple key, or of a string/bytes
+        key). Bounds and prefixes need an ordered key coder. ``reverse``
+        iterates from the highest key down; ``limit`` caps the count. Records
+        are read in batches from one consistent snapshot, so memory stays
+        bounded and the event loop keeps running between batches.
+        """
+        return self._scan(
+            start, stop, prefix, reverse, limit, txn,
+            lambda k, v: (self._decode_key(k), self._decode_value(k, v)),
+        )
+
+    def keys(
+        self,
+        start: K | None = None,
+        stop: K | None = None,
+        *,
+        prefix: object = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        txn: Transaction | None = None,
+    ) -> AsyncIterator[K]:
+        """Iterate over keys in key order; same arguments as :meth:`items`."""
+        return self._scan(
+            start, stop, prefix, reverse, limit, txn, lambda k, v: self._decode_key(k)
+        )
+
+    def values(
+        self,
+        start: K | None = None,
+        stop: K | None = None,
+        *,
+        prefix: object = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        txn: Transaction | None = None,
+    ) -> AsyncIterator[V]:
+        """Iterate over values in key order; same arguments as :meth:`items`."""
+        return self._scan(
+            start, stop, prefix, reverse, limit, txn, lambda k, v: self._decode_value(k, v)
+        )
+
+    async def first(self, *, txn: Transaction | None = None) -> tuple[K, V] | None:
+        """The record with the lowest key, or None when the database is empty."""
+        async for item in self.items(limit=1, txn=txn):
+            return item
+        return None
+
+    async def last(self, *, txn: Transaction | None = None) -> tuple[K, V] | None:
+        """The record with the highest key, or None when the database is empty."""
+        async for item in self.items(limit=1, reverse=True, txn=txn):
+            return item
+        return None
+
+    def _bounds(self, start: K | None, stop: K | None, prefix: object) -> tuple[bytes | None, bytes | None]:
+        if (start, stop, prefix) != (None, None, None) and not self.key_coder.ordered:
+            raise UnorderedKeyError(
+                f"database {self.name}: range and prefix queries need an ordered key coder, "
+                f"and {self.key_coder!r} is not ordered (its byte order is not its value order)"
+            )
+        low = None if start is None else self._encode_key(start)
+        high = None if stop is None else self._encode_key(stop)
+        if prefix is not None:
+            try:
+                raw_prefix = self.key_coder.serialize_prefix(prefix)
+            except Exception as exc:
+                raise EncodeError(
+                    f"database {self.name}: cannot encode prefix {_show(prefix)} "
+                    f"({type(prefix).__name__}) with {self.key_coder!r}: {exc}"
+                ) from exc
+            low = raw_prefix if low is None else max(low, raw_prefix)
+            end = prefix_end(raw_prefix)
+            if end is not None:
+                high = end if high is None else min(high, end)
+        return low, high
+
+    async def _scan(
+        self,
+        start: K | None,
+        stop: K | None,
+        prefix: object,
+        reverse: bool,
+        limit: int | None,
+        txn: Transaction | None,
+        decode: Callable[[Any, Any], Any],
+    ) -> AsyncIterator[Any]:
+        if limit is not None and limit < 0:
+            raise ValueError(f"limit must be >= 0, got {limit}")
+        low, high = self._bounds(start, stop, prefix)
+        db = self._handle()
+        ctx = self.env._context(txn)
+        snapshot = self.env._new_snapshot() if ctx is None else None
+        remaining = limit
+        resume: bytes | None = None
+        size = FIRST_SCAN_BATCH
+        try:
+            while remaining is None or remaining > 0:
+                count = size if remaining is None else min(size, remaining)
+
+                def read(t: lmdb.Transaction, after: bytes | None = resume, n: int = count) -> Any:
+                    return fetch_batch(t, db, low, high, after, reverse, n, decode)
+
+                offload = count > FIRST_SCAN_BATCH
+                if snapshot is not None:
+                    batch, resume, done = await snapshot.call(read, offload=offload)
+                else:
+                    assert ctx is not None
+                    batch, resume, done = await ctx.run_read(read, offload=offload)
+                for item in batch:
+                    yield item
+                if done:
+                    return
+                if remaining is not None:
+                    remaining -= len(batch)
+                size = SCAN_BATCH
+        finally:
+            if snapshot is not None:
+                await self.env._end_snapshot(snapshot)
+
+
+class DatabaseTxn(Generic[K, V]):
+    """A database seen through one LMDB transaction, for :meth:`AsyncDatabase.run`.
+
+    Its methods are synchronous: ``fn`` runs on a worker thread, inside the
+    transaction. Buffers do not escape: values are decoded before returning.
+    """
+
+    def __init__(self, database: AsyncDatabase[K, V], db: Any, txn: lmdb.Transaction) -> None:
+        self.database = database
+        self.txn = txn
+        self._db = db
+
+    def id(self) -> int:
+        """LMDB's id of the transaction."""
+        return self.txn.id()
+
+    def cursor(self) -> lmdb.Cursor:
+        """A raw ``lmdb.Cursor`` on this database (raw bytes keys and values)."""
+        return self.txn.cursor(self._db)
+
+    @overload
+    def get(self, key: K, default: None = None) -> V | None: ...
+
+    @overload
+    def get(self, key: K, default: D) -> V | D: ...
+
+    def get(self, key: K, default: Any = None) -> Any:
+        """The value under ``key``, or ``default``."""
+        raw_key = self.database._encode_key(key)
+        buf = self.txn.get(raw_key, db=self._db)
+        return default if buf is None else self.database._decode_value(raw_key, buf)
+
+    def put(self, key: K, value: V, *, overwrite: bool = True) -> bool:
+        """Store ``value`` under ``key``; False when ``overwrite=False`` and it exists."""
+        raw_key = self.database._encode_key(key)
+        raw_value = self.database._encode_value(key, value)
+        return self.txn.put(raw_key, raw_value, db=self._db, overwrite=overwrite)
+
+    def delete(self, key: K) -> bool:
+        """Delete ``key``; returns whether it existed."""
+        return self.txn.delete(self.database._encode_key(key), db=self._db)
+
+    @overload
+    def pop(self, key: K, default: None = None) -> V | None: ...
+
+    @overload
+    def pop(self, key: K, default: D) -> V | D: ...
+
+    def pop(self, key: K, default: Any = None) -> Any:
+        """Delete ``key`` and return its value, or ``default``."""
+        value = self.database._pop_raw(self.txn, self._db, self.database._encode_key(key))
+        return default if value is _MISSING else value
+
+    def replace(self, key: K, value: V) -> V | None:
+        """Store ``value`` under ``key``; return the previous value or None."""
+        raw_key = self.database._encode_key(key)
+        raw_value = self.database._encode_value(key, value)
+        return self.database._replace_raw(self.txn, self._db, raw_key, raw_value)
+
+
+class _savepoint:
+    """A nested write transaction: committed on success, aborted on error."""
+
+    def __init__(self, env: lmdb.Environment, parent: lmdb.Transaction) -> None:
+        self._txn = env.begin(parent=parent, write=True)
+
+    def __enter__(self) -> lmdb.Transaction:
+        return self._txn
+
+    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
+        if exc_type is None:
+            self._txn.commit()
+        else:
+            self._txn.abort()
+
+
+def _show(obj: object) -> str:
+    text = repr(obj)
+    return text if len(text) <= 80 else text[:77] + "..."

@@ -1,0 +1,505 @@
+"""``AsyncEnvironment``: one open LMDB environment, its writer thread and its readers."""
+
+from __future__ import annotations
+
+import asyncio
+import atexit
+import os
+import threading
+import weakref
+from collections.abc import Callable, Mapping
+from concurrent.futures import ThreadPoolExecutor
+from contextvars import ContextVar
+from types import TracebackType
+from typing import Any, TypeVar, overload
+
+import lmdb
+
+from ._session import ReadSnapshot, WriteSession
+from ._writer import Writer
+from .coders import Coder, IdentityCoder
+from .database import AsyncDatabase
+from .errors import AiolmdbError, ClosedError, DatabaseNotFoundError, TransactionError
+from .transaction import Transaction
+
+__all__ = ["AsyncEnvironment", "open", "version"]
+
+K = TypeVar("K")
+V = TypeVar("V")
+R = TypeVar("R")
+
+#: Named databases an environment may hold when the caller does not say.
+DEFAULT_MAX_DBS = 128
+#: Writes that may wait in the queue before submitters are made to wait.
+DEFAULT_MAX_PENDING_WRITES = 10_000
+#: Writes applied in one LMDB transaction at most.
+DEFAULT_MAX_BATCH_WRITES = 4_096
+#: Values larger than this are decoded on a worker thread, not the event loop.
+DEFAULT_INLINE_VALUE_LIMIT = 64 * 1024
+#: Worker threads for reads that could stall the event loop (scans, big values).
+DEFAULT_READ_WORKERS = 2
+
+_open_paths: dict[str, weakref.ReferenceType[AsyncEnvironment]] = {}
+_open_paths_lock = threading.Lock()
+
+
+def version() -> tuple[int, int, int]:
+    """The version of the LMDB library in use, as ``(major, minor, patch)``."""
+    return lmdb.version()[:3]
+
+
+def open(  # noqa: A001 - the seed API's name, mirroring lmdb.open
+    path: str | os.PathLike[str],
+    *,
+    max_pending_writes: int = DEFAULT_MAX_PENDING_WRITES,
+    max_batch_writes: int = DEFAULT_MAX_BATCH_WRITES,
+    inline_value_limit: int = DEFAULT_INLINE_VALUE_LIMIT,
+    read_workers: int = DEFAULT_READ_WORKERS,
+    **lmdb_kwargs: Any,
+) -> AsyncEnvironment:
+    """Open (creating if needed) the LMDB environment at ``path``.
+
+    Takes every keyword ``lmdb.open`` takes (``map_size``, ``sync``,
+    ``readonly``, ...); ``max_dbs`` defaults to 128 so named databases work
+    without it. The engine's own settings:
+
+    - ``max_pending_writes``: writes that may wait for the writer thread
+      before further writers wait too (backpressure);
+    - ``max_batch_writes``: writes applied in one group commit at most;
+    - ``inline_value_limit``: values up to this many bytes are read and
+      decoded on the event loop thread (no thread hop); larger ones on a
+      worker thread;
+    - ``read_workers``: threads for scans and large reads.
+
+    Use it as ``async with aiolmdb.open(path) as env:`` or call
+    ``await env.close()``.
+    """
+    return AsyncEnvironment(
+        path,
+        max_pending_writes=max_pending_writes,
+        max_batch_writes=max_batch_writes,
+        inline_value_limit=inline_value_limit,
+        read_workers=read_workers,
+        **lmdb_kwargs,
+    )
+
+
+class AsyncEnvironment:
+    """An LMDB environment driven from asyncio.
+
+    It owns the LMDB handle, one writer thread (every write transaction runs
+    there, see the package documentation on group commit) and a small pool of
+    reader threads. Create it with :func:`aiolmdb.open`.
+    """
+
+    def __init__(
+        self,
+        path: str | os.PathLike[str],
+        *,
+        max_pending_writes: int = DEFAULT_MAX_PENDING_WRITES,
+        max_batch_writes: int = DEFAULT_MAX_BATCH_WRITES,
+        inline_value_limit: int = DEFAULT_INLINE_VALUE_LIMIT,
+        read_workers: int = DEFAULT_READ_WORKERS,
+        **lmdb_kwargs: Any,
+    ) -> None:
+        if read_workers < 1:
+            raise ValueError(f"read_workers must be at least 1, got {read_workers}")
+        if inline_value_limit < 0:
+            raise ValueError(f"inline_value_limit must be >= 0, got {inline_value_limit}")
+        lmdb_kwargs.setdefault("max_dbs", DEFAULT_MAX_DBS)
+        key = os.path.realpath(os.fspath(path))
+        with _open_paths_lock:
+            existing = _open_paths.get(key)
+            if existing is not None and existing() is not None:
+                raise AiolmdbError(
+                    f"the environment at {key!r} is already open in this process; "
+                    "LMDB forbids opening it twice: share the AsyncEnvironment instead"
+                )
+            self._lmdb = lmdb.open(os.fspath(path), **lmdb_kwargs)
+            _open_paths[key] = weakref.ref(self)
+        self._key = key
+        self._name = repr(key)
+        self._closed = False
+        self._forked = False
+        self.inline_value_limit = inline_value_limit
+        self._writer = Writer(
+            self._lmdb,
+            name=self._name,
+            max_pending=max_pending_writes,
+            max_batch=max_batch_writes,
+        )
+        self._pool = ThreadPoolExecutor(
+            max_workers=read_workers, thread_name_prefix=f"aiolmdb-reader {key}"
+        )
+        self._dbi_lock = threading.Lock()
+        self._current: ContextVar[Transaction | None] = ContextVar(
+            f"aiolmdb transaction {key}", default=None
+        )
+        self._sessions: set[WriteSession] = set()
+        self._snapshots: set[ReadSnapshot] = set()
+        _live.add(self)
+
+    # -- lifecycle -------------------------------------------------------
+
+    @property
+    def closed(self) -> bool:
+        """True once :meth:`close` was called (or in the child of a fork)."""
+        return self._closed
+
+    def _check(self) -> None:
+        if self._closed:
+            if self._forked:
+                raise ClosedError(
+                    f"environment {self._name} was opened before this process forked; "
+                    "an LMDB environment must not be used after fork(): open it again in the child"
+                )
+            raise ClosedError(f"environment {self._name} is closed")
+
+    async def close(self) -> None:
+        """Finish the writes in flight, then release every thread and handle.
+
+        Write transactions still open are aborted; read snapshots are ended.
+        Closing twice is harmless; any call afterwards raises ``ClosedError``.
+        """
+        if self._closed:
+            return
+        self._closed = True
+        for session in list(self._sessions):
+            try:
+                await session.abort()
+            except TransactionError:
+                pass
+        thread = self._writer.stop()
+        if thread is not None:
+            await asyncio.get_running_loop().run_in_executor(None, thread.join)
+        self._release()
+
+    def _release(self) -> None:
+        """Free the handles once the writer thread has ended."""
+        self._closed = True
+        self._pool.shutdown(wait=True)
+        for snapshot in list(self._snapshots):
+            snapshot.release_now()
+        self._lmdb.close()
+        with _open_paths_lock:
+            if _open_paths.get(self._key, lambda: None)() is self:
+                del _open_paths[self._key]
+        _live.discard(self)
+
+    def _close_at_exit(self) -> None:
+        """Interpreter exit without ``close()``: commit what is queued, then release."""
+        if self._closed:
+            return
+        thread = self._writer.stop()
+        if thread is not None:
+            thread.join(timeout=5.0)
+            if thread.is_alive():  # a session waits for a loop that is gone
+                return
+        self._release()
+
+    async def __aenter__(self) -> AsyncEnvironment:
+        self._check()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        await self.close()
+
+    def __repr__(self) -> str:
+        state = "closed" if self.closed else "open"
+        return f"<AsyncEnvironment {self._name} {state}>"
+
+    # -- databases -------------------------------------------------------
+
+    @overload
+    def open_db(
+        self, name: str | bytes | None = None, *, create: bool = True, **flags: bool
+    ) -> AsyncDatabase[bytes, bytes]: ...
+
+    @overload
+    def open_db(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[K],
+        create: bool = True,
+        **flags: bool,
+    ) -> AsyncDatabase[K, bytes]: ...
+
+    @overload
+    def open_db(
+        self,
+        name: str | bytes | None = None,
+        *,
+        value_coder: Coder[V],
+        create: bool = True,
+        **flags: bool,
+    ) -> AsyncDatabase[bytes, V]: ...
+
+    @overload
+    def open_db(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[K],
+        value_coder: Coder[V],
+        create: bool = True,
+        **flags: bool,
+    ) -> AsyncDatabase[K, V]: ...
+
+    def open_db(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[Any] | None = None,
+        value_coder: Coder[Any] | None = None,
+        create: bool = True,
+        **flags: bool,
+    ) -> AsyncDatabase[Any, Any]:
+        """Open the named database (``None``: the unnamed default one).
+
+        Both coders default to :class:`~aiolmdb.coders.IdentityCoder` (bytes).
+        ``create=False`` raises :class:`DatabaseNotFoundError` when the
+        database does not exist. ``flags`` are ``lmdb``'s ``open_db`` flags
+        ``reverse_key`` and ``integerkey``; duplicate-key databases
+        (``dupsort``) are not supported.
+
+        A database that does not exist yet is created by the writer thread
+        before this returns; that cannot happen while a write transaction is
+        open on the environment (open databases before ``env.transaction()``).
+        """
+        self._check()
+        unsupported = set(flags) - {"reverse_key", "integerkey"}
+        if unsupported:
+            raise TypeError(f"open_db does not support the flags {sorted(unsupported)}")
+        raw_name = name.encode() if isinstance(name, str) else name
+        label = repr(name) if name is not None else "<default>"
+        handle = self._open_handle(raw_name, label, create, flags)
+        return AsyncDatabase(
+            self,
+            handle,
+            label,
+            key_coder if key_coder is not None else IdentityCoder(),
+            value_coder if value_coder is not None else IdentityCoder(),
+        )
+
+    def get_default_database(self) -> AsyncDatabase[bytes, bytes]:
+        """The unnamed default database (which also lists the named databases' names)."""
+        return self.open_db(None)
+
+    def _open_handle(
+        self, name: bytes | None, label: str, create: bool, flags: Mapping[str, bool]
+    ) -> Any:
+        # LMDB: opening database handles must never happen in two transactions
+        # at once in one process, hence the lock around every open.
+        def open_existing() -> Any:
+            with self._dbi_lock:
+                txn = self._lmdb.begin()
+                try:
+                    handle = self._lmdb.open_db(name, txn=txn, create=False, **flags)
+                except lmdb.NotFoundError:
+                    txn.abort()
+                    return None
+                txn.commit()
+                return handle
+
+        handle = open_existing()
+        if handle is not None:
+            return handle
+        if not create:
+            raise DatabaseNotFoundError(
+                f"database {label} does not exist in environment {self._name} (create=False)"
+            )
+
+        def create_on_writer() -> Any:
+            with self._dbi_lock:
+                return self._lmdb.open_db(name, create=True, **flags)
+
+        return self._writer.run_now(
+            create_on_writer,
+            f"database {label} does not exist yet and cannot be created while a write "
+            "transaction is open on this environment: open it before env.transaction()",
+        )
+
+    # -- transactions ----------------------------------------------------
+
+    def transaction(self, *, write: bool = True) -> Transaction:
+        """A transaction for every database call made inside ``async with``.
+
+        ``async with env.transaction():`` opens one write transaction shared
+        by every database and collection call made inside the block in this
+        task: it commits on a clean exit and aborts on an exception. Nested,
+        it is a savepoint. ``write=False`` gives a read snapshot: every read
+        inside sees one consistent state. The transaction object can also be
+        passed as ``txn=`` to calls made from other tasks.
+        """
+        self._check()
+        return Transaction(self, write=write)
+
+    def _context(self, txn: Transaction | None) -> Transaction | None:
+        """The transaction a call runs in: the one given, else the task's current one."""
+        self._check()
+        if txn is None:
+            txn = self._current.get()
+            if txn is None:
+                return None
+        elif txn.env is not self:
+            raise TransactionError("the transaction given belongs to another environment")
+        txn.check_usable()
+        return txn
+
+    # -- running work (used by databases and collections) ---------------
+
+    async def _read(
+        self,
+        fn: Callable[[lmdb.Transaction], R],
+        txn: Transaction | None,
+        *,
+        offload: bool = False,
+    ) -> R:
+        """Run ``fn(read_txn)``: inline, or on a reader thread when ``offload``."""
+        ctx = self._context(txn)
+        if ctx is not None:
+            result: R = await ctx.run_read(fn, offload=offload)
+            return result
+        if offload:
+            return await asyncio.get_running_loop().run_in_executor(
+                self._pool, self._call_in_read_txn, fn
+            )
+        return self._call_in_read_txn(fn)
+
+    def _call_in_read_txn(self, fn: Callable[[lmdb.Transaction], R]) -> R:
+        txn = self._lmdb.begin(buffers=True)
+        try:
+            return fn(txn)
+        finally:
+            txn.abort()
+
+    async def _write(self, fn: Callable[[lmdb.Transaction], R], txn: Transaction | None) -> R:
+        """Run ``fn(write_txn)``: in the current transaction, else in the next group commit."""
+        ctx = self._context(txn)
+        if ctx is not None:
+            result: R = await ctx.run_write(fn)
+            return result
+        result = await self._writer.submit(fn)
+        return result
+
+    async def _write_alone(self, fn: Callable[[lmdb.Transaction], R]) -> R:
+        """Run ``fn`` in a write transaction of its own (it may have side effects)."""
+
+        def alone() -> R:
+            with self._lmdb.begin(write=True) as txn:
+                return fn(txn)
+
+        result: R = await self._writer.submit_exclusive(alone)
+        return result
+
+    def _new_snapshot(self) -> ReadSnapshot:
+        snapshot = ReadSnapshot(self._lmdb, self._pool)
+        self._snapshots.add(snapshot)
+        return snapshot
+
+    async def _end_snapshot(self, snapshot: ReadSnapshot) -> None:
+        await snapshot.release()
+        self._snapshots.discard(snapshot)
+
+    async def _start_session(self) -> WriteSession:
+        session = WriteSession(self._lmdb, self._name)
+        self._sessions.add(session)
+        finished = asyncio.ensure_future(
+            self._writer.submit_exclusive(session.serve, session=True)
+        )
+        finished.add_done_callback(lambda f: f.cancelled() or f.exception())
+        try:
+            await session.begin()
+        except BaseException:
+            self._sessions.discard(session)
+            raise
+        return session
+
+    def _end_session(self, session: WriteSession) -> None:
+        self._sessions.discard(session)
+
+    # -- pass-throughs ---------------------------------------------------
+
+    def path(self) -> str:
+        """The directory (or file, with ``subdir=False``) of the environment."""
+        self._check()
+        return self._lmdb.path()
+
+    def info(self) -> dict[str, int]:
+        """LMDB's ``mdb_env_info``: map size, last page, last transaction id, readers."""
+        self._check()
+        return dict(self._lmdb.info())
+
+    def stat(self) -> dict[str, int]:
+        """LMDB's ``mdb_env_stat`` for the main database."""
+        self._check()
+        return dict(self._lmdb.stat())
+
+    def flags(self) -> dict[str, bool]:
+        """The flags the environment was opened with."""
+        self._check()
+        return dict(self._lmdb.flags())
+
+    def max_key_size(self) -> int:
+        """The largest key, in bytes, LMDB accepts."""
+        self._check()
+        return self._lmdb.max_key_size()
+
+    def readers(self) -> str:
+        """LMDB's reader table, as a multi-line string."""
+        self._check()
+        return self._lmdb.readers()
+
+    async def copy(self, path: str | os.PathLike[str], *, compact: bool = False) -> None:
+        """Write a consistent backup of the environment into the directory ``path``."""
+        self._check()
+        target = os.fspath(path)
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self._lmdb.copy(target, compact=compact)
+        )
+
+    async def sync(self, *, force: bool = False) -> None:
+        """Flush to disk (needed only with ``sync=False`` or ``map_async=True``)."""
+        self._check()
+        await asyncio.get_running_loop().run_in_executor(
+            self._pool, lambda: self._lmdb.sync(force)
+        )
+
+    @property
+    def lmdb_env(self) -> lmdb.Environment:
+        """The underlying ``lmdb.Environment``, for what aiolmdb does not wrap.
+
+        Do not begin write transactions on it: they belong to the writer thread.
+        """
+        self._check()
+        return self._lmdb
+
+
+_live: weakref.WeakSet[AsyncEnvironment] = weakref.WeakSet()
+
+
+@atexit.register
+def _close_forgotten_environments() -> None:
+    for env in list(_live):
+        env._close_at_exit()
+
+
+def _after_fork_in_child() -> None:
+    # The child must not touch the parent's environments (their threads are gone
+    # and LMDB forbids it): every call fails clearly, and the path may be reopened.
+    global _open_paths_lock
+    _open_paths_lock = threading.Lock()  # another thread may have held it at fork time
+    _open_paths.clear()
+    for env in list(_live):
+        env._forked = True
+        env._closed = True
+    _live.clear()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)

@@ -1,0 +1,57 @@
+"""Exceptions raised by aiolmdb.
+
+LMDB's own errors (``lmdb.MapFullError``, ``lmdb.ReadonlyError``, ...) are
+not wrapped: they reach the caller with their own types so that existing
+handlers keep working.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "AiolmdbError",
+    "ClosedError",
+    "DatabaseNotFoundError",
+    "DecodeError",
+    "EncodeError",
+    "TransactionError",
+    "UnorderedKeyError",
+]
+
+
+class AiolmdbError(Exception):
+    """Base class of every error aiolmdb raises itself."""
+
+
+class EncodeError(AiolmdbError, TypeError):
+    """A key or value could not be encoded by its coder.
+
+    Raised before anything is written. The message names the database, the
+    coder and the type of the offending object.
+    """
+
+
+class DecodeError(AiolmdbError, ValueError):
+    """Stored bytes could not be decoded by the database's coder.
+
+    The message names the database and the key whose bytes were bad.
+    """
+
+
+class ClosedError(AiolmdbError):
+    """The environment was closed (or belongs to the parent of a fork)."""
+
+
+class DatabaseNotFoundError(AiolmdbError, KeyError):
+    """A named database does not exist and ``create=False`` was given."""
+
+    def __str__(self) -> str:
+        # KeyError quotes its argument; show the message as written instead.
+        return str(self.args[0]) if self.args else ""
+
+
+class TransactionError(AiolmdbError):
+    """A transaction was used wrongly: after it ended, or from a bad place."""
+
+
+class UnorderedKeyError(AiolmdbError, TypeError):
+    """A range or prefix query was made on a database whose key coder is not ordered."""

@@ -1,0 +1,177 @@
+"""``Transaction``: what ``env.transaction()`` returns."""
+
+from __future__ import annotations
+
+import contextvars
+from collections.abc import Callable
+from types import TracebackType
+from typing import TYPE_CHECKING, Any, TypeVar
+
+import lmdb
+
+from ._session import ReadSnapshot, WriteSession
+from .errors import TransactionError
+
+if TYPE_CHECKING:
+    from .environment import AsyncEnvironment
+
+__all__ = ["Transaction"]
+
+R = TypeVar("R")
+
+_NEW, _ACTIVE, _ENDED = "new", "active", "ended"
+
+
+class Transaction:
+    """An explicit transaction over every database of one environment.
+
+    Enter it with ``async with env.transaction() as txn:``. Every database and
+    collection call made inside the block, in that task, joins it; calls from
+    other tasks join it when given ``txn=txn``. A write transaction commits
+    when the block exits cleanly and aborts when it exits with an exception;
+    :meth:`commit` and :meth:`abort` end it early. Calls made with a
+    transaction that has ended raise :class:`~aiolmdb.TransactionError`.
+
+    Nested inside a write transaction, a write transaction is a savepoint
+    (an LMDB nested transaction): an exception inside rolls back only the
+    inner block. A read transaction (``write=False``) is a snapshot: every
+    read inside sees one consistent state, whatever commits meanwhile; nested
+    inside a write transaction it joins it (reads see its writes).
+    """
+
+    def __init__(self, env: AsyncEnvironment, *, write: bool) -> None:
+        self.env = env
+        self.write = write
+        self._state = _NEW
+        self._session: WriteSession | None = None
+        self._snapshot: ReadSnapshot | None = None
+        self._depth = 0  # savepoint depth of this transaction within its session
+        self._owner = True  # False when it only joins an enclosing transaction
+        self._token: contextvars.Token[Transaction | None] | None = None
+
+    @property
+    def active(self) -> bool:
+        """True between entering the block and the transaction's end."""
+        return self._state == _ACTIVE
+
+    async def __aenter__(self) -> Transaction:
+        if self._state != _NEW:
+            raise TransactionError("a Transaction can be entered only once")
+        outer = self.env._current.get()
+        if outer is not None and outer.active:
+            await self._nest_in(outer)
+        elif self.write:
+            self._session = await self.env._start_session()
+        else:
+            self._snapshot = self.env._new_snapshot()
+        self._state = _ACTIVE
+        self._token = self.env._current.set(self)
+        return self
+
+    async def _nest_in(self, outer: Transaction) -> None:
+        if outer._session is not None:
+            self._session = outer._session
+            if self.write:
+                await self._session.savepoint()
+                self._depth = self._session.depth
+            else:
+                self._owner = False
+                self._depth = outer._depth
+        elif self.write:
+            raise TransactionError("cannot open a write transaction inside a read snapshot")
+        else:
+            self._snapshot = outer._snapshot
+            self._owner = False
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        try:
+            if self._state == _ACTIVE:
+                if exc_type is None:
+                    await self.commit()
+                else:
+                    await self.abort()
+        finally:
+            if self._token is not None:
+                self.env._current.reset(self._token)
+                self._token = None
+
+    async def commit(self) -> None:
+        """Commit now (a savepoint: into its parent). The block's end then does nothing."""
+        self._end_check("commit")
+        self._state = _ENDED
+        if not self._owner:
+            return
+        if self._snapshot is not None:
+            await self.env._end_snapshot(self._snapshot)
+        elif self._session is not None:
+            if self._depth:
+                await self._session.release()
+            else:
+                self.env._end_session(self._session)
+                await self._session.commit()
+
+    async def abort(self) -> None:
+        """Abort now (a savepoint: roll back only its own writes)."""
+        if self._state == _ENDED:
+            return
+        self._end_check("abort")
+        self._state = _ENDED
+        if not self._owner:
+            return
+        if self._snapshot is not None:
+            await self.env._end_snapshot(self._snapshot)
+        elif self._session is not None:
+            if self._depth:
+                await self._session.rollback()
+            else:
+                self.env._end_session(self._session)
+                await self._session.abort()
+
+    def _end_check(self, action: str) -> None:
+        if self._state == _NEW:
+            raise TransactionError(f"cannot {action} a transaction that was not entered")
+        if self._state == _ENDED:
+            raise TransactionError(f"cannot {action}: the transaction has already ended")
+        if self._session is not None and self._owner and self._session.depth > self._depth:
+            raise TransactionError(f"cannot {action}: a savepoint opened inside is still open")
+
+    def check_usable(self) -> None:
+        """Raise ``TransactionError`` unless calls may be made in this transaction now."""
+        if self._state != _ACTIVE:
+            state = "has not been entered" if self._state == _NEW else "has ended"
+            raise TransactionError(f"the transaction {state}: it cannot be used")
+        if self._session is not None:
+            if self._session.ended:
+                raise TransactionError("the write transaction has ended: it cannot be used")
+            if self._session.depth != self._depth:
+                raise TransactionError(
+                    "a savepoint is open inside this transaction: make calls through it"
+                )
+
+    async def run_read(self, fn: Callable[[lmdb.Transaction], R], *, offload: bool) -> R:
+        """Run ``fn`` with this transaction's LMDB transaction, for reading."""
+        result: Any
+        if self._session is not None:
+            result = await self._session.call(fn)
+        else:
+            assert self._snapshot is not None
+            result = await self._snapshot.call(fn, offload=offload)
+        return result  # type: ignore[no-any-return]
+
+    async def run_write(self, fn: Callable[[lmdb.Transaction], R]) -> R:
+        """Run ``fn`` with this transaction's LMDB write transaction."""
+        if not self.write or self._session is None:
+            raise TransactionError(
+                "cannot write inside a read-only transaction (env.transaction(write=False))"
+            )
+        result: R = await self._session.call(fn)
+        return result
+
+    def __repr__(self) -> str:
+        kind = "write" if self.write else "read"
+        return f"<Transaction {kind} {self._state}>"
