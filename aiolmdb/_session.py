@@ -121,7 +121,7 @@ class WriteSession:
                 op = self._ops.get()
                 try:
                     result = self._apply(op)
-                except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                except BaseException as exc:
                     deliver([(op, False, exc)])
                 else:
                     deliver([(op, True, result)])
@@ -204,4 +204,3 @@ class ReadSnapshot:
         if self._txn is not None:
             self._txn.abort()
             self._txn = None
-

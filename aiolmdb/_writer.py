@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import contextlib
 import threading
 from collections import deque
 from collections.abc import Callable
@@ -97,10 +98,9 @@ def deliver(outcomes: list[tuple[Waiting, bool, Any]]) -> None:
     for job, ok, value in outcomes:
         by_loop.setdefault(job.loop, []).append((job.future, ok, value))
     for loop, items in by_loop.items():
-        try:
+        # A closed loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
             loop.call_soon_threadsafe(_settle, items)
-        except RuntimeError:  # the loop was closed: nobody is waiting any more
-            pass
 
 
 class Writer:
@@ -226,7 +226,7 @@ class Writer:
                     self._lock.release()
                     try:
                         urgent.result.set_result(urgent.fn())
-                    except BaseException as exc:  # noqa: BLE001 - handed to the caller
+                    except BaseException as exc:
                         urgent.result.set_exception(exc)
                     finally:
                         self._lock.acquire()
@@ -247,10 +247,8 @@ class Writer:
                 jobs.append(self._queue.popleft())
             waiters, self._space_waiters = self._space_waiters, []
         for loop, waiter in waiters:
-            try:
+            with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_wake, waiter)
-            except RuntimeError:
-                pass
         return jobs
 
     def _run(self) -> None:
@@ -265,7 +263,7 @@ class Writer:
             return
         try:
             deliver([(job, True, job.fn())])
-        except BaseException as exc:  # noqa: BLE001 - handed to the caller
+        except BaseException as exc:
             deliver([(job, False, exc)])
 
     def _commit_batch(self, jobs: list[_Job]) -> None:
@@ -281,20 +279,20 @@ class Writer:
         """Apply and commit ``jobs``; on a job's failure abort and return that job."""
         try:
             txn = self._env.begin(write=True)
-        except BaseException as exc:  # noqa: BLE001 - handed to every caller
+        except BaseException as exc:
             deliver([(job, False, exc) for job in jobs])
             return None
         results: list[tuple[Waiting, bool, Any]] = []
         for job in jobs:
             try:
                 results.append((job, True, job.fn(txn)))
-            except BaseException as exc:  # noqa: BLE001 - handed to its caller
+            except BaseException as exc:
                 txn.abort()
                 deliver([(job, False, exc)])
                 return job
         try:
             txn.commit()
-        except BaseException as exc:  # noqa: BLE001 - handed to every caller
+        except BaseException as exc:
             deliver([(job, False, exc) for job in jobs])
             return None
         deliver(results)

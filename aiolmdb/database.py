@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 import lmdb
 
@@ -50,22 +50,25 @@ class AsyncDatabase(Generic[K, V]):
     def __init__(
         self,
         env: AsyncEnvironment,
-        handle: Any,
-        name: str,
+        name: str | bytes | None,
         key_coder: Coder[K],
         value_coder: Coder[V],
+        *,
+        create: bool = True,
+        flags: Mapping[str, bool] | None = None,
     ) -> None:
         self.env = env
         self.name = name
         self.key_coder = key_coder
         self.value_coder = value_coder
-        self._db = handle
+        self._label = "<default>" if name is None else repr(name)
+        self._db = env._open_handle(name, self._label, create, flags or {})
         self._max_key_size = env.max_key_size()
         self._dropped = False
 
     def __repr__(self) -> str:
         return (
-            f"<AsyncDatabase {self.name} key_coder={self.key_coder!r} "
+            f"<AsyncDatabase {self._label} key_coder={self.key_coder!r} "
             f"value_coder={self.value_coder!r}>"
         )
 
@@ -76,17 +79,17 @@ class AsyncDatabase(Generic[K, V]):
             raw = self.key_coder.serialize(key)
         except Exception as exc:
             raise EncodeError(
-                f"database {self.name}: cannot encode key {_show(key)} "
+                f"database {self._label}: cannot encode key {_show(key)} "
                 f"({type(key).__name__}) with {self.key_coder!r}: {exc}"
             ) from exc
         if not raw:
             raise EncodeError(
-                f"database {self.name}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
                 f"empty bytes with {self.key_coder!r}; LMDB does not accept empty keys"
             )
         if len(raw) > self._max_key_size:
             raise EncodeError(
-                f"database {self.name}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
                 f"{len(raw)} bytes with {self.key_coder!r}; the limit is {self._max_key_size}"
             )
         return raw
@@ -96,7 +99,7 @@ class AsyncDatabase(Generic[K, V]):
             return self.value_coder.serialize(value)
         except Exception as exc:
             raise EncodeError(
-                f"database {self.name}: cannot encode the value for key {_show(key)} "
+                f"database {self._label}: cannot encode the value for key {_show(key)} "
                 f"({type(value).__name__}) with {self.value_coder!r}: {exc}"
             ) from exc
 
@@ -111,7 +114,7 @@ class AsyncDatabase(Generic[K, V]):
             return self.value_coder.deserialize(buf)
         except Exception as exc:
             raise DecodeError(
-                f"database {self.name}: cannot decode the value of key "
+                f"database {self._label}: cannot decode the value of key "
                 f"{self._show_raw_key(raw_key)} with {self.value_coder!r}: {exc}"
             ) from exc
 
@@ -120,7 +123,7 @@ class AsyncDatabase(Generic[K, V]):
             return self.key_coder.deserialize(raw_key)
         except Exception as exc:
             raise DecodeError(
-                f"database {self.name}: cannot decode key {bytes(raw_key)!r} "
+                f"database {self._label}: cannot decode key {bytes(raw_key)!r} "
                 f"with {self.key_coder!r}: {exc}"
             ) from exc
 
@@ -132,7 +135,7 @@ class AsyncDatabase(Generic[K, V]):
 
     def _handle(self) -> Any:
         if self._dropped:
-            raise AiolmdbError(f"database {self.name} was dropped; open it again to recreate it")
+            raise AiolmdbError(f"database {self._label} was dropped; open it again to recreate it")
         return self._db
 
     async def _encode_off_loop(self, fn: Callable[[list[Any]], R], items: list[Any]) -> R:
@@ -145,7 +148,9 @@ class AsyncDatabase(Generic[K, V]):
     # -- reads -----------------------------------------------------------
 
     @overload
-    async def get(self, key: K, default: None = None, *, txn: Transaction | None = None) -> V | None: ...
+    async def get(
+        self, key: K, default: None = None, *, txn: Transaction | None = None
+    ) -> V | None: ...
 
     @overload
     async def get(self, key: K, default: D, *, txn: Transaction | None = None) -> V | D: ...
@@ -182,14 +187,17 @@ class AsyncDatabase(Generic[K, V]):
     async def get_multi(
         self, keys: Iterable[K], default: Any = None, *, txn: Transaction | None = None
     ) -> dict[K, Any]:
-        """Values of many keys read in one transaction: every key present, missing ones ``default``."""
+        """Values of many keys, read in one transaction.
+
+        Every key asked for is in the result; missing ones map to ``default``.
+        """
         wanted = list(keys)
         raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
         db = self._handle()
 
         def read(t: lmdb.Transaction) -> dict[K, Any]:
             found: dict[K, Any] = {}
-            for key, raw_key in zip(wanted, raw_keys):
+            for key, raw_key in zip(wanted, raw_keys, strict=True):
                 buf = t.get(raw_key, db=db)
                 found[key] = default if buf is None else self._decode_value(raw_key, buf)
             return found
@@ -210,7 +218,7 @@ class AsyncDatabase(Generic[K, V]):
     async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:
         """LMDB's statistics of this database (``entries``, ``depth``, page counts...)."""
         db = self._handle()
-        return await self.env._read(lambda t: dict(t.stat(db)), txn)
+        return await self.env._read(lambda t: as_ints(t.stat(db)), txn)
 
     # -- writes ----------------------------------------------------------
 
@@ -258,7 +266,9 @@ class AsyncDatabase(Generic[K, V]):
         db = self._handle()
         return await self.env._write(lambda t: t.delete(raw_key, db=db), txn)
 
-    async def delete_multi(self, keys: Iterable[K], *, txn: Transaction | None = None) -> dict[K, bool]:
+    async def delete_multi(
+        self, keys: Iterable[K], *, txn: Transaction | None = None
+    ) -> dict[K, bool]:
         """Delete many keys atomically; maps each key to whether it existed."""
         wanted = list(keys)
         raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
@@ -266,12 +276,14 @@ class AsyncDatabase(Generic[K, V]):
 
         def write(t: lmdb.Transaction) -> dict[K, bool]:
             with _savepoint(self.env._lmdb, t) as child:
-                return {k: child.delete(rk, db=db) for k, rk in zip(wanted, raw_keys)}
+                return {k: child.delete(rk, db=db) for k, rk in zip(wanted, raw_keys, strict=True)}
 
         return await self.env._write(write, txn)
 
     @overload
-    async def pop(self, key: K, default: None = None, *, txn: Transaction | None = None) -> V | None: ...
+    async def pop(
+        self, key: K, default: None = None, *, txn: Transaction | None = None
+    ) -> V | None: ...
 
     @overload
     async def pop(self, key: K, default: D, *, txn: Transaction | None = None) -> V | D: ...
@@ -303,7 +315,9 @@ class AsyncDatabase(Generic[K, V]):
         t.delete(raw_key, db=db)
         return value
 
-    def _replace_raw(self, t: lmdb.Transaction, db: Any, raw_key: bytes, raw_value: bytes) -> V | None:
+    def _replace_raw(
+        self, t: lmdb.Transaction, db: Any, raw_key: bytes, raw_value: bytes
+    ) -> V | None:
         old = t.get(raw_key, db=db)
         value = None if old is None else self._decode_value(raw_key, old)
         t.put(raw_key, raw_value, db=db)
@@ -317,13 +331,13 @@ class AsyncDatabase(Generic[K, V]):
         be emptied.
         """
         db = self._handle()
-        delete = delete and self.name != "<default>"
+        delete = delete and self.name is not None
         if not delete:
             await self.env._write(lambda t: t.drop(db, delete=False), txn)
             return
         if self.env._context(txn) is not None:
             raise TransactionError(
-                f"database {self.name}: drop(delete=True) cannot run inside a transaction; "
+                f"database {self._label}: drop(delete=True) cannot run inside a transaction; "
                 "use drop(delete=False) to empty it there"
             )
 
@@ -337,7 +351,11 @@ class AsyncDatabase(Generic[K, V]):
     # -- arbitrary work --------------------------------------------------
 
     async def run(
-        self, fn: Callable[[DatabaseTxn[K, V]], R], *, write: bool = False, txn: Transaction | None = None
+        self,
+        fn: Callable[[DatabaseTxn[K, V]], R],
+        *,
+        write: bool = False,
+        txn: Transaction | None = None,
     ) -> R:
         """Run ``fn(txn)`` in one transaction on the right thread and return its result.
 
@@ -381,7 +399,12 @@ class AsyncDatabase(Generic[K, V]):
         bounded and the event loop keeps running between batches.
         """
         return self._scan(
-            start, stop, prefix, reverse, limit, txn,
+            start,
+            stop,
+            prefix,
+            reverse,
+            limit,
+            txn,
             lambda k, v: (self._decode_key(k), self._decode_value(k, v)),
         )
 
@@ -427,10 +450,12 @@ class AsyncDatabase(Generic[K, V]):
             return item
         return None
 
-    def _bounds(self, start: K | None, stop: K | None, prefix: object) -> tuple[bytes | None, bytes | None]:
+    def _bounds(
+        self, start: K | None, stop: K | None, prefix: object
+    ) -> tuple[bytes | None, bytes | None]:
         if (start, stop, prefix) != (None, None, None) and not self.key_coder.ordered:
             raise UnorderedKeyError(
-                f"database {self.name}: range and prefix queries need an ordered key coder, "
+                f"database {self._label}: range and prefix queries need an ordered key coder, "
                 f"and {self.key_coder!r} is not ordered (its byte order is not its value order)"
             )
         low = None if start is None else self._encode_key(start)
@@ -440,7 +465,7 @@ class AsyncDatabase(Generic[K, V]):
                 raw_prefix = self.key_coder.serialize_prefix(prefix)
             except Exception as exc:
                 raise EncodeError(
-                    f"database {self.name}: cannot encode prefix {_show(prefix)} "
+                    f"database {self._label}: cannot encode prefix {_show(prefix)} "
                     f"({type(prefix).__name__}) with {self.key_coder!r}: {exc}"
                 ) from exc
             low = raw_prefix if low is None else max(low, raw_prefix)
@@ -567,6 +592,11 @@ class _savepoint:
             self._txn.commit()
         else:
             self._txn.abort()
+
+
+def as_ints(stats: Mapping[str, object]) -> dict[str, int]:
+    """LMDB's statistics dictionaries, typed as what they hold."""
+    return {name: cast(int, value) for name, value in stats.items()}
 
 
 def _show(obj: object) -> str:

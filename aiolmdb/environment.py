@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import atexit
+import contextlib
 import os
 import threading
 import weakref
@@ -18,7 +19,7 @@ import lmdb
 from ._session import ReadSnapshot, WriteSession
 from ._writer import Writer
 from .coders import Coder, IdentityCoder
-from .database import AsyncDatabase
+from .database import AsyncDatabase, as_ints
 from .errors import AiolmdbError, ClosedError, DatabaseNotFoundError, TransactionError
 from .transaction import Transaction
 
@@ -48,7 +49,7 @@ def version() -> tuple[int, int, int]:
     return lmdb.version()[:3]
 
 
-def open(  # noqa: A001 - the seed API's name, mirroring lmdb.open
+def open(
     path: str | os.PathLike[str],
     *,
     max_pending_writes: int = DEFAULT_MAX_PENDING_WRITES,
@@ -165,10 +166,8 @@ class AsyncEnvironment:
             return
         self._closed = True
         for session in list(self._sessions):
-            try:
+            with contextlib.suppress(TransactionError):
                 await session.abort()
-            except TransactionError:
-                pass
         thread = self._writer.stop()
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
@@ -217,7 +216,12 @@ class AsyncEnvironment:
 
     @overload
     def open_db(
-        self, name: str | bytes | None = None, *, create: bool = True, **flags: bool
+        self,
+        name: str | bytes | None = None,
+        *,
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
     ) -> AsyncDatabase[bytes, bytes]: ...
 
     @overload
@@ -227,7 +231,8 @@ class AsyncEnvironment:
         *,
         key_coder: Coder[K],
         create: bool = True,
-        **flags: bool,
+        reverse_key: bool = False,
+        integerkey: bool = False,
     ) -> AsyncDatabase[K, bytes]: ...
 
     @overload
@@ -237,7 +242,8 @@ class AsyncEnvironment:
         *,
         value_coder: Coder[V],
         create: bool = True,
-        **flags: bool,
+        reverse_key: bool = False,
+        integerkey: bool = False,
     ) -> AsyncDatabase[bytes, V]: ...
 
     @overload
@@ -248,7 +254,8 @@ class AsyncEnvironment:
         key_coder: Coder[K],
         value_coder: Coder[V],
         create: bool = True,
-        **flags: bool,
+        reverse_key: bool = False,
+        integerkey: bool = False,
     ) -> AsyncDatabase[K, V]: ...
 
     def open_db(
@@ -258,33 +265,28 @@ class AsyncEnvironment:
         key_coder: Coder[Any] | None = None,
         value_coder: Coder[Any] | None = None,
         create: bool = True,
-        **flags: bool,
+        reverse_key: bool = False,
+        integerkey: bool = False,
     ) -> AsyncDatabase[Any, Any]:
         """Open the named database (``None``: the unnamed default one).
 
         Both coders default to :class:`~aiolmdb.coders.IdentityCoder` (bytes).
         ``create=False`` raises :class:`DatabaseNotFoundError` when the
-        database does not exist. ``flags`` are ``lmdb``'s ``open_db`` flags
-        ``reverse_key`` and ``integerkey``; duplicate-key databases
-        (``dupsort``) are not supported.
+        database does not exist. ``reverse_key`` and ``integerkey`` are LMDB's
+        key-order flags (they change the order range queries see);
+        duplicate-key databases (``dupsort``) are not supported.
 
         A database that does not exist yet is created by the writer thread
         before this returns; that cannot happen while a write transaction is
         open on the environment (open databases before ``env.transaction()``).
         """
-        self._check()
-        unsupported = set(flags) - {"reverse_key", "integerkey"}
-        if unsupported:
-            raise TypeError(f"open_db does not support the flags {sorted(unsupported)}")
-        raw_name = name.encode() if isinstance(name, str) else name
-        label = repr(name) if name is not None else "<default>"
-        handle = self._open_handle(raw_name, label, create, flags)
         return AsyncDatabase(
             self,
-            handle,
-            label,
+            name,
             key_coder if key_coder is not None else IdentityCoder(),
             value_coder if value_coder is not None else IdentityCoder(),
+            create=create,
+            flags={"reverse_key": reverse_key, "integerkey": integerkey},
         )
 
     def get_default_database(self) -> AsyncDatabase[bytes, bytes]:
@@ -292,15 +294,25 @@ class AsyncEnvironment:
         return self.open_db(None)
 
     def _open_handle(
-        self, name: bytes | None, label: str, create: bool, flags: Mapping[str, bool]
+        self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
     ) -> Any:
+        """The LMDB handle of a database, created by the writer thread if needed."""
+        self._check()
+        raw_name = name.encode() if isinstance(name, str) else name
+
         # LMDB: opening database handles must never happen in two transactions
         # at once in one process, hence the lock around every open.
         def open_existing() -> Any:
             with self._dbi_lock:
                 txn = self._lmdb.begin()
                 try:
-                    handle = self._lmdb.open_db(name, txn=txn, create=False, **flags)
+                    handle = self._lmdb.open_db(
+                        raw_name,
+                        txn=txn,
+                        create=False,
+                        reverse_key=flags.get("reverse_key", False),
+                        integerkey=flags.get("integerkey", False),
+                    )
                 except lmdb.NotFoundError:
                     txn.abort()
                     return None
@@ -317,7 +329,12 @@ class AsyncEnvironment:
 
         def create_on_writer() -> Any:
             with self._dbi_lock:
-                return self._lmdb.open_db(name, create=True, **flags)
+                return self._lmdb.open_db(
+                    raw_name,
+                    create=True,
+                    reverse_key=flags.get("reverse_key", False),
+                    integerkey=flags.get("integerkey", False),
+                )
 
         return self._writer.run_now(
             create_on_writer,
@@ -410,9 +427,7 @@ class AsyncEnvironment:
     async def _start_session(self) -> WriteSession:
         session = WriteSession(self._lmdb, self._name)
         self._sessions.add(session)
-        finished = asyncio.ensure_future(
-            self._writer.submit_exclusive(session.serve, session=True)
-        )
+        finished = asyncio.ensure_future(self._writer.submit_exclusive(session.serve, session=True))
         finished.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await session.begin()
@@ -434,17 +449,17 @@ class AsyncEnvironment:
     def info(self) -> dict[str, int]:
         """LMDB's ``mdb_env_info``: map size, last page, last transaction id, readers."""
         self._check()
-        return dict(self._lmdb.info())
+        return as_ints(self._lmdb.info())
 
     def stat(self) -> dict[str, int]:
         """LMDB's ``mdb_env_stat`` for the main database."""
         self._check()
-        return dict(self._lmdb.stat())
+        return as_ints(self._lmdb.stat())
 
     def flags(self) -> dict[str, bool]:
         """The flags the environment was opened with."""
         self._check()
-        return dict(self._lmdb.flags())
+        return {name: bool(value) for name, value in self._lmdb.flags().items()}
 
     def max_key_size(self) -> int:
         """The largest key, in bytes, LMDB accepts."""
@@ -467,9 +482,7 @@ class AsyncEnvironment:
     async def sync(self, *, force: bool = False) -> None:
         """Flush to disk (needed only with ``sync=False`` or ``map_async=True``)."""
         self._check()
-        await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self._lmdb.sync(force)
-        )
+        await asyncio.get_running_loop().run_in_executor(self._pool, lambda: self._lmdb.sync(force))
 
     @property
     def lmdb_env(self) -> lmdb.Environment:

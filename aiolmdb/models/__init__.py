@@ -1,0 +1,5 @@
+"""The typed model layer: collections declared as classes, compiled to database calls."""
+
+from .collection import Collection
+
+__all__ = ["Collection"]
