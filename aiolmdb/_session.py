@@ -161,8 +161,14 @@ class WriteSession:
 class ReadSnapshot:
     """One read transaction shared by many calls, one call at a time."""
 
-    def __init__(self, env: lmdb.Environment, executor: Executor) -> None:
-        self._txn: lmdb.Transaction | None = env.begin(buffers=True)
+    def __init__(
+        self,
+        begin: Callable[[], lmdb.Transaction],
+        end: Callable[[lmdb.Transaction], None],
+        executor: Executor,
+    ) -> None:
+        self._txn: lmdb.Transaction | None = begin()
+        self._end = end
         self._executor = executor
         self._lock = asyncio.Lock()
 
@@ -195,12 +201,10 @@ class ReadSnapshot:
     async def release(self) -> None:
         """End the snapshot, once every call in flight has finished."""
         async with self._lock:
-            if self._txn is not None:
-                self._txn.abort()
-                self._txn = None
+            self.release_now()
 
     def release_now(self) -> None:
         """End the snapshot immediately (the caller knows nothing is in flight)."""
         if self._txn is not None:
-            self._txn.abort()
-            self._txn = None
+            txn, self._txn = self._txn, None
+            self._end(txn)

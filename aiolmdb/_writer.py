@@ -29,7 +29,7 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
-from .errors import ClosedError, TransactionError
+from .errors import ClosedError
 
 __all__ = ["Waiting", "Writer", "deliver"]
 
@@ -38,12 +38,15 @@ R = TypeVar("R")
 BatchFn = Callable[[lmdb.Transaction], Any]
 ExclusiveFn = Callable[[], Any]
 
+_DONE = object()
+_RETRY = object()
+
 # (future, ok, value): what the writer hands back to an event loop.
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 
 class _Job:
-    __slots__ = ("exclusive", "fn", "future", "loop", "session")
+    __slots__ = ("exclusive", "fn", "future", "loop")
 
     def __init__(
         self,
@@ -51,14 +54,11 @@ class _Job:
         exclusive: bool,
         loop: asyncio.AbstractEventLoop,
         future: asyncio.Future[Any],
-        session: bool = False,
     ) -> None:
         self.fn = fn
         self.exclusive = exclusive
         self.loop = loop
         self.future = future
-        # A session waits for its event loop while it runs.
-        self.session = session
 
 
 class _Urgent:
@@ -112,16 +112,21 @@ class Writer:
     """
 
     def __init__(
-        self, env: lmdb.Environment, *, name: str, max_pending: int, max_batch: int
+        self,
+        env: lmdb.Environment,
+        *,
+        name: str,
+        max_pending: int,
+        max_batch: int,
+        grow_map: Callable[[], str | None],
     ) -> None:
-        if max_pending < 1:
-            raise ValueError(f"max_pending_writes must be at least 1, got {max_pending}")
-        if max_batch < 1:
-            raise ValueError(f"max_batch_writes must be at least 1, got {max_batch}")
         self._env = env
         self._name = name
         self._max_pending = max_pending
         self._max_batch = max_batch
+        # Called on the writer thread, with no write transaction open, when
+        # the map is full: None when it grew, else why it could not.
+        self._grow_map = grow_map
         self._queue: deque[_Job] = deque()
         self._lock = threading.Lock()
         self._work = threading.Condition(self._lock)
@@ -131,7 +136,6 @@ class Writer:
         self._space_waiters: list[tuple[asyncio.AbstractEventLoop, asyncio.Future[None]]] = []
         self._thread: threading.Thread | None = None
         self._urgent: deque[_Urgent] = deque()
-        self._in_session = False
 
     # -- event loop side -------------------------------------------------
 
@@ -139,38 +143,33 @@ class Writer:
         """Queue ``fn(txn)`` for the next group commit; return its result after commit."""
         return await self._submit(fn, exclusive=False)
 
-    async def submit_exclusive(self, fn: ExclusiveFn, *, session: bool = False) -> Any:
-        """Run ``fn()`` on the writer thread alone, between batches.
+    async def submit_exclusive(self, fn: ExclusiveFn) -> Any:
+        """Run ``fn()`` on the writer thread alone, between batches."""
+        return await self._submit(fn, exclusive=True)
 
-        ``session`` marks work that waits for the event loop while it runs.
-        """
-        return await self._submit(fn, exclusive=True, session=session)
-
-    async def _submit(self, fn: Callable[..., Any], exclusive: bool, session: bool = False) -> Any:
+    async def _submit(self, fn: Callable[..., Any], exclusive: bool) -> Any:
         loop = asyncio.get_running_loop()
         while len(self._queue) >= self._max_pending:
             await self._wait_for_space(loop)
         future: asyncio.Future[Any] = loop.create_future()
-        job = _Job(fn, exclusive, loop, future, session)
+        job = _Job(fn, exclusive, loop, future)
         with self._lock:
             self._check_open()
             self._queue.append(job)
             self._wake_thread()
         return await future
 
-    def run_now(self, fn: ExclusiveFn, refusal: str) -> Any:
+    def run_now(self, fn: ExclusiveFn) -> Any:
         """Run ``fn()`` on the writer thread ahead of the queue and block until it is done.
 
-        For rare set-up work that must be synchronous (creating a database).
-        Batches never wait for the event loop, so blocking on them is safe; a
-        session does, so while one runs this raises ``TransactionError(refusal)``
-        instead of deadlocking.
+        For rare set-up work that must be synchronous (opening a database).
+        Batches never wait for an event loop, so blocking on them is safe; the
+        caller must make sure no session (which may wait for the caller's
+        event loop) is being served.
         """
         urgent = _Urgent(fn)
         with self._lock:
             self._check_open()
-            if self._in_session:
-                raise TransactionError(refusal)
             self._urgent.append(urgent)
             self._wake_thread()
         return urgent.result.result()
@@ -219,7 +218,6 @@ class Writer:
     def _take(self) -> list[_Job]:
         """Wait for work; return the next batch, or one exclusive job, or [] to stop."""
         with self._lock:
-            self._in_session = False
             while True:
                 while self._urgent:
                     urgent = self._urgent.popleft()
@@ -242,7 +240,6 @@ class Writer:
                 if self._queue[0].exclusive:
                     if not jobs:
                         jobs.append(self._queue.popleft())
-                        self._in_session = jobs[0].session
                     break
                 jobs.append(self._queue.popleft())
             waiters, self._space_waiters = self._space_waiters, []
@@ -270,33 +267,53 @@ class Writer:
         # A write whose caller was cancelled before it began is not applied.
         pending = [job for job in jobs if not job.future.cancelled()]
         while pending:
-            failed = self._try_batch(pending)
-            if failed is None:
+            outcome = self._try_batch(pending)
+            if outcome is _DONE:
                 return
-            pending.remove(failed)
+            if isinstance(outcome, _Job):
+                pending.remove(outcome)
 
-    def _try_batch(self, jobs: list[_Job]) -> _Job | None:
-        """Apply and commit ``jobs``; on a job's failure abort and return that job."""
+    def _try_batch(self, jobs: list[_Job]) -> object:
+        """Apply and commit ``jobs``.
+
+        Returns ``_DONE`` when every waiter has its outcome, ``_RETRY`` when
+        the map was grown and the whole batch must run again, or the job that
+        failed (already told), for the batch to run again without it.
+        """
         try:
             txn = self._env.begin(write=True)
         except BaseException as exc:
             deliver([(job, False, exc) for job in jobs])
-            return None
+            return _DONE
         results: list[tuple[Waiting, bool, Any]] = []
         for job in jobs:
             try:
                 results.append((job, True, job.fn(txn)))
             except BaseException as exc:
                 txn.abort()
+                if isinstance(exc, lmdb.MapFullError):
+                    if (refusal := self._grow_map()) is None:
+                        return _RETRY
+                    exc = _map_full(exc, refusal)
                 deliver([(job, False, exc)])
                 return job
         try:
             txn.commit()
         except BaseException as exc:
+            if isinstance(exc, lmdb.MapFullError):
+                if (refusal := self._grow_map()) is None:
+                    return _RETRY
+                exc = _map_full(exc, refusal)
             deliver([(job, False, exc) for job in jobs])
-            return None
+            return _DONE
         deliver(results)
-        return None
+        return _DONE
+
+
+def _map_full(exc: lmdb.MapFullError, refusal: str) -> lmdb.MapFullError:
+    error = lmdb.MapFullError(f"{exc}; {refusal}")
+    error.__cause__ = exc
+    return error
 
 
 def _wake(waiter: asyncio.Future[None]) -> None:

@@ -134,6 +134,8 @@ class AsyncDatabase(Generic[K, V]):
             return repr(bytes(raw_key))
 
     def _handle(self) -> Any:
+        """The LMDB handle, checking that the database and environment are usable."""
+        self.env._check()
         if self._dropped:
             raise AiolmdbError(f"database {self._label} was dropped; open it again to recreate it")
         return self._db
@@ -191,9 +193,9 @@ class AsyncDatabase(Generic[K, V]):
 
         Every key asked for is in the result; missing ones map to ``default``.
         """
+        db = self._handle()
         wanted = list(keys)
         raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
-        db = self._handle()
 
         def read(t: lmdb.Transaction) -> dict[K, Any]:
             found: dict[K, Any] = {}
@@ -250,9 +252,9 @@ class AsyncDatabase(Generic[K, V]):
         Many records are encoded on a worker thread: do not mutate the objects
         until the call returns.
         """
+        db = self._handle()
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         encoded = await self._encode_off_loop(self._encode_items, pairs)
-        db = self._handle()
 
         def write(t: lmdb.Transaction) -> int:
             with _savepoint(self.env._lmdb, t) as child, child.cursor(db) as cursor:
@@ -270,9 +272,9 @@ class AsyncDatabase(Generic[K, V]):
         self, keys: Iterable[K], *, txn: Transaction | None = None
     ) -> dict[K, bool]:
         """Delete many keys atomically; maps each key to whether it existed."""
+        db = self._handle()
         wanted = list(keys)
         raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
-        db = self._handle()
 
         def write(t: lmdb.Transaction) -> dict[K, bool]:
             with _savepoint(self.env._lmdb, t) as child:
@@ -341,11 +343,8 @@ class AsyncDatabase(Generic[K, V]):
                 "use drop(delete=False) to empty it there"
             )
 
-        def remove(t: lmdb.Transaction) -> None:
-            with self.env._dbi_lock:
-                t.drop(db, delete=True)
-
-        await self.env._write_alone(remove)
+        await self.env._write_alone(lambda t: t.drop(db, delete=True))
+        self.env._forget_handle(self.name)
         self._dropped = True
 
     # -- arbitrary work --------------------------------------------------

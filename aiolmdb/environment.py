@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import logging
 import os
 import threading
 import weakref
@@ -16,6 +17,7 @@ from typing import Any, TypeVar, overload
 
 import lmdb
 
+from ._gate import ReadGate
 from ._session import ReadSnapshot, WriteSession
 from ._writer import Writer
 from .coders import Coder, IdentityCoder
@@ -39,6 +41,12 @@ DEFAULT_MAX_BATCH_WRITES = 4_096
 DEFAULT_INLINE_VALUE_LIMIT = 64 * 1024
 #: Worker threads for reads that could stall the event loop (scans, big values).
 DEFAULT_READ_WORKERS = 2
+#: The memory map doubles when full, up to this many bytes.
+DEFAULT_MAX_MAP_SIZE = 1 << 40
+#: Seconds a map resize waits for this process's read transactions to end.
+MAP_RESIZE_WAIT = 5.0
+
+logger = logging.getLogger("aiolmdb")
 
 _open_paths: dict[str, weakref.ReferenceType[AsyncEnvironment]] = {}
 _open_paths_lock = threading.Lock()
@@ -56,6 +64,7 @@ def open(
     max_batch_writes: int = DEFAULT_MAX_BATCH_WRITES,
     inline_value_limit: int = DEFAULT_INLINE_VALUE_LIMIT,
     read_workers: int = DEFAULT_READ_WORKERS,
+    max_map_size: int = DEFAULT_MAX_MAP_SIZE,
     **lmdb_kwargs: Any,
 ) -> AsyncEnvironment:
     """Open (creating if needed) the LMDB environment at ``path``.
@@ -70,10 +79,12 @@ def open(
     - ``inline_value_limit``: values up to this many bytes are read and
       decoded on the event loop thread (no thread hop); larger ones on a
       worker thread;
-    - ``read_workers``: threads for scans and large reads.
+    - ``read_workers``: threads for scans and large reads;
+    - ``max_map_size``: when a write finds the map (``map_size``) full, the
+      map doubles, up to this many bytes, and the write is retried.
 
-    Use it as ``async with aiolmdb.open(path) as env:`` or call
-    ``await env.close()``.
+    Stale reader slots left by crashed processes are cleared on open. Use it
+    as ``async with aiolmdb.open(path) as env:`` or call ``await env.close()``.
     """
     return AsyncEnvironment(
         path,
@@ -81,6 +92,7 @@ def open(
         max_batch_writes=max_batch_writes,
         inline_value_limit=inline_value_limit,
         read_workers=read_workers,
+        max_map_size=max_map_size,
         **lmdb_kwargs,
     )
 
@@ -101,10 +113,16 @@ class AsyncEnvironment:
         max_batch_writes: int = DEFAULT_MAX_BATCH_WRITES,
         inline_value_limit: int = DEFAULT_INLINE_VALUE_LIMIT,
         read_workers: int = DEFAULT_READ_WORKERS,
+        max_map_size: int = DEFAULT_MAX_MAP_SIZE,
         **lmdb_kwargs: Any,
     ) -> None:
-        if read_workers < 1:
-            raise ValueError(f"read_workers must be at least 1, got {read_workers}")
+        for setting, value in (
+            ("read_workers", read_workers),
+            ("max_pending_writes", max_pending_writes),
+            ("max_batch_writes", max_batch_writes),
+        ):
+            if value < 1:
+                raise ValueError(f"{setting} must be at least 1, got {value}")
         if inline_value_limit < 0:
             raise ValueError(f"inline_value_limit must be >= 0, got {inline_value_limit}")
         lmdb_kwargs.setdefault("max_dbs", DEFAULT_MAX_DBS)
@@ -118,8 +136,12 @@ class AsyncEnvironment:
                 )
             self._lmdb = lmdb.open(os.fspath(path), **lmdb_kwargs)
             _open_paths[key] = weakref.ref(self)
+        if not lmdb_kwargs.get("readonly", False):
+            self._lmdb.reader_check()  # free reader slots of crashed processes
         self._key = key
         self._name = repr(key)
+        self._max_map_size = max_map_size
+        self._gate = ReadGate()
         self._closed = False
         self._forked = False
         self.inline_value_limit = inline_value_limit
@@ -128,11 +150,12 @@ class AsyncEnvironment:
             name=self._name,
             max_pending=max_pending_writes,
             max_batch=max_batch_writes,
+            grow_map=self._grow_map,
         )
         self._pool = ThreadPoolExecutor(
             max_workers=read_workers, thread_name_prefix=f"aiolmdb-reader {key}"
         )
-        self._dbi_lock = threading.Lock()
+        self._handles: dict[tuple[bytes | None, tuple[tuple[str, bool], ...]], Any] = {}
         self._current: ContextVar[Transaction | None] = ContextVar(
             f"aiolmdb transaction {key}", default=None
         )
@@ -296,51 +319,51 @@ class AsyncEnvironment:
     def _open_handle(
         self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
     ) -> Any:
-        """The LMDB handle of a database, created by the writer thread if needed."""
+        """The LMDB handle of a database, opened (or created) by the writer thread.
+
+        LMDB forbids opening handles from two transactions at once and keeps
+        a handle only if the transaction that opened it commits: the writer
+        thread does every open, once per database; later opens reuse it.
+        """
         self._check()
         raw_name = name.encode() if isinstance(name, str) else name
+        cache_key = (raw_name, tuple(sorted(flags.items())))
+        handle = self._handles.get(cache_key)
+        if handle is not None:
+            return handle
 
-        # LMDB: opening database handles must never happen in two transactions
-        # at once in one process, hence the lock around every open.
-        def open_existing() -> Any:
-            with self._dbi_lock:
-                txn = self._lmdb.begin()
+        def open_on_writer() -> Any:
+            for may_create in (False, True) if create else (False,):
                 try:
-                    handle = self._lmdb.open_db(
+                    return self._lmdb.open_db(
                         raw_name,
-                        txn=txn,
-                        create=False,
+                        create=may_create,
                         reverse_key=flags.get("reverse_key", False),
                         integerkey=flags.get("integerkey", False),
                     )
                 except lmdb.NotFoundError:
-                    txn.abort()
-                    return None
-                txn.commit()
-                return handle
+                    continue
+            return None
 
-        handle = open_existing()
-        if handle is not None:
-            return handle
-        if not create:
+        if self._sessions:
+            # The writer is serving a transaction that waits for this event loop.
+            raise TransactionError(
+                f"database {label} was not opened before this write transaction began, and "
+                "opening a database needs the writer: open it before env.transaction()"
+            )
+        handle = self._writer.run_now(open_on_writer)
+        if handle is None:
             raise DatabaseNotFoundError(
                 f"database {label} does not exist in environment {self._name} (create=False)"
             )
+        self._handles[cache_key] = handle
+        return handle
 
-        def create_on_writer() -> Any:
-            with self._dbi_lock:
-                return self._lmdb.open_db(
-                    raw_name,
-                    create=True,
-                    reverse_key=flags.get("reverse_key", False),
-                    integerkey=flags.get("integerkey", False),
-                )
-
-        return self._writer.run_now(
-            create_on_writer,
-            f"database {label} does not exist yet and cannot be created while a write "
-            "transaction is open on this environment: open it before env.transaction()",
-        )
+    def _forget_handle(self, name: str | bytes | None) -> None:
+        """Drop cached handles of a database that was deleted."""
+        raw_name = name.encode() if isinstance(name, str) else name
+        for key in [key for key in self._handles if key[0] == raw_name]:
+            del self._handles[key]
 
     # -- transactions ----------------------------------------------------
 
@@ -390,11 +413,48 @@ class AsyncEnvironment:
         return self._call_in_read_txn(fn)
 
     def _call_in_read_txn(self, fn: Callable[[lmdb.Transaction], R]) -> R:
-        txn = self._lmdb.begin(buffers=True)
+        txn = self._begin_read()
         try:
             return fn(txn)
         finally:
-            txn.abort()
+            self._end_read(txn)
+
+    def _begin_read(self) -> lmdb.Transaction:
+        """Begin a read transaction (buffers=True), passing the map-resize gate."""
+        self._gate.enter()
+        try:
+            try:
+                return self._lmdb.begin(buffers=True)
+            except lmdb.MapResizedError:
+                # Another process grew the map: adopt its size, then begin again.
+                self._gate.leave()
+                self._adopt_map_size()
+                self._gate.enter()
+                return self._lmdb.begin(buffers=True)
+        except BaseException:
+            self._gate.leave()
+            raise
+
+    def _end_read(self, txn: lmdb.Transaction) -> None:
+        txn.abort()
+        self._gate.leave()
+
+    def _adopt_map_size(self) -> None:
+        self._gate.run_alone(lambda: self._lmdb.set_mapsize(0), MAP_RESIZE_WAIT)
+
+    def _grow_map(self) -> str | None:
+        """Double the map (on the writer thread); None when done, else why not."""
+        size = int(self._lmdb.info()["map_size"])
+        if size >= self._max_map_size:
+            return f"the map is at max_map_size ({self._max_map_size} bytes)"
+        new_size = min(size * 2, self._max_map_size)
+        if not self._gate.run_alone(lambda: self._lmdb.set_mapsize(new_size), MAP_RESIZE_WAIT):
+            return (
+                f"growing the map to {new_size} bytes waited {MAP_RESIZE_WAIT} s in vain "
+                "for read transactions of this process to end (a read snapshot held open?)"
+            )
+        logger.info("environment %s: map grown from %d to %d bytes", self._name, size, new_size)
+        return None
 
     async def _write(self, fn: Callable[[lmdb.Transaction], R], txn: Transaction | None) -> R:
         """Run ``fn(write_txn)``: in the current transaction, else in the next group commit."""
@@ -416,7 +476,7 @@ class AsyncEnvironment:
         return result
 
     def _new_snapshot(self) -> ReadSnapshot:
-        snapshot = ReadSnapshot(self._lmdb, self._pool)
+        snapshot = ReadSnapshot(self._begin_read, self._end_read, self._pool)
         self._snapshots.add(snapshot)
         return snapshot
 
@@ -427,7 +487,7 @@ class AsyncEnvironment:
     async def _start_session(self) -> WriteSession:
         session = WriteSession(self._lmdb, self._name)
         self._sessions.add(session)
-        finished = asyncio.ensure_future(self._writer.submit_exclusive(session.serve, session=True))
+        finished = asyncio.ensure_future(self._writer.submit_exclusive(session.serve))
         finished.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await session.begin()
@@ -475,9 +535,15 @@ class AsyncEnvironment:
         """Write a consistent backup of the environment into the directory ``path``."""
         self._check()
         target = os.fspath(path)
-        await asyncio.get_running_loop().run_in_executor(
-            self._pool, lambda: self._lmdb.copy(target, compact=compact)
-        )
+
+        def backup() -> None:
+            self._gate.enter()  # the copy reads in a transaction of its own
+            try:
+                self._lmdb.copy(target, compact=compact)
+            finally:
+                self._gate.leave()
+
+        await asyncio.get_running_loop().run_in_executor(self._pool, backup)
 
     async def sync(self, *, force: bool = False) -> None:
         """Flush to disk (needed only with ``sync=False`` or ``map_async=True``)."""
