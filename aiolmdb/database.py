@@ -62,7 +62,7 @@ class AsyncDatabase(Generic[K, V]):
         self.key_coder = key_coder
         self.value_coder = value_coder
         self._label = "<default>" if name is None else repr(name)
-        self._db = env._open_handle(name, self._label, create, flags or {})
+        self._db, self._serial = env._open_handle(name, self._label, create, flags or {})
         self._max_key_size = env.max_key_size()
         self._dropped = False
 
@@ -133,11 +133,17 @@ class AsyncDatabase(Generic[K, V]):
         except Exception:
             return repr(bytes(raw_key))
 
-    def _handle(self) -> Any:
-        """The LMDB handle, checking that the database and environment are usable."""
+    def _handle(self, txn: Transaction | None) -> Any:
+        """The LMDB handle, checking that the database is usable in ``txn``'s context."""
         self.env._check()
         if self._dropped:
             raise AiolmdbError(f"database {self._label} was dropped; open it again to recreate it")
+        context = txn if txn is not None else self.env._current.get()
+        if context is not None and context.handles_known < self._serial:
+            raise TransactionError(
+                f"database {self._label} was opened after this transaction began, so LMDB "
+                "cannot see it inside it: open databases before env.transaction()"
+            )
         return self._db
 
     async def _encode_off_loop(self, fn: Callable[[list[Any]], R], items: list[Any]) -> R:
@@ -160,7 +166,7 @@ class AsyncDatabase(Generic[K, V]):
     async def get(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """The value stored under ``key``, or ``default`` when there is none."""
         raw_key = self._encode_key(key)
-        db = self._handle()
+        db = self._handle(txn)
         limit = self.env.inline_value_limit
 
         def read(t: lmdb.Transaction, inline: bool = True) -> Any:
@@ -193,7 +199,7 @@ class AsyncDatabase(Generic[K, V]):
 
         Every key asked for is in the result; missing ones map to ``default``.
         """
-        db = self._handle()
+        db = self._handle(txn)
         wanted = list(keys)
         raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
 
@@ -209,17 +215,17 @@ class AsyncDatabase(Generic[K, V]):
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""
         raw_key = self._encode_key(key)
-        db = self._handle()
+        db = self._handle(txn)
         return await self.env._read(lambda t: t.get(raw_key, db=db) is not None, txn)
 
     async def count(self, *, txn: Transaction | None = None) -> int:
         """The number of records."""
-        db = self._handle()
+        db = self._handle(txn)
         return await self.env._read(lambda t: int(t.stat(db)["entries"]), txn)
 
     async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:
         """LMDB's statistics of this database (``entries``, ``depth``, page counts...)."""
-        db = self._handle()
+        db = self._handle(txn)
         return await self.env._read(lambda t: as_ints(t.stat(db)), txn)
 
     # -- writes ----------------------------------------------------------
@@ -234,7 +240,7 @@ class AsyncDatabase(Generic[K, V]):
         """
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
-        db = self._handle()
+        db = self._handle(txn)
         return await self.env._write(
             lambda t: t.put(raw_key, raw_value, db=db, overwrite=overwrite), txn
         )
@@ -252,7 +258,7 @@ class AsyncDatabase(Generic[K, V]):
         Many records are encoded on a worker thread: do not mutate the objects
         until the call returns.
         """
-        db = self._handle()
+        db = self._handle(txn)
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         encoded = await self._encode_off_loop(self._encode_items, pairs)
 
@@ -265,14 +271,14 @@ class AsyncDatabase(Generic[K, V]):
     async def delete(self, key: K, *, txn: Transaction | None = None) -> bool:
         """Delete ``key``; returns whether it existed."""
         raw_key = self._encode_key(key)
-        db = self._handle()
+        db = self._handle(txn)
         return await self.env._write(lambda t: t.delete(raw_key, db=db), txn)
 
     async def delete_multi(
         self, keys: Iterable[K], *, txn: Transaction | None = None
     ) -> dict[K, bool]:
         """Delete many keys atomically; maps each key to whether it existed."""
-        db = self._handle()
+        db = self._handle(txn)
         wanted = list(keys)
         raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
 
@@ -293,7 +299,7 @@ class AsyncDatabase(Generic[K, V]):
     async def pop(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """Delete ``key`` and return its value (``default`` when it did not exist)."""
         raw_key = self._encode_key(key)
-        db = self._handle()
+        db = self._handle(txn)
         # Decoding happens before the commit: a value that cannot be decoded
         # fails the call and stays stored.
         value = await self.env._write(lambda t: self._pop_raw(t, db, raw_key), txn)
@@ -303,7 +309,7 @@ class AsyncDatabase(Generic[K, V]):
         """Store ``value`` under ``key`` and return the previous value (None if there was none)."""
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
-        db = self._handle()
+        db = self._handle(txn)
         old: V | None = await self.env._write(
             lambda t: self._replace_raw(t, db, raw_key, raw_value), txn
         )
@@ -332,7 +338,7 @@ class AsyncDatabase(Generic[K, V]):
         database again to recreate it). The unnamed default database can only
         be emptied.
         """
-        db = self._handle()
+        db = self._handle(txn)
         delete = delete and self.name is not None
         if not delete:
             await self.env._write(lambda t: t.drop(db, delete=False), txn)
@@ -365,7 +371,7 @@ class AsyncDatabase(Generic[K, V]):
         its own (or in the enclosing ``env.transaction()``), committed when
         ``fn`` returns and aborted when it raises. ``fn`` is called once.
         """
-        db = self._handle()
+        db = self._handle(txn)
 
         def call(t: lmdb.Transaction) -> R:
             return fn(DatabaseTxn(self, db, t))
@@ -393,9 +399,14 @@ class AsyncDatabase(Generic[K, V]):
         ``start`` is inclusive, ``stop`` exclusive; ``prefix`` keeps keys that
         start with it (a leading part of a tuple key, or of a string/bytes
         key). Bounds and prefixes need an ordered key coder. ``reverse``
-        iterates from the highest key down; ``limit`` caps the count. Records
-        are read in batches from one consistent snapshot, so memory stays
-        bounded and the event loop keeps running between batches.
+        iterates from the highest key down; ``limit`` caps the count.
+
+        Records are read in batches (the first small one on the event loop,
+        later ones on a reader thread), so memory stays bounded and the loop
+        keeps running. Each batch is read in a transaction of its own, and
+        none is held open while your loop body runs: writes made meanwhile may
+        show in later batches. For one consistent view of the whole scan,
+        iterate inside ``env.transaction(write=False)``.
         """
         return self._scan(
             start,
@@ -486,35 +497,24 @@ class AsyncDatabase(Generic[K, V]):
         if limit is not None and limit < 0:
             raise ValueError(f"limit must be >= 0, got {limit}")
         low, high = self._bounds(start, stop, prefix)
-        db = self._handle()
-        ctx = self.env._context(txn)
-        snapshot = self.env._new_snapshot() if ctx is None else None
+        db = self._handle(txn)
         remaining = limit
         resume: bytes | None = None
         size = FIRST_SCAN_BATCH
-        try:
-            while remaining is None or remaining > 0:
-                count = size if remaining is None else min(size, remaining)
+        while remaining is None or remaining > 0:
+            count = size if remaining is None else min(size, remaining)
 
-                def read(t: lmdb.Transaction, after: bytes | None = resume, n: int = count) -> Any:
-                    return fetch_batch(t, db, low, high, after, reverse, n, decode)
+            def read(t: lmdb.Transaction, after: bytes | None = resume, n: int = count) -> Any:
+                return fetch_batch(t, db, low, high, after, reverse, n, decode)
 
-                offload = count > FIRST_SCAN_BATCH
-                if snapshot is not None:
-                    batch, resume, done = await snapshot.call(read, offload=offload)
-                else:
-                    assert ctx is not None
-                    batch, resume, done = await ctx.run_read(read, offload=offload)
-                for item in batch:
-                    yield item
-                if done:
-                    return
-                if remaining is not None:
-                    remaining -= len(batch)
-                size = SCAN_BATCH
-        finally:
-            if snapshot is not None:
-                await self.env._end_snapshot(snapshot)
+            batch, resume, done = await self.env._read(read, txn, offload=count > FIRST_SCAN_BATCH)
+            for item in batch:
+                yield item
+            if done:
+                return
+            if remaining is not None:
+                remaining -= len(batch)
+            size = SCAN_BATCH
 
 
 class DatabaseTxn(Generic[K, V]):

@@ -155,7 +155,9 @@ class AsyncEnvironment:
         self._pool = ThreadPoolExecutor(
             max_workers=read_workers, thread_name_prefix=f"aiolmdb-reader {key}"
         )
-        self._handles: dict[tuple[bytes | None, tuple[tuple[str, bool], ...]], Any] = {}
+        # Open database handles by (name, flags): (handle, serial number of the open).
+        self._handles: dict[tuple[bytes | None, tuple[tuple[str, bool], ...]], tuple[Any, int]] = {}
+        self._handle_serial = 0
         self._current: ContextVar[Transaction | None] = ContextVar(
             f"aiolmdb transaction {key}", default=None
         )
@@ -318,19 +320,21 @@ class AsyncEnvironment:
 
     def _open_handle(
         self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
-    ) -> Any:
+    ) -> tuple[Any, int]:
         """The LMDB handle of a database, opened (or created) by the writer thread.
 
         LMDB forbids opening handles from two transactions at once and keeps
         a handle only if the transaction that opened it commits: the writer
         thread does every open, once per database; later opens reuse it.
+        Returns the handle and the serial number of its open: a transaction
+        begun before that cannot see the database.
         """
         self._check()
         raw_name = name.encode() if isinstance(name, str) else name
         cache_key = (raw_name, tuple(sorted(flags.items())))
-        handle = self._handles.get(cache_key)
-        if handle is not None:
-            return handle
+        known = self._handles.get(cache_key)
+        if known is not None:
+            return known
 
         def open_on_writer() -> Any:
             for may_create in (False, True) if create else (False,):
@@ -356,8 +360,9 @@ class AsyncEnvironment:
             raise DatabaseNotFoundError(
                 f"database {label} does not exist in environment {self._name} (create=False)"
             )
-        self._handles[cache_key] = handle
-        return handle
+        self._handle_serial += 1
+        self._handles[cache_key] = (handle, self._handle_serial)
+        return handle, self._handle_serial
 
     def _forget_handle(self, name: str | bytes | None) -> None:
         """Drop cached handles of a database that was deleted."""

@@ -48,6 +48,8 @@ class Transaction:
         self._depth = 0  # savepoint depth of this transaction within its session
         self._owner = True  # False when it only joins an enclosing transaction
         self._token: contextvars.Token[Transaction | None] | None = None
+        # Databases opened after the LMDB transaction began are invisible to it.
+        self.handles_known = 0
 
     @property
     def active(self) -> bool:
@@ -57,6 +59,7 @@ class Transaction:
     async def __aenter__(self) -> Transaction:
         if self._state != _NEW:
             raise TransactionError("a Transaction can be entered only once")
+        self.handles_known = self.env._handle_serial
         outer = self.env._current.get()
         if outer is not None and outer.active:
             await self._nest_in(outer)
@@ -69,6 +72,7 @@ class Transaction:
         return self
 
     async def _nest_in(self, outer: Transaction) -> None:
+        self.handles_known = outer.handles_known
         if outer._session is not None:
             self._session = outer._session
             if self.write:
