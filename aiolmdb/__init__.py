@@ -13,7 +13,10 @@ from .errors import (
     DatabaseNotFoundError,
     DecodeError,
     EncodeError,
+    KeyExistsError,
+    KeyNotFoundError,
     TransactionError,
+    UniqueViolationError,
     UnorderedKeyError,
 )
 from .transaction import Transaction
@@ -29,8 +32,11 @@ __all__ = [
     "DatabaseTxn",
     "DecodeError",
     "EncodeError",
+    "KeyExistsError",
+    "KeyNotFoundError",
     "Transaction",
     "TransactionError",
+    "UniqueViolationError",
     "UnorderedKeyError",
     "__version__",
     "open",

@@ -107,6 +107,14 @@ class WriteSession:
         """Abort the whole transaction and end the session."""
         await self._send(_ABORT)
 
+    def abort_later(self) -> None:
+        """Queue an abort without waiting for it (when the opener was cancelled)."""
+        op = _Op(_ABORT, None, asyncio.get_running_loop())
+        op.future.add_done_callback(_ignore_outcome)
+        with self._lock:
+            if not self._ended:
+                self._ops.put(op)
+
     # -- writer thread side ----------------------------------------------
 
     def serve(self) -> None:
@@ -208,3 +216,8 @@ class ReadSnapshot:
         if self._txn is not None:
             txn, self._txn = self._txn, None
             self._end(txn)
+
+
+def _ignore_outcome(future: asyncio.Future[Any]) -> None:
+    if not future.cancelled():
+        future.exception()  # retrieved, so asyncio does not log it

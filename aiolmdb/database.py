@@ -10,13 +10,21 @@ import lmdb
 
 from ._scan import fetch_batch, prefix_end
 from .coders import Coder
-from .errors import AiolmdbError, DecodeError, EncodeError, TransactionError, UnorderedKeyError
+from .errors import (
+    AiolmdbError,
+    DecodeError,
+    EncodeError,
+    KeyExistsError,
+    KeyNotFoundError,
+    TransactionError,
+    UnorderedKeyError,
+)
 
 if TYPE_CHECKING:
     from .environment import AsyncEnvironment
     from .transaction import Transaction
 
-__all__ = ["AsyncDatabase", "DatabaseTxn"]
+__all__ = ["AsyncDatabase", "DatabaseTxn", "OpenedHandle"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -62,9 +70,9 @@ class AsyncDatabase(Generic[K, V]):
         self.key_coder = key_coder
         self.value_coder = value_coder
         self._label = "<default>" if name is None else repr(name)
-        self._db, self._serial = env._open_handle(name, self._label, create, flags or {})
+        self._opened = env._open_handle(name, self._label, create, flags or {})
+        self._db = self._opened.db
         self._max_key_size = env.max_key_size()
-        self._dropped = False
 
     def __repr__(self) -> str:
         return (
@@ -136,10 +144,10 @@ class AsyncDatabase(Generic[K, V]):
     def _handle(self, txn: Transaction | None) -> Any:
         """The LMDB handle, checking that the database is usable in ``txn``'s context."""
         self.env._check()
-        if self._dropped:
+        if self._opened.dropped:
             raise AiolmdbError(f"database {self._label} was dropped; open it again to recreate it")
         context = txn if txn is not None else self.env._current.get()
-        if context is not None and context.handles_known < self._serial:
+        if context is not None and context.handles_known < self._opened.serial:
             raise TransactionError(
                 f"database {self._label} was opened after this transaction began, so LMDB "
                 "cannot see it inside it: open databases before env.transaction()"
@@ -240,9 +248,9 @@ class AsyncDatabase(Generic[K, V]):
         """
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
-        db = self._handle(txn)
+        self._handle(txn)
         return await self.env._write(
-            lambda t: t.put(raw_key, raw_value, db=db, overwrite=overwrite), txn
+            lambda t: self._store(t, raw_key, raw_value, value, overwrite), txn
         )
 
     async def put_multi(
@@ -263,28 +271,34 @@ class AsyncDatabase(Generic[K, V]):
         encoded = await self._encode_off_loop(self._encode_items, pairs)
 
         def write(t: lmdb.Transaction) -> int:
-            with _savepoint(self.env._lmdb, t) as child, child.cursor(db) as cursor:
-                return int(cursor.putmulti(encoded, overwrite=overwrite)[1])
+            with _savepoint(self.env._lmdb, t) as child:
+                if self._plain_writes:
+                    with child.cursor(db) as cursor:
+                        return int(cursor.putmulti(encoded, overwrite=overwrite)[1])
+                return sum(
+                    self._store(child, raw_key, raw_value, value, overwrite)
+                    for (raw_key, raw_value), (_, value) in zip(encoded, pairs, strict=True)
+                )
 
         return await self.env._write(write, txn)
 
     async def delete(self, key: K, *, txn: Transaction | None = None) -> bool:
         """Delete ``key``; returns whether it existed."""
         raw_key = self._encode_key(key)
-        db = self._handle(txn)
-        return await self.env._write(lambda t: t.delete(raw_key, db=db), txn)
+        self._handle(txn)
+        return await self.env._write(lambda t: self._remove(t, raw_key), txn)
 
     async def delete_multi(
         self, keys: Iterable[K], *, txn: Transaction | None = None
     ) -> dict[K, bool]:
         """Delete many keys atomically; maps each key to whether it existed."""
-        db = self._handle(txn)
+        self._handle(txn)
         wanted = list(keys)
         raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
 
         def write(t: lmdb.Transaction) -> dict[K, bool]:
             with _savepoint(self.env._lmdb, t) as child:
-                return {k: child.delete(rk, db=db) for k, rk in zip(wanted, raw_keys, strict=True)}
+                return {k: self._remove(child, rk) for k, rk in zip(wanted, raw_keys, strict=True)}
 
         return await self.env._write(write, txn)
 
@@ -299,36 +313,86 @@ class AsyncDatabase(Generic[K, V]):
     async def pop(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """Delete ``key`` and return its value (``default`` when it did not exist)."""
         raw_key = self._encode_key(key)
-        db = self._handle(txn)
+        self._handle(txn)
         # Decoding happens before the commit: a value that cannot be decoded
         # fails the call and stays stored.
-        value = await self.env._write(lambda t: self._pop_raw(t, db, raw_key), txn)
+        value = await self.env._write(lambda t: self._pop_raw(t, raw_key), txn)
         return default if value is _MISSING else value
 
     async def replace(self, key: K, value: V, *, txn: Transaction | None = None) -> V | None:
         """Store ``value`` under ``key`` and return the previous value (None if there was none)."""
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
-        db = self._handle(txn)
+        self._handle(txn)
         old: V | None = await self.env._write(
-            lambda t: self._replace_raw(t, db, raw_key, raw_value), txn
+            lambda t: self._replace_raw(t, raw_key, raw_value, value), txn
         )
         return old
 
-    def _pop_raw(self, t: lmdb.Transaction, db: Any, raw_key: bytes) -> Any:
-        old = t.get(raw_key, db=db)
+    async def insert(self, key: K, value: V, *, txn: Transaction | None = None) -> None:
+        """Store a new record; raise :class:`KeyExistsError` if ``key`` is already stored."""
+        raw_key = self._encode_key(key)
+        raw_value = self._encode_value(key, value)
+        self._handle(txn)
+
+        def write(t: lmdb.Transaction) -> None:
+            if not self._store(t, raw_key, raw_value, value, False):
+                raise KeyExistsError(f"database {self._label}: key {_show(key)} already exists")
+
+        await self.env._write(write, txn)
+
+    async def update(self, key: K, fn: Callable[[V], V], *, txn: Transaction | None = None) -> V:
+        """Replace the value of ``key`` by ``fn(old)`` atomically; return the new value.
+
+        The read, ``fn`` and the write happen in one write transaction, so no
+        other writer can slip in between. ``fn`` runs on the writer thread and
+        may be called more than once (when its group commit is retried): keep
+        it a pure function of its argument. Raises :class:`KeyNotFoundError`
+        when ``key`` is not stored.
+        """
+        raw_key = self._encode_key(key)
+        self._handle(txn)
+
+        def write(t: lmdb.Transaction) -> V:
+            old = t.get(raw_key, db=self._db)
+            if old is None:
+                raise KeyNotFoundError(f"database {self._label}: key {_show(key)} is not stored")
+            new = fn(self._decode_value(raw_key, old))
+            self._store(t, raw_key, self._encode_value(key, new), new, True)
+            return new
+
+        result: V = await self.env._write(write, txn)
+        return result
+
+    # -- record writes: every write of a record goes through these two ---
+
+    #: True when storing a record is a bare put (lets put_multi use LMDB's putmulti).
+    _plain_writes = True
+
+    def _store(
+        self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: V, overwrite: bool
+    ) -> bool:
+        """Store one encoded record in ``t``; False if ``overwrite`` is off and it exists."""
+        return t.put(raw_key, raw_value, db=self._db, overwrite=overwrite)
+
+    def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
+        """Remove one record in ``t``; False if it was not stored."""
+        return t.delete(raw_key, db=self._db)
+
+    def _pop_raw(self, t: lmdb.Transaction, raw_key: bytes) -> Any:
+        old = t.get(raw_key, db=self._db)
         if old is None:
             return _MISSING
         value = self._decode_value(raw_key, old)
-        t.delete(raw_key, db=db)
+        self._remove(t, raw_key)
         return value
 
     def _replace_raw(
-        self, t: lmdb.Transaction, db: Any, raw_key: bytes, raw_value: bytes
+        self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, new: V
     ) -> V | None:
-        old = t.get(raw_key, db=db)
+        old = t.get(raw_key, db=self._db)
         value = None if old is None else self._decode_value(raw_key, old)
-        t.put(raw_key, raw_value, db=db)
+        self._store(t, raw_key, raw_value, new, True)
         return value
 
     async def drop(self, delete: bool = True, *, txn: Transaction | None = None) -> None:
@@ -350,8 +414,7 @@ class AsyncDatabase(Generic[K, V]):
             )
 
         await self.env._write_alone(lambda t: t.drop(db, delete=True))
-        self.env._forget_handle(self.name)
-        self._dropped = True
+        self.env._forget_handle(self._opened)
 
     # -- arbitrary work --------------------------------------------------
 
@@ -517,6 +580,19 @@ class AsyncDatabase(Generic[K, V]):
             size = SCAN_BATCH
 
 
+class OpenedHandle:
+    """An LMDB database handle shared by every object opened on that database."""
+
+    __slots__ = ("db", "dropped", "serial")
+
+    def __init__(self, db: Any, serial: int) -> None:
+        self.db = db
+        #: Which open of the environment this was: transactions begun before it cannot see it.
+        self.serial = serial
+        #: Set when the database was deleted: the handle is closed.
+        self.dropped = False
+
+
 class DatabaseTxn(Generic[K, V]):
     """A database seen through one LMDB transaction, for :meth:`AsyncDatabase.run`.
 
@@ -553,11 +629,11 @@ class DatabaseTxn(Generic[K, V]):
         """Store ``value`` under ``key``; False when ``overwrite=False`` and it exists."""
         raw_key = self.database._encode_key(key)
         raw_value = self.database._encode_value(key, value)
-        return self.txn.put(raw_key, raw_value, db=self._db, overwrite=overwrite)
+        return self.database._store(self.txn, raw_key, raw_value, value, overwrite)
 
     def delete(self, key: K) -> bool:
         """Delete ``key``; returns whether it existed."""
-        return self.txn.delete(self.database._encode_key(key), db=self._db)
+        return self.database._remove(self.txn, self.database._encode_key(key))
 
     @overload
     def pop(self, key: K, default: None = None) -> V | None: ...
@@ -567,14 +643,14 @@ class DatabaseTxn(Generic[K, V]):
 
     def pop(self, key: K, default: Any = None) -> Any:
         """Delete ``key`` and return its value, or ``default``."""
-        value = self.database._pop_raw(self.txn, self._db, self.database._encode_key(key))
+        value = self.database._pop_raw(self.txn, self.database._encode_key(key))
         return default if value is _MISSING else value
 
     def replace(self, key: K, value: V) -> V | None:
         """Store ``value`` under ``key``; return the previous value or None."""
         raw_key = self.database._encode_key(key)
         raw_value = self.database._encode_value(key, value)
-        return self.database._replace_raw(self.txn, self._db, raw_key, raw_value)
+        return self.database._replace_raw(self.txn, raw_key, raw_value, value)
 
 
 class _savepoint:

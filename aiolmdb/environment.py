@@ -21,7 +21,7 @@ from ._gate import ReadGate
 from ._session import ReadSnapshot, WriteSession
 from ._writer import Writer
 from .coders import Coder, IdentityCoder
-from .database import AsyncDatabase, as_ints
+from .database import AsyncDatabase, OpenedHandle, as_ints
 from .errors import AiolmdbError, ClosedError, DatabaseNotFoundError, TransactionError
 from .transaction import Transaction
 
@@ -156,7 +156,7 @@ class AsyncEnvironment:
             max_workers=read_workers, thread_name_prefix=f"aiolmdb-reader {key}"
         )
         # Open database handles by (name, flags): (handle, serial number of the open).
-        self._handles: dict[tuple[bytes | None, tuple[tuple[str, bool], ...]], tuple[Any, int]] = {}
+        self._handles: dict[tuple[bytes | None, tuple[tuple[str, bool], ...]], OpenedHandle] = {}
         self._handle_serial = 0
         self._current: ContextVar[Transaction | None] = ContextVar(
             f"aiolmdb transaction {key}", default=None
@@ -320,14 +320,14 @@ class AsyncEnvironment:
 
     def _open_handle(
         self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
-    ) -> tuple[Any, int]:
+    ) -> OpenedHandle:
         """The LMDB handle of a database, opened (or created) by the writer thread.
 
         LMDB forbids opening handles from two transactions at once and keeps
         a handle only if the transaction that opened it commits: the writer
         thread does every open, once per database; later opens reuse it.
-        Returns the handle and the serial number of its open: a transaction
-        begun before that cannot see the database.
+        The handle records the serial number of its open: a transaction begun
+        before that cannot see the database.
         """
         self._check()
         raw_name = name.encode() if isinstance(name, str) else name
@@ -361,13 +361,13 @@ class AsyncEnvironment:
                 f"database {label} does not exist in environment {self._name} (create=False)"
             )
         self._handle_serial += 1
-        self._handles[cache_key] = (handle, self._handle_serial)
-        return handle, self._handle_serial
+        opened = self._handles[cache_key] = OpenedHandle(handle, self._handle_serial)
+        return opened
 
-    def _forget_handle(self, name: str | bytes | None) -> None:
-        """Drop cached handles of a database that was deleted."""
-        raw_name = name.encode() if isinstance(name, str) else name
-        for key in [key for key in self._handles if key[0] == raw_name]:
+    def _forget_handle(self, opened: OpenedHandle) -> None:
+        """Mark a deleted database's handle dropped, for every object that shares it."""
+        opened.dropped = True
+        for key in [key for key, value in self._handles.items() if value is opened]:
             del self._handles[key]
 
     # -- transactions ----------------------------------------------------
@@ -497,7 +497,10 @@ class AsyncEnvironment:
         try:
             await session.begin()
         except BaseException:
+            # Cancelled (or failed) while waiting for the writer: the session
+            # may still be queued or begun, and nobody will end it but us.
             self._sessions.discard(session)
+            session.abort_later()
             raise
         return session
 

@@ -13,7 +13,10 @@ __all__ = [
     "DatabaseNotFoundError",
     "DecodeError",
     "EncodeError",
+    "KeyExistsError",
+    "KeyNotFoundError",
     "TransactionError",
+    "UniqueViolationError",
     "UnorderedKeyError",
 ]
 
@@ -55,3 +58,21 @@ class TransactionError(AiolmdbError):
 
 class UnorderedKeyError(AiolmdbError, TypeError):
     """A range or prefix query was made on a database whose key coder is not ordered."""
+
+
+class KeyExistsError(AiolmdbError, KeyError):
+    """``insert`` found the key already stored."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class KeyNotFoundError(AiolmdbError, KeyError):
+    """``update`` found no record under the key."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class UniqueViolationError(AiolmdbError, ValueError):
+    """A write would give two records the same key in a unique index; nothing was written."""
