@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import lmdb
 
-__all__ = ["Batch", "fetch_batch", "prefix_end"]
+__all__ = ["Batch", "fetch_batch", "prefix_end", "scan"]
+
+#: Records read by the first batch of a scan, on the loop thread (fast small queries).
+FIRST_SCAN_BATCH = 64
+#: Records read by each later batch of a scan, on a reader thread.
+SCAN_BATCH = 1024
+
+#: Turns one record (raw key, raw value) into what a scan yields; runs inside the transaction.
+Decode = Callable[[bytes, memoryview | bytes], Any]
 
 #: (decoded records, raw key of the last record read or None, whether the range is exhausted)
 Batch = tuple[list[Any], bytes | None, bool]
@@ -29,7 +37,7 @@ def fetch_batch(
     resume_after: bytes | None,
     reverse: bool,
     count: int,
-    decode: Callable[[memoryview | bytes, memoryview | bytes], Any],
+    decode: Decode,
 ) -> Batch:
     """Read up to ``count`` records of ``[low, high)`` in key order (or reversed).
 
@@ -78,3 +86,40 @@ def _seek_below(cursor: lmdb.Cursor, bound: bytes | None) -> bool:
     if cursor.set_range(bound):
         return cursor.prev()
     return cursor.last()
+
+
+async def scan(
+    read: Callable[[Callable[[lmdb.Transaction], Batch], bool], Awaitable[Batch]],
+    db: Any,
+    low: bytes | None,
+    high: bytes | None,
+    reverse: bool,
+    limit: int | None,
+    decoder: Callable[[lmdb.Transaction], Decode],
+) -> AsyncIterator[Any]:
+    """Stream the records of ``[low, high)`` batch by batch.
+
+    ``read(fn, offload)`` runs ``fn`` in a read transaction (on a reader
+    thread when ``offload``); ``decoder(txn)`` gives the record decoder for
+    that transaction. The first batch is small and read inline, so short
+    queries cost no thread hop; later batches are large and offloaded.
+    """
+    if limit is not None and limit < 0:
+        raise ValueError(f"limit must be >= 0, got {limit}")
+    remaining = limit
+    resume: bytes | None = None
+    size = FIRST_SCAN_BATCH
+    while remaining is None or remaining > 0:
+        count = size if remaining is None else min(size, remaining)
+
+        def batch(t: lmdb.Transaction, after: bytes | None = resume, n: int = count) -> Batch:
+            return fetch_batch(t, db, low, high, after, reverse, n, decoder(t))
+
+        records, resume, done = await read(batch, count > FIRST_SCAN_BATCH)
+        for record in records:
+            yield record
+        if done:
+            return
+        if remaining is not None:
+            remaining -= len(records)
+        size = SCAN_BATCH

@@ -31,7 +31,7 @@ import lmdb
 
 from .errors import ClosedError
 
-__all__ = ["Waiting", "Writer", "deliver"]
+__all__ = ["Waiting", "Writer", "deliver", "map_full_error"]
 
 R = TypeVar("R")
 
@@ -294,7 +294,7 @@ class Writer:
                 if isinstance(exc, lmdb.MapFullError):
                     if (refusal := self._grow_map()) is None:
                         return _RETRY
-                    exc = _map_full(exc, refusal)
+                    exc = map_full_error(exc, refusal)
                 deliver([(job, False, exc)])
                 return job
         try:
@@ -303,14 +303,15 @@ class Writer:
             if isinstance(exc, lmdb.MapFullError):
                 if (refusal := self._grow_map()) is None:
                     return _RETRY
-                exc = _map_full(exc, refusal)
+                exc = map_full_error(exc, refusal)
             deliver([(job, False, exc) for job in jobs])
             return _DONE
         deliver(results)
         return _DONE
 
 
-def _map_full(exc: lmdb.MapFullError, refusal: str) -> lmdb.MapFullError:
+def map_full_error(exc: lmdb.MapFullError, refusal: str) -> lmdb.MapFullError:
+    """LMDB's map-full error, told why the map could not grow."""
     error = lmdb.MapFullError(f"{exc}; {refusal}")
     error.__cause__ = exc
     return error

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 import lmdb
 
-from ._scan import fetch_batch, prefix_end
+from ._scan import Decode, prefix_end, scan
 from .coders import Coder
 from .errors import (
     AiolmdbError,
@@ -33,10 +33,6 @@ R = TypeVar("R")
 
 #: Multi-key calls with more keys than this run on a worker thread.
 INLINE_MULTI_LIMIT = 32
-#: Records read by the first batch of a scan, on the loop thread (fast small queries).
-FIRST_SCAN_BATCH = 64
-#: Records read by each later batch of a scan, on a reader thread.
-SCAN_BATCH = 1024
 
 _MISSING: Any = object()
 _TOO_LARGE: Any = object()
@@ -547,7 +543,7 @@ class AsyncDatabase(Generic[K, V]):
                 high = end if high is None else min(high, end)
         return low, high
 
-    async def _scan(
+    def _scan(
         self,
         start: K | None,
         stop: K | None,
@@ -555,29 +551,18 @@ class AsyncDatabase(Generic[K, V]):
         reverse: bool,
         limit: int | None,
         txn: Transaction | None,
-        decode: Callable[[Any, Any], Any],
+        decode: Decode,
     ) -> AsyncIterator[Any]:
-        if limit is not None and limit < 0:
-            raise ValueError(f"limit must be >= 0, got {limit}")
         low, high = self._bounds(start, stop, prefix)
-        db = self._handle(txn)
-        remaining = limit
-        resume: bytes | None = None
-        size = FIRST_SCAN_BATCH
-        while remaining is None or remaining > 0:
-            count = size if remaining is None else min(size, remaining)
-
-            def read(t: lmdb.Transaction, after: bytes | None = resume, n: int = count) -> Any:
-                return fetch_batch(t, db, low, high, after, reverse, n, decode)
-
-            batch, resume, done = await self.env._read(read, txn, offload=count > FIRST_SCAN_BATCH)
-            for item in batch:
-                yield item
-            if done:
-                return
-            if remaining is not None:
-                remaining -= len(batch)
-            size = SCAN_BATCH
+        return scan(
+            lambda fn, offload: self.env._read(fn, txn, offload=offload),
+            self._handle(txn),
+            low,
+            high,
+            reverse,
+            limit,
+            lambda t: decode,
+        )
 
 
 class OpenedHandle:

@@ -19,7 +19,7 @@ import lmdb
 
 from ._gate import ReadGate
 from ._session import ReadSnapshot, WriteSession
-from ._writer import Writer
+from ._writer import Writer, map_full_error
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, OpenedHandle, as_ints
 from .errors import AiolmdbError, ClosedError, DatabaseNotFoundError, TransactionError
@@ -156,7 +156,7 @@ class AsyncEnvironment:
             max_workers=read_workers, thread_name_prefix=f"aiolmdb-reader {key}"
         )
         # Open database handles by (name, flags): (handle, serial number of the open).
-        self._handles: dict[tuple[bytes | None, tuple[tuple[str, bool], ...]], OpenedHandle] = {}
+        self._handles: dict[tuple[bytes | None, bool, bool], OpenedHandle] = {}
         self._handle_serial = 0
         self._current: ContextVar[Transaction | None] = ContextVar(
             f"aiolmdb transaction {key}", default=None
@@ -331,7 +331,9 @@ class AsyncEnvironment:
         """
         self._check()
         raw_name = name.encode() if isinstance(name, str) else name
-        cache_key = (raw_name, tuple(sorted(flags.items())))
+        reverse_key = flags.get("reverse_key", False)
+        integerkey = flags.get("integerkey", False)
+        cache_key = (raw_name, reverse_key, integerkey)
         known = self._handles.get(cache_key)
         if known is not None:
             return known
@@ -342,8 +344,8 @@ class AsyncEnvironment:
                     return self._lmdb.open_db(
                         raw_name,
                         create=may_create,
-                        reverse_key=flags.get("reverse_key", False),
-                        integerkey=flags.get("integerkey", False),
+                        reverse_key=reverse_key,
+                        integerkey=integerkey,
                     )
                 except lmdb.NotFoundError:
                     continue
@@ -471,11 +473,20 @@ class AsyncEnvironment:
         return result
 
     async def _write_alone(self, fn: Callable[[lmdb.Transaction], R]) -> R:
-        """Run ``fn`` in a write transaction of its own (it may have side effects)."""
+        """Run ``fn`` in a write transaction of its own, between group commits.
+
+        If the map is full, it grows and ``fn`` runs again in a new transaction.
+        """
 
         def alone() -> R:
-            with self._lmdb.begin(write=True) as txn:
-                return fn(txn)
+            while True:
+                try:
+                    with self._lmdb.begin(write=True) as txn:
+                        return fn(txn)
+                except lmdb.MapFullError as exc:
+                    refusal = self._grow_map()
+                    if refusal is not None:
+                        raise map_full_error(exc, refusal) from exc
 
         result: R = await self._writer.submit_exclusive(alone)
         return result

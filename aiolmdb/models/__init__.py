@@ -1,5 +1,6 @@
-"""The typed model layer: collections declared as classes, compiled to database calls."""
+"""The typed model layer: collections declared as classes, with secondary indexes."""
 
-from .collection import Collection
+from .collection import Collection, IndexProgress
+from .index import BoundIndex, Index
 
-__all__ = ["Collection"]
+__all__ = ["BoundIndex", "Collection", "Index", "IndexProgress"]

@@ -1,37 +1,59 @@
-"""``Collection[K, M]``: a typed database declared once as a class."""
+"""``Collection[K, M]``: a typed database declared once as a class, with its indexes."""
 
 from __future__ import annotations
 
+import asyncio
+import json
+import logging
 import typing
+from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
+import lmdb
 from pydantic import BaseModel
+from typing_extensions import Self
 
 from ..coders import Coder, PydanticCoder
 from ..database import AsyncDatabase
 from ..environment import AsyncEnvironment
+from ..errors import AiolmdbError
+from ..transaction import Transaction
+from .index import BoundIndex, Index
 
-__all__ = ["Collection"]
+__all__ = ["Collection", "IndexProgress"]
 
 K = TypeVar("K")
 M = TypeVar("M")
 
+logger = logging.getLogger("aiolmdb.models")
+
+#: ``progress(index_names, records_done, records_total)``, called on the event loop.
+IndexProgress = Callable[[list[str], int, int], None]
+
+#: The database where aiolmdb keeps what it knows of indexes.
+META_DATABASE = "__aiolmdb__"
+#: Records between two progress reports of an index build.
+PROGRESS_EVERY = 10_000
+
 
 class Collection(AsyncDatabase[K, M]):
-    """A database whose name, key type and value type are declared on a class.
+    """A database whose name, key type, value type and indexes are declared on a class.
 
     ::
 
         class Users(Collection[int, User]):
             key_coder = UInt64Coder()
             # value_coder defaults to PydanticCoder(User); name to "Users"
+            by_email = Index(lambda u: u.email, StringCoder(), unique=True)
 
         users = Users(env)
-        user = await users.get(1)          # User | None to mypy
+        user = await users.get(1)                    # User | None to mypy
+        same = await users.by_email.get("a@x")       # User | None
 
     A collection is an :class:`~aiolmdb.AsyncDatabase`: it has every call
-    (``get``, ``put``, ``items``, ...) typed in ``K`` and ``M``, and joins
-    ``env.transaction()`` blocks like any database.
+    (``get``, ``put``, ``items``, ``update``, ...) typed in ``K`` and ``M``,
+    and joins ``env.transaction()`` blocks like any database. Every write
+    keeps the indexes in step, in the same transaction.
 
     Class attributes:
 
@@ -39,22 +61,37 @@ class Collection(AsyncDatabase[K, M]):
       strings, tuples, ...) for range and prefix queries;
     - ``value_coder``: a ``Coder[M]``; by default ``PydanticCoder(M)`` when
       ``M`` is a pydantic model;
-    - ``name``: the database's name, by default the class's name.
+    - ``name``: the database's name, by default the class's name;
+    - any number of :class:`~aiolmdb.models.Index` attributes.
 
     Mistakes in the declaration raise ``TypeError`` when the class is defined.
+
+    An index that is new (or whose declaration changed) is built when the
+    collection is opened: at once when the collection is empty, otherwise by
+    ``await Users.open(env)`` or ``await users.build_indexes()``. Until then
+    writes and index queries raise :class:`~aiolmdb.AiolmdbError` saying so.
     """
 
     key_coder: Coder[K]
     value_coder: Coder[M]
     name: str | bytes | None
     _declared_coders: ClassVar[tuple[Coder[Any], Coder[Any]] | None] = None
+    _declared_indexes: ClassVar[tuple[Index[Any], ...]] = ()
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
+        cls._declared_indexes = tuple(
+            {
+                name: attr
+                for klass in reversed(cls.__mro__)
+                for name, attr in vars(klass).items()
+                if isinstance(attr, Index)
+            }.values()
+        )
         value_type = _value_type_argument(cls)
         if value_type is None:
             return  # still generic (a base for other collections): nothing to check yet
-        key_coder = cls.__dict__.get("key_coder", getattr(cls, "key_coder", None))
+        key_coder = getattr(cls, "key_coder", None)
         if not isinstance(key_coder, Coder):
             raise TypeError(
                 f"Collection {cls.__qualname__} needs a key coder: add a class attribute "
@@ -75,10 +112,15 @@ class Collection(AsyncDatabase[K, M]):
             )
         if "name" not in cls.__dict__:
             cls.name = cls.__name__
+        if cls._declared_indexes and not isinstance(cls.name, str):
+            raise TypeError(
+                f"Collection {cls.__qualname__} has indexes, so its name must be a str, "
+                f"got {cls.name!r}"
+            )
         cls._declared_coders = (key_coder, value_coder)
 
     def __init__(self, env: AsyncEnvironment, *, create: bool = True) -> None:
-        """Open (creating unless ``create=False``) the collection's database in ``env``."""
+        """Open (creating unless ``create=False``) the collection's databases in ``env``."""
         coders = type(self)._declared_coders
         if coders is None:
             raise TypeError(
@@ -86,15 +128,204 @@ class Collection(AsyncDatabase[K, M]):
                 "Collection[KeyType, ModelType] with a key_coder to use it"
             )
         super().__init__(env, type(self).name, coders[0], coders[1], create=create)
+        self._indexes: list[BoundIndex[K, M, Any]] = []
+        self._bound_indexes: dict[str, BoundIndex[K, M, Any]] = {}
+        #: Names of indexes that must be built before writes and index queries.
+        self._unbuilt: list[str] = []
+        #: Indexes recorded for this collection but no longer declared.
+        self.removed_indexes: list[str] = []
+        if type(self)._declared_indexes:
+            self._open_indexes(create)
+
+    @classmethod
+    async def open(
+        cls, env: AsyncEnvironment, *, create: bool = True, progress: IndexProgress | None = None
+    ) -> Self:
+        """Open the collection and build any index that needs it before returning."""
+        collection = cls(env, create=create)
+        await collection.build_indexes(progress=progress)
+        return collection
+
+    # -- indexes ---------------------------------------------------------
+
+    def _meta_key(self, index_name: str) -> bytes:
+        return f"index/{self._index_base}/{index_name}".encode()
+
+    def _open_indexes(self, create: bool) -> None:
+        assert isinstance(self.name, str)  # checked when the class was defined
+        self._index_base = self.name
+        self._meta = self.env.open_db(META_DATABASE)
+        for index in type(self)._declared_indexes:
+            opened = self.env._open_handle(
+                f"{self._index_base}.{index.name}", f"{self._label}.{index.name}", create, {}
+            )
+            bound: BoundIndex[K, M, Any] = BoundIndex(index, self, opened.db)
+            self._indexes.append(bound)
+            self._bound_indexes[index.name] = bound
+        self._plain_writes = False
+
+        prefix = f"index/{self._index_base}/".encode()
+        meta_db = self._meta._db
+
+        def read_meta(t: lmdb.Transaction) -> tuple[dict[str, Any], int]:
+            stored: dict[str, Any] = {}
+            with t.cursor(meta_db) as cursor:
+                more = cursor.set_range(prefix)
+                while more and bytes(cursor.key()).startswith(prefix):
+                    name = bytes(cursor.key())[len(prefix) :].decode()
+                    stored[name] = json.loads(bytes(cursor.value()))
+                    more = cursor.next()
+            return stored, int(t.stat(self._db)["entries"])
+
+        stored, records = self.env._call_in_read_txn(read_meta)
+        declared = {index.name: index.signature() for index in type(self)._declared_indexes}
+        self._unbuilt = [name for name, sig in declared.items() if stored.get(name) != sig]
+        self.removed_indexes = sorted(set(stored) - set(declared))
+        if self.removed_indexes:
+            logger.warning(
+                "collection %s: indexes %s are no longer declared; "
+                "drop them with drop_removed_indexes()",
+                self._label,
+                self.removed_indexes,
+            )
+        if self._unbuilt and records == 0 and not self.env._sessions:
+            # Nothing to index yet: record the declarations now, cheaply.
+            self.env._writer.run_now(lambda: self._build_now(self._unbuilt, None))
+            self._unbuilt = []
+
+    def _require_indexes_built(self) -> None:
+        if self._unbuilt:
+            raise AiolmdbError(
+                f"collection {self._label}: indexes {self._unbuilt} are not built yet; "
+                f"await {type(self).__name__}.open(env) or await collection.build_indexes()"
+            )
+
+    async def build_indexes(self, *, progress: IndexProgress | None = None) -> None:
+        """Build the indexes that are new or changed (no-op when there are none).
+
+        All of it happens in one write transaction: a record that breaks a
+        unique index raises :class:`~aiolmdb.UniqueViolationError` and nothing
+        is built. ``progress(names, done, total)`` is called on the event loop
+        every 10 000 records; progress is also logged to ``aiolmdb.models``.
+        """
+        if not self._unbuilt:
+            return
+        names = list(self._unbuilt)
+        loop = asyncio.get_running_loop()
+
+        def report(done: int, total: int) -> None:
+            logger.info("collection %s: indexing %s: %d/%d", self._label, names, done, total)
+            if progress is not None:
+                loop.call_soon_threadsafe(progress, names, done, total)
+
+        self._handle(None)
+        await self.env._write_alone(lambda t: self._build(t, names, report))
+        self._unbuilt = [name for name in self._unbuilt if name not in names]
+
+    async def rebuild_indexes(self, *, progress: IndexProgress | None = None) -> None:
+        """Rebuild every index of the collection from its records."""
+        self._unbuilt = [index.index.name for index in self._indexes]
+        await self.build_indexes(progress=progress)
+
+    async def drop_removed_indexes(self) -> list[str]:
+        """Delete the stored entries of indexes no longer declared; returns their names."""
+        removed = list(self.removed_indexes)
+        for name in removed:
+            stale = self.env.open_db(f"{self._index_base}.{name}")
+            await stale.drop(delete=True)
+            await self._meta.delete(self._meta_key(name))
+        self.removed_indexes = []
+        return removed
+
+    def _build_now(self, names: list[str], report: Callable[[int, int], None] | None) -> None:
+        with self.env._lmdb.begin(write=True) as t:
+            self._build(t, names, report)
+
+    def _build(
+        self, t: lmdb.Transaction, names: list[str], report: Callable[[int, int], None] | None
+    ) -> None:
+        chosen = [self._bound_indexes[name] for name in names]
+        for index in chosen:
+            index.clear(t)
+        total = int(t.stat(self._db)["entries"])
+        done = 0
+        with t.cursor(self._db) as cursor:
+            for key, raw_value in cursor:
+                raw_key = bytes(key)
+                record = self._decode_value(raw_key, raw_value)
+                for index in chosen:
+                    keys = index.entry_keys(record)
+                    index.check_unique(t, raw_key, keys)
+                    index.update_entries(t, raw_key, set(), keys)
+                done += 1
+                if report is not None and done % PROGRESS_EVERY == 0:
+                    report(done, total)
+        for index in chosen:
+            signature = json.dumps(index.index.signature()).encode()
+            t.put(self._meta_key(index.index.name), signature, db=self._meta._db)
+        if report is not None:
+            report(done, total)
+
+    async def drop(self, delete: bool = True, *, txn: Transaction | None = None) -> None:
+        """Empty the collection and its indexes; ``delete=True`` also removes their databases."""
+        if not self._indexes:
+            return await super().drop(delete, txn=txn)
+        self._handle(txn)
+        if not delete:
+
+            def empty(t: lmdb.Transaction) -> None:
+                t.drop(self._db, delete=False)
+                for index in self._indexes:
+                    index.clear(t)
+
+            return await self.env._write(empty, txn)
+        await super().drop(delete=True, txn=txn)
+        for index in self._indexes:
+            await self.env.open_db(f"{self._index_base}.{index.index.name}").drop(delete=True)
+            await self._meta.delete(self._meta_key(index.index.name))
+
+    # -- record writes keep the indexes in step --------------------------
+
+    def _store(
+        self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
+    ) -> bool:
+        if not self._indexes:
+            return super()._store(t, raw_key, raw_value, value, overwrite)
+        self._require_indexes_built()
+        old_buf = t.get(raw_key, db=self._db)
+        if old_buf is not None and not overwrite:
+            return False
+        old = None if old_buf is None else self._decode_value(raw_key, old_buf)
+        # Every check before any write: a violation leaves the transaction untouched.
+        changes = []
+        for index in self._indexes:
+            before = set() if old is None else index.entry_keys(old)
+            after = index.entry_keys(value)
+            index.check_unique(t, raw_key, after - before)
+            changes.append((index, before, after))
+        for index, before, after in changes:
+            index.update_entries(t, raw_key, before, after)
+        return t.put(raw_key, raw_value, db=self._db)
+
+    def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
+        if not self._indexes:
+            return super()._remove(t, raw_key)
+        self._require_indexes_built()
+        old_buf = t.get(raw_key, db=self._db)
+        if old_buf is None:
+            return False
+        old = self._decode_value(raw_key, old_buf)
+        for index in self._indexes:
+            index.update_entries(t, raw_key, index.entry_keys(old), set())
+        return t.delete(raw_key, db=self._db)
 
 
 def _value_type_argument(cls: type) -> Any | None:
     """The concrete ``M`` of ``Collection[K, M]`` among ``cls``'s bases, if any."""
     for klass in cls.__mro__:
         for base in getattr(klass, "__orig_bases__", ()):
-            if typing.get_origin(base) is not None and issubclass(
-                typing.get_origin(base), Collection
-            ):
+            origin = typing.get_origin(base)
+            if origin is not None and isinstance(origin, type) and issubclass(origin, Collection):
                 args = typing.get_args(base)
                 if len(args) == 2 and not isinstance(args[1], TypeVar):
                     return args[1]

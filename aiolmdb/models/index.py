@@ -1,0 +1,382 @@
+"""Secondary indexes of a collection, kept in the same transaction as its records.
+
+Each index lives in its own LMDB database. An entry's key is the escaped,
+terminated index key followed by the record's primary key, and its value is
+empty: entries sort by index key, then by primary key, and one record may
+have many entries (``multi=True``) or none (the extractor returned None).
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Callable, Iterable
+from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
+
+import lmdb
+
+from .._scan import Decode, prefix_end, scan
+from ..coders import Coder
+from ..coders.base import escape_element, unescape_element
+from ..errors import EncodeError, UniqueViolationError, UnorderedKeyError
+
+if TYPE_CHECKING:
+    from ..transaction import Transaction
+    from .collection import Collection
+
+__all__ = ["BoundIndex", "Index"]
+
+IK = TypeVar("IK")
+K = TypeVar("K")
+M = TypeVar("M")
+
+
+class Index(Generic[IK]):
+    """Declares a secondary index on a :class:`~aiolmdb.models.Collection`.
+
+    ::
+
+        class Users(Collection[int, User]):
+            key_coder = UInt64Coder()
+            by_email = Index(lambda u: u.email, StringCoder(), unique=True)
+            by_tag = Index(lambda u: u.tags, StringCoder(), multi=True)
+
+    ``extractor(record)`` returns the record's index key, or None to leave
+    the record out of the index; with ``multi=True`` it returns an iterable
+    of keys, each indexed. ``coder`` encodes index keys (an ordered one for
+    range and prefix queries). ``unique=True`` makes a write that would give
+    two records the same index key raise :class:`~aiolmdb.UniqueViolationError`.
+    Change ``version`` when you change the extractor: the index is then
+    rebuilt when the collection is opened.
+
+    On an instance, ``users.by_email`` is a :class:`BoundIndex` with the
+    query methods.
+    """
+
+    @overload
+    def __init__(
+        self,
+        extractor: Callable[[Any], IK | None],
+        coder: Coder[IK],
+        *,
+        unique: bool = False,
+        multi: Literal[False] = False,
+        version: int = 1,
+    ) -> None: ...
+
+    @overload
+    def __init__(
+        self,
+        extractor: Callable[[Any], Iterable[IK] | None],
+        coder: Coder[IK],
+        *,
+        unique: bool = False,
+        multi: Literal[True],
+        version: int = 1,
+    ) -> None: ...
+
+    def __init__(
+        self,
+        extractor: Callable[[Any], Any],
+        coder: Coder[IK],
+        *,
+        unique: bool = False,
+        multi: bool = False,
+        version: int = 1,
+    ) -> None:
+        if not callable(extractor):
+            raise TypeError(f"Index extractor must be callable, got {extractor!r}")
+        if not isinstance(coder, Coder):
+            raise TypeError(f"Index coder must be a Coder, got {coder!r}")
+        self.extractor = extractor
+        self.coder = coder
+        self.unique = unique
+        self.multi = multi
+        self.version = version
+        self.name = "<unnamed>"
+
+    def __set_name__(self, owner: type, name: str) -> None:
+        self.name = name
+
+    def signature(self) -> dict[str, Any]:
+        """What is stored to notice a changed index: coder, flags and version."""
+        return {
+            "coder": repr(self.coder),
+            "unique": self.unique,
+            "multi": self.multi,
+            "version": self.version,
+        }
+
+    @overload
+    def __get__(self, instance: None, owner: type) -> Index[IK]: ...
+
+    @overload
+    def __get__(self, instance: Collection[K, M], owner: type) -> BoundIndex[K, M, IK]: ...
+
+    def __get__(self, instance: Collection[Any, Any] | None, owner: type) -> Any:
+        if instance is None:
+            return self
+        return instance._bound_indexes[self.name]
+
+    def __repr__(self) -> str:
+        flags = "".join(f", {flag}=True" for flag in ("unique", "multi") if getattr(self, flag))
+        return f"Index({self.name}, {self.coder!r}{flags})"
+
+
+class BoundIndex(Generic[K, M, IK]):
+    """An index of one open collection: maintains entries and answers queries.
+
+    Every query returns records of the collection: ``get`` (unique indexes),
+    ``get_all``, ``items``/``keys``/``values`` (with ``start``, ``stop``,
+    ``prefix``, ``reverse``, ``limit`` over index keys, like collection scans),
+    ``count``, ``first`` and ``last``.
+    """
+
+    def __init__(self, index: Index[IK], collection: Collection[K, M], db: Any) -> None:
+        self.index = index
+        self.collection = collection
+        self._db = db
+        self._label = f"index {collection._label}.{index.name}"
+
+    # -- maintenance (runs inside the collection's write transactions) ---
+
+    def entry_keys(self, record: M) -> set[bytes]:
+        """The escaped index keys ``record`` has in this index."""
+        try:
+            extracted = self.index.extractor(record)
+            if extracted is None:
+                return set()
+            values = extracted if self.index.multi else (extracted,)
+            return {escape_element(self.index.coder.serialize(v)) for v in values if v is not None}
+        except EncodeError as exc:
+            raise EncodeError(f"{self._label}: {exc}") from exc
+        except Exception as exc:
+            raise EncodeError(
+                f"{self._label}: cannot compute the index key of a {type(record).__name__} "
+                f"with {self.index.coder!r}: {exc!r}"
+            ) from exc
+
+    def update_entries(
+        self, t: lmdb.Transaction, raw_key: bytes, old: set[bytes], new: set[bytes]
+    ) -> None:
+        """Move the entries of record ``raw_key`` from ``old`` to ``new`` index keys."""
+        for entry in old - new:
+            t.delete(entry + raw_key, db=self._db)
+        for entry in new - old:
+            t.put(entry + raw_key, b"", db=self._db)
+
+    def check_unique(self, t: lmdb.Transaction, raw_key: bytes, added: set[bytes]) -> None:
+        """Raise UniqueViolationError if another record already has one of ``added``."""
+        if not self.index.unique:
+            return
+        with t.cursor(self._db) as cursor:
+            for entry in added:
+                if not cursor.set_range(entry):
+                    continue
+                found = bytes(cursor.key())
+                if found.startswith(entry) and found[len(entry) :] != raw_key:
+                    value, _ = unescape_element(entry, 0)
+                    holder = self.collection._show_raw_key(found[len(entry) :])
+                    raise UniqueViolationError(
+                        f"{self._label}: the value {self._show_index_key(value)} is already "
+                        f"used by key {holder}"
+                    )
+
+    def _show_index_key(self, raw: bytes) -> str:
+        try:
+            return repr(self.index.coder.deserialize(raw))
+        except Exception:
+            return repr(raw)
+
+    def clear(self, t: lmdb.Transaction) -> None:
+        """Remove every entry (before a rebuild)."""
+        t.drop(self._db, delete=False)
+
+    # -- queries ---------------------------------------------------------
+
+    def _exact(self, value: IK) -> bytes:
+        try:
+            return escape_element(self.index.coder.serialize(value))
+        except Exception as exc:
+            raise EncodeError(
+                f"{self._label}: cannot encode {value!r} ({type(value).__name__}) "
+                f"with {self.index.coder!r}: {exc}"
+            ) from exc
+
+    def _bounds(
+        self, start: IK | None, stop: IK | None, prefix: object
+    ) -> tuple[bytes | None, bytes | None]:
+        if (start, stop, prefix) != (None, None, None) and not self.index.coder.ordered:
+            raise UnorderedKeyError(
+                f"{self._label}: range and prefix queries need an ordered index coder, "
+                f"and {self.index.coder!r} is not ordered"
+            )
+        low = None if start is None else self._exact(start)
+        high = None if stop is None else self._exact(stop)
+        if prefix is not None:
+            try:
+                raw = self.index.coder.serialize_prefix(prefix)
+            except Exception as exc:
+                raise EncodeError(
+                    f"{self._label}: cannot encode prefix {prefix!r} with {self.index.coder!r}: "
+                    f"{exc}"
+                ) from exc
+            # Escaping is byte-wise, so escaped prefixes are prefixes of escaped keys.
+            escaped = escape_element(raw)[:-2]
+            low = escaped if low is None else max(low, escaped)
+            end = prefix_end(escaped)
+            if end is not None:
+                high = end if high is None else min(high, end)
+        return low, high
+
+    def _records(
+        self,
+        low: bytes | None,
+        high: bytes | None,
+        reverse: bool,
+        limit: int | None,
+        txn: Transaction | None,
+        make: Callable[[bytes, memoryview | bytes], Any],
+    ) -> AsyncIterator[Any]:
+        collection = self.collection
+        main_db = collection._handle(txn)
+        collection._require_indexes_built()
+
+        def decoder(t: lmdb.Transaction) -> Decode:
+            def decode(entry: bytes, _: memoryview | bytes) -> Any:
+                _, end = unescape_element(entry, 0)
+                raw_key = entry[end:]
+                buf = t.get(raw_key, db=main_db)
+                if buf is None:  # pragma: no cover - entries are written with their records
+                    raise AssertionError(f"{self._label} has an entry for a missing record")
+                return make(raw_key, buf)
+
+            return decode
+
+        return scan(
+            lambda fn, offload: collection.env._read(fn, txn, offload=offload),
+            self._db,
+            low,
+            high,
+            reverse,
+            limit,
+            decoder,
+        )
+
+    def items(
+        self,
+        start: IK | None = None,
+        stop: IK | None = None,
+        *,
+        prefix: object = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        txn: Transaction | None = None,
+    ) -> AsyncIterator[tuple[K, M]]:
+        """``(key, record)`` pairs in index-key order (then key order).
+
+        ``start``/``stop``/``prefix`` are index keys, as in collection scans.
+        """
+        collection = self.collection
+        low, high = self._bounds(start, stop, prefix)
+        return self._records(
+            low,
+            high,
+            reverse,
+            limit,
+            txn,
+            lambda k, v: (collection._decode_key(k), collection._decode_value(k, v)),
+        )
+
+    def keys(
+        self,
+        start: IK | None = None,
+        stop: IK | None = None,
+        *,
+        prefix: object = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        txn: Transaction | None = None,
+    ) -> AsyncIterator[K]:
+        """The collection keys of the records, in index-key order; arguments as :meth:`items`."""
+        collection = self.collection
+        low, high = self._bounds(start, stop, prefix)
+        return self._records(low, high, reverse, limit, txn, lambda k, v: collection._decode_key(k))
+
+    def values(
+        self,
+        start: IK | None = None,
+        stop: IK | None = None,
+        *,
+        prefix: object = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        txn: Transaction | None = None,
+    ) -> AsyncIterator[M]:
+        """The records, in index-key order; arguments as :meth:`items`."""
+        collection = self.collection
+        low, high = self._bounds(start, stop, prefix)
+        return self._records(
+            low, high, reverse, limit, txn, lambda k, v: collection._decode_value(k, v)
+        )
+
+    async def get(self, value: IK, *, txn: Transaction | None = None) -> M | None:
+        """The record whose index key is ``value`` (a unique index), or None."""
+        if not self.index.unique:
+            raise TypeError(f"{self._label} is not unique: use get_all() to read every match")
+        entry = self._exact(value)
+        async for record in self.values_of(entry, limit=1, txn=txn):
+            return record
+        return None
+
+    async def get_all(
+        self, value: IK, *, limit: int | None = None, txn: Transaction | None = None
+    ) -> list[M]:
+        """Every record whose index key is ``value``, in key order."""
+        return [record async for record in self.values_of(self._exact(value), limit, txn)]
+
+    def values_of(
+        self, entry: bytes, limit: int | None, txn: Transaction | None
+    ) -> AsyncIterator[M]:
+        """Records under one escaped index key."""
+        collection = self.collection
+        return self._records(
+            entry,
+            prefix_end(entry),
+            False,
+            limit,
+            txn,
+            lambda k, v: collection._decode_value(k, v),
+        )
+
+    async def count(self, value: IK | None = None, *, txn: Transaction | None = None) -> int:
+        """How many records have index key ``value`` (every entry when None)."""
+        self.collection._require_indexes_built()
+        self.collection._handle(txn)
+        if value is None:
+            return await self.collection.env._read(lambda t: int(t.stat(self._db)["entries"]), txn)
+        entry = self._exact(value)
+
+        def count_entries(t: lmdb.Transaction) -> int:
+            found = 0
+            with t.cursor(self._db) as cursor:
+                more = cursor.set_range(entry)
+                while more and bytes(cursor.key()).startswith(entry):
+                    found += 1
+                    more = cursor.next()
+            return found
+
+        return await self.collection.env._read(count_entries, txn, offload=True)
+
+    async def first(self, *, txn: Transaction | None = None) -> tuple[K, M] | None:
+        """The record with the lowest index key, or None."""
+        async for item in self.items(limit=1, txn=txn):
+            return item
+        return None
+
+    async def last(self, *, txn: Transaction | None = None) -> tuple[K, M] | None:
+        """The record with the highest index key, or None."""
+        async for item in self.items(limit=1, reverse=True, txn=txn):
+            return item
+        return None
+
+    def __repr__(self) -> str:
+        return f"<BoundIndex {self._label}>"
