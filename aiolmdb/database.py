@@ -293,8 +293,12 @@ class AsyncDatabase(Generic[K, V]):
         raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
 
         def write(t: lmdb.Transaction) -> dict[K, bool]:
+            existed: dict[K, bool] = {}
             with _savepoint(self.env._lmdb, t) as child:
-                return {k: self._remove(child, rk) for k, rk in zip(wanted, raw_keys, strict=True)}
+                for key, raw_key in zip(wanted, raw_keys, strict=True):
+                    # A key listed twice existed if its first delete found it.
+                    existed[key] = self._remove(child, raw_key) or existed.get(key, False)
+            return existed
 
         return await self.env._write(write, txn)
 
