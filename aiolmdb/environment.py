@@ -449,6 +449,12 @@ class AsyncEnvironment:
     def _adopt_map_size(self) -> None:
         self._gate.run_alone(lambda: self._lmdb.set_mapsize(0), MAP_RESIZE_WAIT)
 
+    def _grow_if_crowded(self) -> None:
+        """Grow the map ahead of need when more than half of it is used."""
+        used = (int(self._lmdb.info()["last_pgno"]) + 1) * int(self._lmdb.stat()["psize"])
+        if used * 2 > int(self._lmdb.info()["map_size"]):
+            self._grow_map()
+
     def _grow_map(self) -> str | None:
         """Double the map (on the writer thread); None when done, else why not."""
         size = int(self._lmdb.info()["map_size"])
@@ -503,7 +509,13 @@ class AsyncEnvironment:
     async def _start_session(self) -> WriteSession:
         session = WriteSession(self._lmdb, self._name)
         self._sessions.add(session)
-        finished = asyncio.ensure_future(self._writer.submit_exclusive(session.serve))
+
+        def serve() -> None:
+            # A full map cannot grow while the transaction is open: make room first.
+            self._grow_if_crowded()
+            session.serve()
+
+        finished = asyncio.ensure_future(self._writer.submit_exclusive(serve))
         finished.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
             await session.begin()
