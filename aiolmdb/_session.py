@@ -22,7 +22,7 @@ from typing import Any
 
 import lmdb
 
-from ._writer import deliver
+from ._writer import deliver, map_full_error
 from .errors import TransactionError
 
 __all__ = ["ReadSnapshot", "WriteSession"]
@@ -52,9 +52,14 @@ class WriteSession:
     talks to it through :meth:`call` and the savepoint/commit/abort methods.
     """
 
-    def __init__(self, env: lmdb.Environment, name: str) -> None:
+    def __init__(
+        self, env: lmdb.Environment, begin: Callable[[], lmdb.Transaction], name: str
+    ) -> None:
         self._env = env
+        self._begin = begin  # begins the root write transaction
         self._name = name
+        #: Set when a call found the map full: it can grow once the session ends.
+        self.map_was_full = False
         self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._ended = False
@@ -120,7 +125,7 @@ class WriteSession:
     def serve(self) -> None:
         """Run on the writer thread until the transaction commits or aborts."""
         try:
-            self._stack = [self._env.begin(write=True)]
+            self._stack = [self._begin()]
         except BaseException as exc:
             self._finish(exc)
             raise
@@ -143,7 +148,15 @@ class WriteSession:
         stack = self._stack
         if op.kind == _CALL:
             assert op.fn is not None
-            return op.fn(stack[-1])
+            try:
+                return op.fn(stack[-1])
+            except lmdb.MapFullError as exc:
+                self.map_was_full = True
+                raise map_full_error(
+                    exc,
+                    "the map cannot grow while a write transaction is open; it grows when "
+                    "this transaction ends, so the transaction can be retried",
+                ) from exc
         if op.kind == _SAVEPOINT:
             stack.append(self._env.begin(write=True, parent=stack[-1]))
         elif op.kind in (_RELEASE, _COMMIT):

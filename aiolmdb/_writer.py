@@ -113,14 +113,14 @@ class Writer:
 
     def __init__(
         self,
-        env: lmdb.Environment,
+        begin: Callable[[], lmdb.Transaction],
         *,
         name: str,
         max_pending: int,
         max_batch: int,
         grow_map: Callable[[], str | None],
     ) -> None:
-        self._env = env
+        self._begin = begin  # begins a write transaction
         self._name = name
         self._max_pending = max_pending
         self._max_batch = max_batch
@@ -281,7 +281,7 @@ class Writer:
         failed (already told), for the batch to run again without it.
         """
         try:
-            txn = self._env.begin(write=True)
+            txn = self._begin()
         except BaseException as exc:
             deliver([(job, False, exc) for job in jobs])
             return _DONE

@@ -139,10 +139,9 @@ class AsyncDatabase(Generic[K, V]):
 
     def _handle(self, txn: Transaction | None) -> Any:
         """The LMDB handle, checking that the database is usable in ``txn``'s context."""
-        self.env._check()
+        context = self.env._context(txn)
         if self._opened.dropped:
             raise AiolmdbError(f"database {self._label} was dropped; open it again to recreate it")
-        context = txn if txn is not None else self.env._current.get()
         if context is not None and context.handles_known < self._opened.serial:
             raise TransactionError(
                 f"database {self._label} was opened after this transaction began, so LMDB "
@@ -400,10 +399,12 @@ class AsyncDatabase(Generic[K, V]):
 
         After ``delete=True`` this object can no longer be used (open the
         database again to recreate it). The unnamed default database can only
-        be emptied.
+        be emptied, and the records naming the named databases stay.
         """
         db = self._handle(txn)
-        delete = delete and self.name is not None
+        if self.name is None:
+            await self.env._write(self._empty_default, txn)
+            return
         if not delete:
             await self.env._write(lambda t: t.drop(db, delete=False), txn)
             return
@@ -415,6 +416,18 @@ class AsyncDatabase(Generic[K, V]):
 
         await self.env._write_alone(lambda t: t.drop(db, delete=True))
         self.env._forget_handle(self._opened)
+
+    def _empty_default(self, t: lmdb.Transaction) -> None:
+        # The default database also holds one record per named database:
+        # LMDB's drop would delete them all. Delete the plain records only.
+        with t.cursor(self._db) as cursor:
+            keys = [bytes(key) for key in cursor.iternext(values=False)]
+        for key in keys:
+            try:
+                with _savepoint(self.env._lmdb, t) as child:
+                    child.delete(key, db=self._db)
+            except lmdb.IncompatibleError:  # a named database's record
+                continue
 
     # -- arbitrary work --------------------------------------------------
 

@@ -127,6 +127,9 @@ class AsyncEnvironment:
             raise ValueError(f"inline_value_limit must be >= 0, got {inline_value_limit}")
         lmdb_kwargs.setdefault("max_dbs", DEFAULT_MAX_DBS)
         key = os.path.realpath(os.fspath(path))
+        if lmdb_kwargs.get("create", True) and not lmdb_kwargs.get("readonly", False):
+            # LMDB creates the environment's directory, but not its parents.
+            os.makedirs(os.path.dirname(key), exist_ok=True)
         with _open_paths_lock:
             existing = _open_paths.get(key)
             if existing is not None and existing() is not None:
@@ -146,7 +149,7 @@ class AsyncEnvironment:
         self._forked = False
         self.inline_value_limit = inline_value_limit
         self._writer = Writer(
-            self._lmdb,
+            self._begin_write,
             name=self._name,
             max_pending=max_pending_writes,
             max_batch=max_batch_writes,
@@ -341,11 +344,13 @@ class AsyncEnvironment:
         def open_on_writer() -> Any:
             for may_create in (False, True) if create else (False,):
                 try:
-                    return self._lmdb.open_db(
-                        raw_name,
-                        create=may_create,
-                        reverse_key=reverse_key,
-                        integerkey=integerkey,
+                    return self._adopting_map_size(
+                        lambda: self._lmdb.open_db(
+                            raw_name,
+                            create=may_create,  # noqa: B023 - called within the iteration
+                            reverse_key=reverse_key,
+                            integerkey=integerkey,
+                        )
                     )
                 except lmdb.NotFoundError:
                     continue
@@ -388,11 +393,15 @@ class AsyncEnvironment:
         return Transaction(self, write=write)
 
     def _context(self, txn: Transaction | None) -> Transaction | None:
-        """The transaction a call runs in: the one given, else the task's current one."""
+        """The transaction a call runs in: the one given, else the task's own current one."""
         self._check()
         if txn is None:
             txn = self._current.get()
             if txn is None:
+                return None
+            # Tasks started inside the block inherit it and join it; one that
+            # outlives the block goes back to its own transactions.
+            if not txn.active and txn.owner is not asyncio.current_task():
                 return None
         elif txn.env is not self:
             raise TransactionError("the transaction given belongs to another environment")
@@ -442,6 +451,18 @@ class AsyncEnvironment:
             self._gate.leave()
             raise
 
+    def _begin_write(self) -> lmdb.Transaction:
+        """Begin a write transaction (on the writer thread), adopting another process's growth."""
+        return self._adopting_map_size(lambda: self._lmdb.begin(write=True))
+
+    def _adopting_map_size(self, fn: Callable[[], R]) -> R:
+        try:
+            return fn()
+        except lmdb.MapResizedError:
+            # Another process grew the map: adopt its size, then try again.
+            self._adopt_map_size()
+            return fn()
+
     def _end_read(self, txn: lmdb.Transaction) -> None:
         txn.abort()
         self._gate.leave()
@@ -487,7 +508,7 @@ class AsyncEnvironment:
         def alone() -> R:
             while True:
                 try:
-                    with self._lmdb.begin(write=True) as txn:
+                    with self._begin_write() as txn:
                         return fn(txn)
                 except lmdb.MapFullError as exc:
                     refusal = self._grow_map()
@@ -507,13 +528,18 @@ class AsyncEnvironment:
         self._snapshots.discard(snapshot)
 
     async def _start_session(self) -> WriteSession:
-        session = WriteSession(self._lmdb, self._name)
+        session = WriteSession(self._lmdb, self._begin_write, self._name)
         self._sessions.add(session)
 
         def serve() -> None:
-            # A full map cannot grow while the transaction is open: make room first.
+            # A full map cannot grow while the transaction is open: make room
+            # before, and after a transaction that found it full anyway.
             self._grow_if_crowded()
-            session.serve()
+            try:
+                session.serve()
+            finally:
+                if session.map_was_full:
+                    self._grow_map()
 
         finished = asyncio.ensure_future(self._writer.submit_exclusive(serve))
         finished.add_done_callback(lambda f: f.cancelled() or f.exception())

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 from collections.abc import Callable
 from types import TracebackType
@@ -48,6 +49,8 @@ class Transaction:
         self._depth = 0  # savepoint depth of this transaction within its session
         self._owner = True  # False when it only joins an enclosing transaction
         self._token: contextvars.Token[Transaction | None] | None = None
+        #: The task that entered the block: its calls join the transaction implicitly.
+        self.owner: asyncio.Task[Any] | None = None
         # Databases opened after the LMDB transaction began are invisible to it.
         self.handles_known = 0
 
@@ -57,8 +60,10 @@ class Transaction:
         return self._state == _ACTIVE
 
     async def __aenter__(self) -> Transaction:
+        self.env._check()
         if self._state != _NEW:
             raise TransactionError("a Transaction can be entered only once")
+        self.owner = asyncio.current_task()
         self.handles_known = self.env._handle_serial
         outer = self.env._current.get()
         if outer is not None and outer.active:

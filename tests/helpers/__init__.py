@@ -1,0 +1,1 @@
+"""Child-process programs for the reliability tests (run with ``sys.executable``)."""

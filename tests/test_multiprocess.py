@@ -1,0 +1,213 @@
+"""Several processes sharing one environment.
+
+Children are ``tests/helpers/mp_worker.py`` programs run with ``sys.executable``;
+each prints ``READY`` once open and starts working when the parent writes a
+line to its stdin, so that all of them run at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import select
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import pytest
+from conftest import bounded
+from helpers.mp_worker import ACCOUNTS, INITIAL, counter_key
+
+import aiolmdb
+from aiolmdb.coders import UInt64Coder
+
+HELPER = Path(__file__).parent / "helpers" / "mp_worker.py"
+PROCESSES = 4
+INCREMENTS = 150
+TASKS_PER_PROCESS = 3
+CHILD_TIMEOUT = 60.0
+
+
+class Child:
+    """A helper process with line-oriented stdout read under a timeout."""
+
+    def __init__(self, *args: str) -> None:
+        self.proc = subprocess.Popen(
+            [sys.executable, str(HELPER), *args],
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            bufsize=0,
+        )
+        self._buffer = b""
+
+    def read_line(self, timeout: float = CHILD_TIMEOUT) -> str:
+        assert self.proc.stdout is not None
+        fd = self.proc.stdout.fileno()
+        deadline = time.monotonic() + timeout
+        while b"\n" not in self._buffer:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise TimeoutError(f"child {self.proc.args!r} printed nothing in {timeout} s")
+            ready, _, _ = select.select([fd], [], [], left)
+            if ready:
+                data = os.read(fd, 4096)
+                if not data:
+                    raise AssertionError(f"child ended early: {self.stderr()}")
+                self._buffer += data
+        line, _, self._buffer = self._buffer.partition(b"\n")
+        return line.decode()
+
+    def go(self) -> None:
+        assert self.proc.stdin is not None
+        self.proc.stdin.write(b"go\n")
+        self.proc.stdin.flush()
+
+    def stderr(self) -> str:
+        self.proc.kill()
+        _, err = self.proc.communicate(timeout=10)
+        return err.decode()[-3000:]
+
+    def finish(self) -> None:
+        """Wait for a clean exit."""
+        code = self.proc.wait(timeout=CHILD_TIMEOUT)
+        assert code == 0, f"child exited with {code}: {self.stderr()}"
+
+    def kill(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait(timeout=10)
+        for stream in (self.proc.stdin, self.proc.stdout, self.proc.stderr):
+            if stream is not None:
+                stream.close()
+
+
+@contextmanager
+def children(*argvs: list[str]) -> Iterator[list[Child]]:
+    started: list[Child] = []
+    try:
+        for argv in argvs:
+            started.append(Child(*argv))
+        for child in started:
+            assert child.read_line() == "READY"
+        yield started
+    finally:
+        for child in started:
+            child.kill()
+
+
+async def test_counters_incremented_by_four_processes_are_exact(tmp_path: Path) -> None:
+    path = str(tmp_path / "env")
+    async with aiolmdb.open(path, map_size=16 * 1024 * 1024) as env:
+        env.open_db("counters")
+        env.open_db("mirror")
+    argvs = [
+        ["counter", path, str(w), str(INCREMENTS), str(TASKS_PER_PROCESS)] for w in range(PROCESSES)
+    ]
+    with children(*argvs) as workers:
+        for worker in workers:
+            worker.go()
+        for worker in workers:
+            assert worker.read_line() == "DONE"
+            worker.finish()
+    async with aiolmdb.open(path, map_size=16 * 1024 * 1024) as env:
+        counters = env.open_db("counters", value_coder=UInt64Coder())
+        mirror = env.open_db("mirror", value_coder=UInt64Coder())
+        assert await counters.get(b"total") == PROCESSES * INCREMENTS
+        assert await mirror.get(b"mirror") == PROCESSES * INCREMENTS
+        for w in range(PROCESSES):
+            assert await counters.get(counter_key(w)) == INCREMENTS
+
+
+async def test_read_snapshot_stays_consistent_while_another_process_commits(
+    tmp_path: Path,
+) -> None:
+    path = str(tmp_path / "env")
+    env = aiolmdb.open(path, map_size=16 * 1024 * 1024)
+    try:
+        accounts = env.open_db("accounts", key_coder=UInt64Coder(), value_coder=UInt64Coder())
+        await accounts.put_multi({i: INITIAL for i in range(ACCOUNTS)})
+        total = ACCOUNTS * INITIAL
+        with children(["transfer", path, "1.5"]) as (writer,):
+            writer.go()
+            snapshots = changed_during_snapshot = 0
+            deadline = time.monotonic() + 1.2
+            while time.monotonic() < deadline:
+                async with env.transaction(write=False):
+                    first = await bounded(accounts.get_multi(range(ACCOUNTS)))
+                    txnid = env.info()["last_txnid"]
+                    seen = []
+                    for i in range(ACCOUNTS):
+                        seen.append(await bounded(accounts.get(i)))
+                        await asyncio.sleep(0.002)  # the other process commits meanwhile
+                    scanned = [v async for v in accounts.values()]
+                    if env.info()["last_txnid"] > txnid:
+                        changed_during_snapshot += 1
+                    assert seen == [first[i] for i in range(ACCOUNTS)]
+                    assert scanned == seen
+                    assert sum(v or 0 for v in seen) == total
+                snapshots += 1
+            line = writer.read_line()
+            assert line.startswith("DONE")
+            writer.finish()
+            commits = int(line.split()[1])
+        assert commits > 0
+        assert changed_during_snapshot > 0, "no commit happened while a snapshot was open"
+        # Outside a snapshot the last state is visible and still sums up.
+        final = await accounts.get_multi(range(ACCOUNTS))
+        assert sum(v or 0 for v in final.values()) == total
+        assert snapshots > 0
+    finally:
+        await bounded(env.close())
+
+
+@pytest.mark.parametrize("how", ["put", "transaction", "open_db"])
+async def test_write_after_another_process_grew_the_map(tmp_path: Path, how: str) -> None:
+    path = str(tmp_path / "env")
+    env = aiolmdb.open(path, map_size=1024 * 1024)
+    try:
+        db = env.open_db("mine")
+        await db.put(b"before", b"1")
+        with children(["grow", path, "8"]) as (grower,):
+            grower.go()
+            line = grower.read_line()
+            grower.finish()
+        assert int(line.split()[1]) > 1024 * 1024  # the child grew the map
+        if how == "put":
+            assert await bounded(db.put(b"after", b"2"))
+        elif how == "open_db":
+            other = env.open_db("opened-after-growth")
+            assert await bounded(other.put(b"after", b"2"))
+            assert await other.get(b"after") == b"2"
+            assert await bounded(db.put(b"after", b"2"))
+        else:
+            async with env.transaction():
+                await db.put(b"after", b"2")
+        assert await db.get(b"after") == b"2"
+        assert await db.get(b"before") == b"1"
+    finally:
+        await bounded(env.close())
+
+
+async def test_read_after_another_process_grew_the_map(tmp_path: Path) -> None:
+    path = str(tmp_path / "env")
+    env = aiolmdb.open(path, map_size=1024 * 1024)
+    try:
+        db = env.open_db("mine")
+        await db.put(b"before", b"1")
+        with children(["grow", path, "8"]) as (grower,):
+            grower.go()
+            line = grower.read_line()
+            grower.finish()
+        assert int(line.split()[1]) > 1024 * 1024
+        assert await db.get(b"before") == b"1"  # a read adopts the grown map
+        bulk = env.open_db("bulk")
+        assert await bulk.get(b"%08d" % 5) == bytes([5]) * 4000
+        assert await bulk.count() == 8 * 1024 * 1024 // 4096
+        # Once a read adopted the new size, writes work again.
+        assert await bounded(db.put(b"after", b"2"))
+    finally:
+        await bounded(env.close())
