@@ -2,42 +2,51 @@
 
 LMDB may only resize its map (``mdb_env_set_mapsize``) while no transaction is
 active in the process: the map moves, and live transactions would point into
-the old one. Readers pass the gate without ever waiting for each other; a
-resize waits until no reader is inside, and readers that arrive meanwhile wait
-only for the resize itself (microseconds).
+the old one. Readers only count themselves in and out (a plain lock, never
+waited on for long); a resize holds the lock while it runs, once it has seen
+the count at zero.
 """
 
 from __future__ import annotations
 
 import threading
+import time
 from collections.abc import Callable
 
 __all__ = ["ReadGate"]
+
+#: Seconds between two looks at the reader count while a resize waits.
+_POLL = 0.001
 
 
 class ReadGate:
     """Counts live read transactions; lets a resize run when there are none."""
 
     def __init__(self) -> None:
-        self._cond = threading.Condition(threading.Lock())
+        self._lock = threading.Lock()
         self._readers = 0
 
     def enter(self) -> None:
-        """A read transaction is about to begin."""
-        with self._cond:
+        """A read transaction is about to begin (waits only while a resize runs)."""
+        with self._lock:
             self._readers += 1
 
     def leave(self) -> None:
         """A read transaction has ended."""
-        with self._cond:
+        with self._lock:
             self._readers -= 1
-            if not self._readers:
-                self._cond.notify_all()
 
     def run_alone(self, fn: Callable[[], None], timeout: float) -> bool:
-        """Run ``fn`` once no reader is inside; False if that took longer than ``timeout``."""
-        with self._cond:
-            if not self._cond.wait_for(lambda: self._readers == 0, timeout):
+        """Run ``fn`` once no reader is inside; False if that took longer than ``timeout``.
+
+        Resizes are rare, so polling keeps the readers' side free of any signalling.
+        """
+        deadline = time.monotonic() + timeout
+        while True:
+            with self._lock:
+                if self._readers == 0:
+                    fn()
+                    return True
+            if time.monotonic() >= deadline:
                 return False
-            fn()
-            return True
+            time.sleep(_POLL)

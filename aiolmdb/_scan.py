@@ -1,24 +1,36 @@
-"""Key ranges and cursor batches: the part of range queries that touches LMDB."""
+"""Key ranges and batched scans: the part of range queries that touches LMDB.
+
+A scan reads raw records in batches, each in a read transaction of its own;
+the event loop decodes them one by one as they are consumed. Decoding there,
+rather than with the batch on a reader thread, keeps the decoded objects
+short-lived (a batch of live objects makes the garbage collector work hard)
+and costs no more: both threads share the GIL.
+"""
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import lmdb
 
-__all__ = ["Batch", "fetch_batch", "prefix_end", "scan"]
+__all__ = ["Batch", "Fetch", "fetch_batch", "prefix_end", "scan"]
 
 #: Records read by the first batch of a scan, on the loop thread (fast small queries).
 FIRST_SCAN_BATCH = 64
 #: Records read by each later batch of a scan, on a reader thread.
 SCAN_BATCH = 1024
 
-#: Turns one record (raw key, raw value) into what a scan yields; runs inside the transaction.
-Decode = Callable[[bytes, memoryview | bytes], Any]
+#: Turns a record as stored (raw key, buffer) into the raw (key, value) pair to decode.
+Fetch = Callable[[bytes, memoryview | bytes], tuple[bytes, bytes]]
+#: (raw records, raw key of the last record read or None, whether the range is exhausted)
+Batch = tuple[list[tuple[bytes, bytes]], bytes | None, bool]
 
-#: (decoded records, raw key of the last record read or None, whether the range is exhausted)
-Batch = tuple[list[Any], bytes | None, bool]
+
+def copy_record(key: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
+    """The default :data:`Fetch`: the record itself, out of LMDB's map."""
+    return key, bytes(value)
 
 
 def prefix_end(prefix: bytes) -> bytes | None:
@@ -37,36 +49,34 @@ def fetch_batch(
     resume_after: bytes | None,
     reverse: bool,
     count: int,
-    decode: Decode,
+    fetch: Fetch,
 ) -> Batch:
     """Read up to ``count`` records of ``[low, high)`` in key order (or reversed).
 
     ``resume_after`` is the raw key of the last record of the previous batch:
-    the batch starts strictly after it (before it, reversed). ``decode(key,
-    value)`` turns each record into what the caller yields; it runs while the
-    buffers are valid.
+    the batch starts strictly after it (before it, reversed). ``fetch(key,
+    buffer)`` copies out what is to be decoded, while the buffer is valid.
     """
-    cursor = txn.cursor(db)
-    try:
+    out: list[tuple[bytes, bytes]] = []
+    last: bytes | None = None
+    with txn.cursor(db) as cursor:
         if reverse:
             found = _seek_below(cursor, resume_after if resume_after is not None else high)
         else:
             found = _seek_from(cursor, low, resume_after)
-        out: list[Any] = []
-        last: bytes | None = None
-        while found and len(out) < count:
-            key = bytes(cursor.key())  # memoryviews do not compare by order
-            if reverse:
-                if low is not None and key < low:
-                    return out, last, True
-            elif high is not None and key >= high:
+        if not found:
+            return out, last, True
+        # iternext/iterprev yield the current record first, then move on.
+        for view, value in cursor.iterprev() if reverse else cursor.iternext():
+            if len(out) == count:
+                return out, last, False
+            key = bytes(view)  # memoryviews do not compare by order
+            bound = low if reverse else high
+            if bound is not None and ((key < bound) if reverse else (key >= bound)):
                 return out, last, True
-            out.append(decode(key, cursor.value()))
+            out.append(fetch(key, value))
             last = key
-            found = cursor.prev() if reverse else cursor.next()
-        return out, last, not found
-    finally:
-        cursor.close()
+    return out, last, True
 
 
 def _seek_from(cursor: lmdb.Cursor, low: bytes | None, resume_after: bytes | None) -> bool:
@@ -95,31 +105,50 @@ async def scan(
     high: bytes | None,
     reverse: bool,
     limit: int | None,
-    decoder: Callable[[lmdb.Transaction], Decode],
+    fetcher: Callable[[lmdb.Transaction], Fetch],
+    decode: Callable[[bytes, bytes], Any],
+    decode_large: Callable[[bytes, bytes], Awaitable[Any]],
+    large: int,
 ) -> AsyncIterator[Any]:
-    """Stream the records of ``[low, high)`` batch by batch.
+    """Stream the records of ``[low, high)``, decoded, batch by batch.
 
     ``read(fn, offload)`` runs ``fn`` in a read transaction (on a reader
-    thread when ``offload``); ``decoder(txn)`` gives the record decoder for
+    thread when ``offload``); ``fetcher(txn)`` gives the :data:`Fetch` of
     that transaction. The first batch is small and read inline, so short
-    queries cost no thread hop; later batches are large and offloaded.
+    queries cost no thread hop; later batches are large, read on a reader
+    thread, and each is fetched while the previous one is consumed. Values
+    longer than ``large`` bytes are decoded by ``decode_large`` (off the loop).
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
+
+    def fetch(after: bytes | None, count: int) -> Awaitable[Batch]:
+        def batch(t: lmdb.Transaction) -> Batch:
+            return fetch_batch(t, db, low, high, after, reverse, count, fetcher(t))
+
+        return read(batch, count > FIRST_SCAN_BATCH)
+
     remaining = limit
-    resume: bytes | None = None
     size = FIRST_SCAN_BATCH
-    while remaining is None or remaining > 0:
-        count = size if remaining is None else min(size, remaining)
-
-        def batch(t: lmdb.Transaction, after: bytes | None = resume, n: int = count) -> Batch:
-            return fetch_batch(t, db, low, high, after, reverse, n, decoder(t))
-
-        records, resume, done = await read(batch, count > FIRST_SCAN_BATCH)
-        for record in records:
-            yield record
-        if done:
-            return
-        if remaining is not None:
-            remaining -= len(records)
-        size = SCAN_BATCH
+    upcoming: asyncio.Future[Batch] | None = None
+    try:
+        current: Awaitable[Batch] = fetch(None, size if remaining is None else min(size, remaining))
+        while True:
+            records, resume, done = await current
+            if remaining is not None:
+                remaining -= len(records)
+            done = done or remaining == 0
+            if not done:
+                size = SCAN_BATCH if remaining is None else min(SCAN_BATCH, remaining)
+                upcoming = asyncio.ensure_future(fetch(resume, size))
+            for key, value in records:
+                if len(value) > large:
+                    yield await decode_large(key, value)
+                else:
+                    yield decode(key, value)
+            if upcoming is None:
+                return
+            current, upcoming = upcoming, None
+    finally:
+        if upcoming is not None:  # the consumer stopped early
+            upcoming.cancel()

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 import lmdb
 
-from ._scan import Decode, prefix_end, scan
+from ._scan import Fetch, copy_record, prefix_end, scan
 from .coders import Coder
 from .errors import (
     AiolmdbError,
@@ -29,13 +29,15 @@ __all__ = ["AsyncDatabase", "DatabaseTxn", "OpenedHandle"]
 K = TypeVar("K")
 V = TypeVar("V")
 D = TypeVar("D")
+T = TypeVar("T")
 R = TypeVar("R")
 
-#: Multi-key calls with more keys than this run on a worker thread.
+#: get_multi calls with more keys than this read on a worker thread.
 INLINE_MULTI_LIMIT = 32
+#: Items encoded between two yields to the event loop by multi-key calls.
+ENCODE_SLICE = 256
 
 _MISSING: Any = object()
-_TOO_LARGE: Any = object()
 
 
 class AsyncDatabase(Generic[K, V]):
@@ -107,11 +109,12 @@ class AsyncDatabase(Generic[K, V]):
                 f"({type(value).__name__}) with {self.value_coder!r}: {exc}"
             ) from exc
 
-    def _encode_items(self, items: list[tuple[K, V]]) -> list[tuple[bytes, bytes]]:
-        return [(self._encode_key(k), self._encode_value(k, v)) for k, v in items]
-
-    def _encode_keys(self, keys: list[K]) -> list[bytes]:
-        return [self._encode_key(k) for k in keys]
+    def _encode_item(self, item: tuple[K, V]) -> tuple[bytes, bytes]:
+        key, value = item
+        raw_key = self._encode_key(key)
+        raw_value = self._encode_value(key, value)
+        # Bytes stored as they are need no new tuple (fewer objects, less GC).
+        return item if raw_key is key and raw_value is value else (raw_key, raw_value)  # type: ignore[return-value]
 
     def _decode_value(self, raw_key: bytes | memoryview, buf: bytes | memoryview) -> V:
         try:
@@ -122,7 +125,10 @@ class AsyncDatabase(Generic[K, V]):
                 f"{self._show_raw_key(raw_key)} with {self.value_coder!r}: {exc}"
             ) from exc
 
-    def _decode_key(self, raw_key: bytes | memoryview) -> K:
+    def _decode_item(self, raw_key: bytes, raw_value: bytes) -> tuple[K, V]:
+        return self._decode_key(raw_key), self._decode_value(raw_key, raw_value)
+
+    def _decode_key(self, raw_key: bytes | memoryview, raw_value: object = None) -> K:
         try:
             return self.key_coder.deserialize(raw_key)
         except Exception as exc:
@@ -137,8 +143,12 @@ class AsyncDatabase(Generic[K, V]):
         except Exception:
             return repr(bytes(raw_key))
 
-    def _handle(self, txn: Transaction | None) -> Any:
-        """The LMDB handle, checking that the database is usable in ``txn``'s context."""
+    def _resolve(self, txn: Transaction | None) -> tuple[Any, Transaction | None]:
+        """The LMDB handle and the transaction a call runs in (None: its own).
+
+        Checks that the environment is open, that the database was not
+        dropped, and that the transaction can see it.
+        """
         context = self.env._context(txn)
         if self._opened.dropped:
             raise AiolmdbError(f"database {self._label} was dropped; open it again to recreate it")
@@ -147,14 +157,21 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label} was opened after this transaction began, so LMDB "
                 "cannot see it inside it: open databases before env.transaction()"
             )
-        return self._db
+        return self._db, context
 
-    async def _encode_off_loop(self, fn: Callable[[list[Any]], R], items: list[Any]) -> R:
-        """Encode many items on a reader thread so that the event loop never stalls."""
-        if len(items) <= INLINE_MULTI_LIMIT:
-            return fn(items)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.env._pool, fn, items)
+    async def _encode_many(self, encode: Callable[[T], R], items: list[T]) -> list[R]:
+        """Encode many items on the loop, in slices, letting other tasks run in between.
+
+        Cheaper than a thread hop, and a worker thread would hold the GIL for
+        up to the switch interval (5 ms) at a time anyway.
+        """
+        if len(items) <= ENCODE_SLICE:
+            return [encode(item) for item in items]
+        encoded: list[R] = []
+        for start in range(0, len(items), ENCODE_SLICE):
+            encoded.extend(encode(item) for item in items[start : start + ENCODE_SLICE])
+            await asyncio.sleep(0)
+        return encoded
 
     # -- reads -----------------------------------------------------------
 
@@ -169,20 +186,27 @@ class AsyncDatabase(Generic[K, V]):
     async def get(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """The value stored under ``key``, or ``default`` when there is none."""
         raw_key = self._encode_key(key)
-        db = self._handle(txn)
-        limit = self.env.inline_value_limit
+        db, ctx = self._resolve(txn)
+        if ctx is None:
+            # The hot path: a read transaction of its own, on the loop thread.
+            env = self.env
+            t = env._begin_read()
+            try:
+                buf = t.get(raw_key, db=db)
+                if buf is None:
+                    return default
+                if len(buf) <= env.inline_value_limit:
+                    return self._decode_value(raw_key, buf)
+            finally:
+                env._end_read(t)
 
-        def read(t: lmdb.Transaction, inline: bool = True) -> Any:
+        def read(t: lmdb.Transaction) -> Any:
             buf = t.get(raw_key, db=db)
-            if buf is None:
-                return _MISSING
-            if inline and len(buf) > limit:
-                return _TOO_LARGE
-            return self._decode_value(raw_key, buf)
+            return _MISSING if buf is None else self._decode_value(raw_key, buf)
 
-        value = await self.env._read(read, txn)
-        if value is _TOO_LARGE:
-            value = await self.env._read(lambda t: read(t, inline=False), txn, offload=True)
+        # Large values are decoded on a reader thread; inside a transaction
+        # the read goes where the transaction lives.
+        value = await self.env._read(read, ctx, offload=True)
         return default if value is _MISSING else value
 
     @overload
@@ -202,9 +226,9 @@ class AsyncDatabase(Generic[K, V]):
 
         Every key asked for is in the result; missing ones map to ``default``.
         """
-        db = self._handle(txn)
+        db, ctx = self._resolve(txn)
         wanted = list(keys)
-        raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
+        raw_keys = await self._encode_many(self._encode_key, wanted)
 
         def read(t: lmdb.Transaction) -> dict[K, Any]:
             found: dict[K, Any] = {}
@@ -213,23 +237,23 @@ class AsyncDatabase(Generic[K, V]):
                 found[key] = default if buf is None else self._decode_value(raw_key, buf)
             return found
 
-        return await self.env._read(read, txn, offload=len(wanted) > INLINE_MULTI_LIMIT)
+        return await self.env._read(read, ctx, offload=len(wanted) > INLINE_MULTI_LIMIT)
 
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""
         raw_key = self._encode_key(key)
-        db = self._handle(txn)
-        return await self.env._read(lambda t: t.get(raw_key, db=db) is not None, txn)
+        db, ctx = self._resolve(txn)
+        return await self.env._read(lambda t: t.get(raw_key, db=db) is not None, ctx)
 
     async def count(self, *, txn: Transaction | None = None) -> int:
         """The number of records."""
-        db = self._handle(txn)
-        return await self.env._read(lambda t: int(t.stat(db)["entries"]), txn)
+        db, ctx = self._resolve(txn)
+        return await self.env._read(lambda t: int(t.stat(db)["entries"]), ctx)
 
     async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:
         """LMDB's statistics of this database (``entries``, ``depth``, page counts...)."""
-        db = self._handle(txn)
-        return await self.env._read(lambda t: as_ints(t.stat(db)), txn)
+        db, ctx = self._resolve(txn)
+        return await self.env._read(lambda t: as_ints(t.stat(db)), ctx)
 
     # -- writes ----------------------------------------------------------
 
@@ -243,9 +267,9 @@ class AsyncDatabase(Generic[K, V]):
         """
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
-        self._handle(txn)
+        ctx = self._resolve(txn)[1]
         return await self.env._write(
-            lambda t: self._store(t, raw_key, raw_value, value, overwrite), txn
+            lambda t: self._store(t, raw_key, raw_value, value, overwrite), ctx
         )
 
     async def put_multi(
@@ -261,45 +285,45 @@ class AsyncDatabase(Generic[K, V]):
         Many records are encoded on a worker thread: do not mutate the objects
         until the call returns.
         """
-        db = self._handle(txn)
+        db, ctx = self._resolve(txn)
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
-        encoded = await self._encode_off_loop(self._encode_items, pairs)
+        encoded = await self._encode_many(self._encode_item, pairs)
 
         def write(t: lmdb.Transaction) -> int:
-            with _savepoint(self.env._lmdb, t) as child:
-                if self._plain_writes:
-                    with child.cursor(db) as cursor:
-                        return int(cursor.putmulti(encoded, overwrite=overwrite)[1])
-                return sum(
-                    self._store(child, raw_key, raw_value, value, overwrite)
-                    for (raw_key, raw_value), (_, value) in zip(encoded, pairs, strict=True)
-                )
+            # All or none: a failure aborts the group commit (or the savepoint
+            # inside a transaction), which then goes on without this call.
+            if self._plain_writes:
+                with t.cursor(db) as cursor:
+                    return int(cursor.putmulti(encoded, overwrite=overwrite)[1])
+            return sum(
+                self._store(t, raw_key, raw_value, value, overwrite)
+                for (raw_key, raw_value), (_, value) in zip(encoded, pairs, strict=True)
+            )
 
-        return await self.env._write(write, txn)
+        return await self.env._write(write, ctx)
 
     async def delete(self, key: K, *, txn: Transaction | None = None) -> bool:
         """Delete ``key``; returns whether it existed."""
         raw_key = self._encode_key(key)
-        self._handle(txn)
-        return await self.env._write(lambda t: self._remove(t, raw_key), txn)
+        ctx = self._resolve(txn)[1]
+        return await self.env._write(lambda t: self._remove(t, raw_key), ctx)
 
     async def delete_multi(
         self, keys: Iterable[K], *, txn: Transaction | None = None
     ) -> dict[K, bool]:
         """Delete many keys atomically; maps each key to whether it existed."""
-        self._handle(txn)
+        ctx = self._resolve(txn)[1]
         wanted = list(keys)
-        raw_keys = await self._encode_off_loop(self._encode_keys, wanted)
+        raw_keys = await self._encode_many(self._encode_key, wanted)
 
         def write(t: lmdb.Transaction) -> dict[K, bool]:
             existed: dict[K, bool] = {}
-            with _savepoint(self.env._lmdb, t) as child:
-                for key, raw_key in zip(wanted, raw_keys, strict=True):
-                    # A key listed twice existed if its first delete found it.
-                    existed[key] = self._remove(child, raw_key) or existed.get(key, False)
+            for key, raw_key in zip(wanted, raw_keys, strict=True):
+                # A key listed twice existed if its first delete found it.
+                existed[key] = self._remove(t, raw_key) or existed.get(key, False)
             return existed
 
-        return await self.env._write(write, txn)
+        return await self.env._write(write, ctx)
 
     @overload
     async def pop(
@@ -312,19 +336,19 @@ class AsyncDatabase(Generic[K, V]):
     async def pop(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """Delete ``key`` and return its value (``default`` when it did not exist)."""
         raw_key = self._encode_key(key)
-        self._handle(txn)
+        ctx = self._resolve(txn)[1]
         # Decoding happens before the commit: a value that cannot be decoded
         # fails the call and stays stored.
-        value = await self.env._write(lambda t: self._pop_raw(t, raw_key), txn)
+        value = await self.env._write(lambda t: self._pop_raw(t, raw_key), ctx)
         return default if value is _MISSING else value
 
     async def replace(self, key: K, value: V, *, txn: Transaction | None = None) -> V | None:
         """Store ``value`` under ``key`` and return the previous value (None if there was none)."""
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
-        self._handle(txn)
+        ctx = self._resolve(txn)[1]
         old: V | None = await self.env._write(
-            lambda t: self._replace_raw(t, raw_key, raw_value, value), txn
+            lambda t: self._replace_raw(t, raw_key, raw_value, value), ctx
         )
         return old
 
@@ -332,13 +356,13 @@ class AsyncDatabase(Generic[K, V]):
         """Store a new record; raise :class:`KeyExistsError` if ``key`` is already stored."""
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
-        self._handle(txn)
+        ctx = self._resolve(txn)[1]
 
         def write(t: lmdb.Transaction) -> None:
             if not self._store(t, raw_key, raw_value, value, False):
                 raise KeyExistsError(f"database {self._label}: key {_show(key)} already exists")
 
-        await self.env._write(write, txn)
+        await self.env._write(write, ctx)
 
     async def update(self, key: K, fn: Callable[[V], V], *, txn: Transaction | None = None) -> V:
         """Replace the value of ``key`` by ``fn(old)`` atomically; return the new value.
@@ -350,7 +374,7 @@ class AsyncDatabase(Generic[K, V]):
         when ``key`` is not stored.
         """
         raw_key = self._encode_key(key)
-        self._handle(txn)
+        ctx = self._resolve(txn)[1]
 
         def write(t: lmdb.Transaction) -> V:
             old = t.get(raw_key, db=self._db)
@@ -360,7 +384,7 @@ class AsyncDatabase(Generic[K, V]):
             self._store(t, raw_key, self._encode_value(key, new), new, True)
             return new
 
-        result: V = await self.env._write(write, txn)
+        result: V = await self.env._write(write, ctx)
         return result
 
     # -- record writes: every write of a record goes through these two ---
@@ -401,14 +425,14 @@ class AsyncDatabase(Generic[K, V]):
         database again to recreate it). The unnamed default database can only
         be emptied, and the records naming the named databases stay.
         """
-        db = self._handle(txn)
+        db, ctx = self._resolve(txn)
         if self.name is None:
-            await self.env._write(self._empty_default, txn)
+            await self.env._write(self._empty_default, ctx)
             return
         if not delete:
-            await self.env._write(lambda t: t.drop(db, delete=False), txn)
+            await self.env._write(lambda t: t.drop(db, delete=False), ctx)
             return
-        if self.env._context(txn) is not None:
+        if ctx is not None:
             raise TransactionError(
                 f"database {self._label}: drop(delete=True) cannot run inside a transaction; "
                 "use drop(delete=False) to empty it there"
@@ -424,7 +448,7 @@ class AsyncDatabase(Generic[K, V]):
             keys = [bytes(key) for key in cursor.iternext(values=False)]
         for key in keys:
             try:
-                with _savepoint(self.env._lmdb, t) as child:
+                with self.env._lmdb.begin(write=True, parent=t) as child:
                     child.delete(key, db=self._db)
             except lmdb.IncompatibleError:  # a named database's record
                 continue
@@ -447,15 +471,15 @@ class AsyncDatabase(Generic[K, V]):
         its own (or in the enclosing ``env.transaction()``), committed when
         ``fn`` returns and aborted when it raises. ``fn`` is called once.
         """
-        db = self._handle(txn)
+        db, ctx = self._resolve(txn)
 
         def call(t: lmdb.Transaction) -> R:
             return fn(DatabaseTxn(self, db, t))
 
         if not write:
-            return await self.env._read(call, txn, offload=True)
-        if self.env._context(txn) is not None:
-            return await self.env._write(call, txn)
+            return await self.env._read(call, ctx, offload=True)
+        if ctx is not None:
+            return await self.env._write(call, ctx)
         return await self.env._write_alone(call)
 
     # -- queries ---------------------------------------------------------
@@ -484,15 +508,7 @@ class AsyncDatabase(Generic[K, V]):
         show in later batches. For one consistent view of the whole scan,
         iterate inside ``env.transaction(write=False)``.
         """
-        return self._scan(
-            start,
-            stop,
-            prefix,
-            reverse,
-            limit,
-            txn,
-            lambda k, v: (self._decode_key(k), self._decode_value(k, v)),
-        )
+        return self._scan(start, stop, prefix, reverse, limit, txn, copy_record, self._decode_item)
 
     def keys(
         self,
@@ -505,9 +521,7 @@ class AsyncDatabase(Generic[K, V]):
         txn: Transaction | None = None,
     ) -> AsyncIterator[K]:
         """Iterate over keys in key order; same arguments as :meth:`items`."""
-        return self._scan(
-            start, stop, prefix, reverse, limit, txn, lambda k, v: self._decode_key(k)
-        )
+        return self._scan(start, stop, prefix, reverse, limit, txn, _key_only, self._decode_key)
 
     def values(
         self,
@@ -520,9 +534,7 @@ class AsyncDatabase(Generic[K, V]):
         txn: Transaction | None = None,
     ) -> AsyncIterator[V]:
         """Iterate over values in key order; same arguments as :meth:`items`."""
-        return self._scan(
-            start, stop, prefix, reverse, limit, txn, lambda k, v: self._decode_value(k, v)
-        )
+        return self._scan(start, stop, prefix, reverse, limit, txn, copy_record, self._decode_value)
 
     async def first(self, *, txn: Transaction | None = None) -> tuple[K, V] | None:
         """The record with the lowest key, or None when the database is empty."""
@@ -568,17 +580,41 @@ class AsyncDatabase(Generic[K, V]):
         reverse: bool,
         limit: int | None,
         txn: Transaction | None,
-        decode: Decode,
+        fetch: Fetch,
+        decode: Callable[..., Any],
     ) -> AsyncIterator[Any]:
         low, high = self._bounds(start, stop, prefix)
+        db, ctx = self._resolve(txn)
+        return self._stream(ctx, db, low, high, reverse, limit, lambda t: fetch, decode)
+
+    def _stream(
+        self,
+        ctx: Transaction | None,
+        db: Any,
+        low: bytes | None,
+        high: bytes | None,
+        reverse: bool,
+        limit: int | None,
+        fetcher: Callable[[lmdb.Transaction], Fetch],
+        decode: Callable[[bytes, bytes], Any],
+    ) -> AsyncIterator[Any]:
+        """Records of ``db`` in ``[low, high)``: fetched by ``fetcher``, decoded by ``decode``."""
+        env = self.env
+
+        async def decode_large(key: bytes, value: bytes) -> Any:
+            return await asyncio.get_running_loop().run_in_executor(env._pool, decode, key, value)
+
         return scan(
-            lambda fn, offload: self.env._read(fn, txn, offload=offload),
-            self._handle(txn),
+            lambda fn, offload: env._read(fn, ctx, offload=offload),
+            db,
             low,
             high,
             reverse,
             limit,
-            lambda t: decode,
+            fetcher,
+            decode,
+            decode_large,
+            env.inline_value_limit,
         )
 
 
@@ -655,20 +691,9 @@ class DatabaseTxn(Generic[K, V]):
         return self.database._replace_raw(self.txn, raw_key, raw_value, value)
 
 
-class _savepoint:
-    """A nested write transaction: committed on success, aborted on error."""
-
-    def __init__(self, env: lmdb.Environment, parent: lmdb.Transaction) -> None:
-        self._txn = env.begin(parent=parent, write=True)
-
-    def __enter__(self) -> lmdb.Transaction:
-        return self._txn
-
-    def __exit__(self, exc_type: type[BaseException] | None, *rest: object) -> None:
-        if exc_type is None:
-            self._txn.commit()
-        else:
-            self._txn.abort()
+def _key_only(key: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
+    """A :data:`Fetch` for key scans: the value is not copied."""
+    return key, b""
 
 
 def as_ints(stats: Mapping[str, object]) -> dict[str, int]:

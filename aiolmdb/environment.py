@@ -394,7 +394,8 @@ class AsyncEnvironment:
 
     def _context(self, txn: Transaction | None) -> Transaction | None:
         """The transaction a call runs in: the one given, else the task's own current one."""
-        self._check()
+        if self._closed:
+            self._check()
         if txn is None:
             txn = self._current.get()
             if txn is None:
@@ -413,15 +414,19 @@ class AsyncEnvironment:
     async def _read(
         self,
         fn: Callable[[lmdb.Transaction], R],
-        txn: Transaction | None,
+        ctx: Transaction | None,
         *,
         offload: bool = False,
     ) -> R:
-        """Run ``fn(read_txn)``: inline, or on a reader thread when ``offload``."""
-        ctx = self._context(txn)
+        """Run ``fn(read_txn)`` in ``ctx`` (see :meth:`_context`), else in a read of its own.
+
+        A read of its own runs inline, or on a reader thread when ``offload``.
+        """
         if ctx is not None:
             result: R = await ctx.run_read(fn, offload=offload)
             return result
+        if self._closed:  # a scan may outlive its environment
+            self._check()
         if offload:
             return await asyncio.get_running_loop().run_in_executor(
                 self._pool, self._call_in_read_txn, fn
@@ -490,11 +495,15 @@ class AsyncEnvironment:
         logger.info("environment %s: map grown from %d to %d bytes", self._name, size, new_size)
         return None
 
-    async def _write(self, fn: Callable[[lmdb.Transaction], R], txn: Transaction | None) -> R:
-        """Run ``fn(write_txn)``: in the current transaction, else in the next group commit."""
-        ctx = self._context(txn)
+    async def _write(self, fn: Callable[[lmdb.Transaction], R], ctx: Transaction | None) -> R:
+        """Run ``fn(write_txn)`` in ``ctx`` (see :meth:`_context`), else in the next group commit.
+
+        In a transaction, ``fn`` runs in a savepoint of its own, so that a
+        call that fails half way leaves nothing behind (a group commit gets
+        the same from aborting and replaying the batch without it).
+        """
         if ctx is not None:
-            result: R = await ctx.run_write(fn)
+            result: R = await ctx.run_write(lambda t: _in_savepoint(self._lmdb, t, fn))
             return result
         result = await self._writer.submit(fn)
         return result
@@ -624,6 +633,13 @@ _live: weakref.WeakSet[AsyncEnvironment] = weakref.WeakSet()
 def _close_forgotten_environments() -> None:
     for env in list(_live):
         env._close_at_exit()
+
+
+def _in_savepoint(
+    env: lmdb.Environment, parent: lmdb.Transaction, fn: Callable[[lmdb.Transaction], R]
+) -> R:
+    with env.begin(write=True, parent=parent) as child:  # commits on return, aborts on raise
+        return fn(child)
 
 
 def _after_fork_in_child() -> None:

@@ -18,6 +18,8 @@ class IdentityCoder(Coder[bytes]):
 
     def serialize(self, obj: bytes | bytearray | memoryview) -> bytes:
         """Return ``obj`` as ``bytes``."""
+        if type(obj) is bytes:  # the common case, on every key and value: no copy
+            return obj
         if not isinstance(obj, bytes | bytearray | memoryview):
             raise encode_error(self, obj, "expected bytes, bytearray or memoryview")
         return bytes(obj)

@@ -64,7 +64,8 @@ class PydanticCoder(Coder[M]):
         """Parse and validate ``buf`` into a model instance."""
         try:
             if self.format == "json":
-                return self._adapter.validate_json(bytes(buf))
+                # The model's own validator: TypeAdapter adds a Python layer per call.
+                return self.model.model_validate_json(buf if type(buf) is bytes else bytes(buf))
             data: Any = msgpack.unpackb(buf, raw=False, strict_map_key=False)
             return self._adapter.validate_python(data, strict=False)
         except ValidationError as e:

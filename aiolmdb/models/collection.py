@@ -218,7 +218,7 @@ class Collection(AsyncDatabase[K, M]):
             if progress is not None:
                 loop.call_soon_threadsafe(progress, names, done, total)
 
-        self._handle(None)
+        self._resolve(None)
         await self.env._write_alone(lambda t: self._build(t, names, report))
         self._unbuilt = [name for name in self._unbuilt if name not in names]
 
@@ -270,7 +270,7 @@ class Collection(AsyncDatabase[K, M]):
         """Empty the collection and its indexes; ``delete=True`` also removes their databases."""
         if not self._indexes:
             return await super().drop(delete, txn=txn)
-        self._handle(txn)
+        ctx = self._resolve(txn)[1]
         if not delete:
 
             def empty(t: lmdb.Transaction) -> None:
@@ -278,7 +278,7 @@ class Collection(AsyncDatabase[K, M]):
                 for index in self._indexes:
                     index.clear(t)
 
-            return await self.env._write(empty, txn)
+            return await self.env._write(empty, ctx)
         await super().drop(delete=True, txn=txn)
         for index in self._indexes:
             await self.env.open_db(f"{self._index_base}.{index.index.name}").drop(delete=True)

@@ -13,7 +13,7 @@ from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 import lmdb
 
-from .._scan import Decode, prefix_end, scan
+from .._scan import Fetch, prefix_end
 from ..coders import Coder
 from ..coders.base import escape_element, unescape_element
 from ..errors import EncodeError, UniqueViolationError, UnorderedKeyError
@@ -234,32 +234,25 @@ class BoundIndex(Generic[K, M, IK]):
         reverse: bool,
         limit: int | None,
         txn: Transaction | None,
-        make: Callable[[bytes, memoryview | bytes], Any],
+        make: Callable[[bytes, bytes], Any],
     ) -> AsyncIterator[Any]:
         collection = self.collection
-        main_db = collection._handle(txn)
+        main_db, ctx = collection._resolve(txn)
         collection._require_indexes_built()
 
-        def decoder(t: lmdb.Transaction) -> Decode:
-            def decode(entry: bytes, _: memoryview | bytes) -> Any:
+        def fetcher(t: lmdb.Transaction) -> Fetch:
+            def record_of(entry: bytes, _: memoryview | bytes) -> tuple[bytes, bytes]:
+                # The entry names the record; fetch it in the same transaction.
                 _, end = unescape_element(entry, 0)
                 raw_key = entry[end:]
                 buf = t.get(raw_key, db=main_db)
                 if buf is None:  # pragma: no cover - entries are written with their records
                     raise AssertionError(f"{self._label} has an entry for a missing record")
-                return make(raw_key, buf)
+                return raw_key, bytes(buf)
 
-            return decode
+            return record_of
 
-        return scan(
-            lambda fn, offload: collection.env._read(fn, txn, offload=offload),
-            self._db,
-            low,
-            high,
-            reverse,
-            limit,
-            decoder,
-        )
+        return collection._stream(ctx, self._db, low, high, reverse, limit, fetcher, make)
 
     def items(
         self,
@@ -283,7 +276,7 @@ class BoundIndex(Generic[K, M, IK]):
             reverse,
             limit,
             txn,
-            lambda k, v: (collection._decode_key(k), collection._decode_value(k, v)),
+            collection._decode_item,
         )
 
     def keys(
@@ -299,7 +292,7 @@ class BoundIndex(Generic[K, M, IK]):
         """The collection keys of the records, in index-key order; arguments as :meth:`items`."""
         collection = self.collection
         low, high = self._bounds(start, stop, prefix)
-        return self._records(low, high, reverse, limit, txn, lambda k, v: collection._decode_key(k))
+        return self._records(low, high, reverse, limit, txn, collection._decode_key)
 
     def values(
         self,
@@ -314,9 +307,7 @@ class BoundIndex(Generic[K, M, IK]):
         """The records, in index-key order; arguments as :meth:`items`."""
         collection = self.collection
         low, high = self._bounds(start, stop, prefix)
-        return self._records(
-            low, high, reverse, limit, txn, lambda k, v: collection._decode_value(k, v)
-        )
+        return self._records(low, high, reverse, limit, txn, collection._decode_value)
 
     async def get(self, value: IK, *, txn: Transaction | None = None) -> M | None:
         """The record whose index key is ``value`` (a unique index), or None."""
@@ -344,15 +335,15 @@ class BoundIndex(Generic[K, M, IK]):
             False,
             limit,
             txn,
-            lambda k, v: collection._decode_value(k, v),
+            collection._decode_value,
         )
 
     async def count(self, value: IK | None = None, *, txn: Transaction | None = None) -> int:
         """How many records have index key ``value`` (every entry when None)."""
         self.collection._require_indexes_built()
-        self.collection._handle(txn)
+        ctx = self.collection._resolve(txn)[1]
         if value is None:
-            return await self.collection.env._read(lambda t: int(t.stat(self._db)["entries"]), txn)
+            return await self.collection.env._read(lambda t: int(t.stat(self._db)["entries"]), ctx)
         entry = self._exact(value)
 
         def count_entries(t: lmdb.Transaction) -> int:
@@ -364,7 +355,7 @@ class BoundIndex(Generic[K, M, IK]):
                     more = cursor.next()
             return found
 
-        return await self.collection.env._read(count_entries, txn, offload=True)
+        return await self.collection.env._read(count_entries, ctx, offload=True)
 
     async def first(self, *, txn: Transaction | None = None) -> tuple[K, M] | None:
         """The record with the lowest index key, or None."""
