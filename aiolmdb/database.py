@@ -300,7 +300,7 @@ class AsyncDatabase(Generic[K, V]):
                 for (raw_key, raw_value), (_, value) in zip(encoded, pairs, strict=True)
             )
 
-        return await self.env._write(write, ctx)
+        return await self.env._write(write, ctx, may_fail_midway=not self._plain_writes)
 
     async def delete(self, key: K, *, txn: Transaction | None = None) -> bool:
         """Delete ``key``; returns whether it existed."""
@@ -323,7 +323,7 @@ class AsyncDatabase(Generic[K, V]):
                 existed[key] = self._remove(t, raw_key) or existed.get(key, False)
             return existed
 
-        return await self.env._write(write, ctx)
+        return await self.env._write(write, ctx, may_fail_midway=not self._plain_writes)
 
     @overload
     async def pop(
@@ -389,7 +389,9 @@ class AsyncDatabase(Generic[K, V]):
 
     # -- record writes: every write of a record goes through these two ---
 
-    #: True when storing a record is a bare put (lets put_multi use LMDB's putmulti).
+    #: True when storing or removing a record is a bare put or delete: then
+    #: put_multi may use LMDB's putmulti, and a multi-record write cannot fail
+    #: half way (only with an error that dooms the whole transaction).
     _plain_writes = True
 
     def _store(
@@ -479,7 +481,7 @@ class AsyncDatabase(Generic[K, V]):
         if not write:
             return await self.env._read(call, ctx, offload=True)
         if ctx is not None:
-            return await self.env._write(call, ctx)
+            return await self.env._write(call, ctx, may_fail_midway=True)
         return await self.env._write_alone(call)
 
     # -- queries ---------------------------------------------------------

@@ -495,15 +495,26 @@ class AsyncEnvironment:
         logger.info("environment %s: map grown from %d to %d bytes", self._name, size, new_size)
         return None
 
-    async def _write(self, fn: Callable[[lmdb.Transaction], R], ctx: Transaction | None) -> R:
+    async def _write(
+        self,
+        fn: Callable[[lmdb.Transaction], R],
+        ctx: Transaction | None,
+        *,
+        may_fail_midway: bool = False,
+    ) -> R:
         """Run ``fn(write_txn)`` in ``ctx`` (see :meth:`_context`), else in the next group commit.
 
-        In a transaction, ``fn`` runs in a savepoint of its own, so that a
-        call that fails half way leaves nothing behind (a group commit gets
-        the same from aborting and replaying the batch without it).
+        A group commit that a call fails is aborted and replayed without it,
+        so the call leaves nothing behind. In a transaction, a call that may
+        fail after writing part of its work (``may_fail_midway``) runs in a
+        savepoint of its own for the same effect; the others do not pay for
+        one (LMDB copies every page a nested transaction touches).
         """
         if ctx is not None:
-            result: R = await ctx.run_write(lambda t: _in_savepoint(self._lmdb, t, fn))
+            if may_fail_midway:
+                result: R = await ctx.run_write(lambda t: _in_savepoint(self._lmdb, t, fn))
+            else:
+                result = await ctx.run_write(fn)
             return result
         result = await self._writer.submit(fn)
         return result
