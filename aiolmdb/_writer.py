@@ -92,7 +92,11 @@ class Waiting(Protocol):
     def future(self) -> asyncio.Future[Any]: ...
 
 
-def deliver(outcomes: list[tuple[Waiting, bool, Any]]) -> None:
+#: A finished piece of work: who waits for it, whether it succeeded, its result or error.
+Outcome = tuple[Waiting, bool, Any]
+
+
+def deliver(outcomes: list[Outcome]) -> None:
     """Wake the waiters of finished work: one thread-safe call per event loop."""
     by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
     for job, ok, value in outcomes:
@@ -249,11 +253,27 @@ class Writer:
         return jobs
 
     def _run(self) -> None:
-        while jobs := self._take():
+        # The outcomes of the last commit are held back while another batch
+        # is waiting: they are delivered once that batch's writes are applied,
+        # just before its commit. Applying writes needs the GIL, and so does
+        # the event loop waking the waiters; the commit's disk writes do not.
+        # This way the loop wakes one batch's waiters while the next batch
+        # commits, instead of competing with it for the GIL.
+        held: list[Outcome] = []
+        while True:
+            if held and not self._queue:  # nothing to overlap with: deliver now
+                deliver(held)
+                held = []
+            jobs = self._take()
+            if not jobs:
+                break
             if jobs[0].exclusive:
+                deliver(held)
+                held = []
                 self._run_exclusive(jobs[0])
             else:
-                self._commit_batch(jobs)
+                held = self._commit_batch(jobs, held)
+        deliver(held)
 
     def _run_exclusive(self, job: _Job) -> None:
         if job.future.cancelled():
@@ -263,29 +283,39 @@ class Writer:
         except BaseException as exc:
             deliver([(job, False, exc)])
 
-    def _commit_batch(self, jobs: list[_Job]) -> None:
+    def _commit_batch(self, jobs: list[_Job], held: list[Outcome]) -> list[Outcome]:
+        """Apply and commit ``jobs``; deliver ``held`` before the commit.
+
+        Returns the outcomes of the committed writes, for the caller to deliver.
+        """
         # A write whose caller was cancelled before it began is not applied.
         pending = [job for job in jobs if not job.future.cancelled()]
         while pending:
-            outcome = self._try_batch(pending)
+            outcome = self._try_batch(pending, held)
+            held = []  # _try_batch delivered them, whatever happened
+            if isinstance(outcome, list):
+                return outcome
             if outcome is _DONE:
-                return
+                return []
             if isinstance(outcome, _Job):
                 pending.remove(outcome)
+        deliver(held)
+        return []
 
-    def _try_batch(self, jobs: list[_Job]) -> object:
-        """Apply and commit ``jobs``.
+    def _try_batch(self, jobs: list[_Job], held: list[Outcome]) -> object:
+        """Apply and commit ``jobs``, delivering ``held`` once they are applied.
 
-        Returns ``_DONE`` when every waiter has its outcome, ``_RETRY`` when
-        the map was grown and the whole batch must run again, or the job that
-        failed (already told), for the batch to run again without it.
+        Returns the outcomes to deliver after a commit (a list), ``_DONE``
+        when every waiter was told (the batch failed as a whole), ``_RETRY``
+        when the map was grown and the whole batch must run again, or the job
+        that failed (already told), for the batch to run again without it.
         """
         try:
             txn = self._begin()
         except BaseException as exc:
-            deliver([(job, False, exc) for job in jobs])
+            deliver(held + [(job, False, exc) for job in jobs])
             return _DONE
-        results: list[tuple[Waiting, bool, Any]] = []
+        results: list[Outcome] = []
         for job in jobs:
             try:
                 results.append((job, True, job.fn(txn)))
@@ -293,10 +323,12 @@ class Writer:
                 txn.abort()
                 if isinstance(exc, lmdb.MapFullError):
                     if (refusal := self._grow_map()) is None:
+                        deliver(held)
                         return _RETRY
                     exc = map_full_error(exc, refusal)
-                deliver([(job, False, exc)])
+                deliver([*held, (job, False, exc)])
                 return job
+        deliver(held)
         try:
             txn.commit()
         except BaseException as exc:
@@ -306,8 +338,7 @@ class Writer:
                 exc = map_full_error(exc, refusal)
             deliver([(job, False, exc) for job in jobs])
             return _DONE
-        deliver(results)
-        return _DONE
+        return results
 
 
 def map_full_error(exc: lmdb.MapFullError, refusal: str) -> lmdb.MapFullError:

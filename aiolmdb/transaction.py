@@ -112,34 +112,28 @@ class Transaction:
     async def commit(self) -> None:
         """Commit now (a savepoint: into its parent). The block's end then does nothing."""
         self._end_check("commit")
-        self._state = _ENDED
-        if not self._owner:
-            return
-        if self._snapshot is not None:
-            await self.env._end_snapshot(self._snapshot)
-        elif self._session is not None:
-            if self._depth:
-                await self._session.release()
-            else:
-                self.env._end_session(self._session)
-                await self._session.commit()
+        await self._end(commit=True)
 
     async def abort(self) -> None:
         """Abort now (a savepoint: roll back only its own writes)."""
         if self._state == _ENDED:
             return
         self._end_check("abort")
+        await self._end(commit=False)
+
+    async def _end(self, *, commit: bool) -> None:
         self._state = _ENDED
         if not self._owner:
             return
         if self._snapshot is not None:
             await self.env._end_snapshot(self._snapshot)
         elif self._session is not None:
+            session = self._session
             if self._depth:
-                await self._session.rollback()
+                await (session.release() if commit else session.rollback())
             else:
-                self.env._end_session(self._session)
-                await self._session.abort()
+                self.env._end_session(session)
+                await (session.commit() if commit else session.abort())
 
     def _end_check(self, action: str) -> None:
         if self._state == _NEW:

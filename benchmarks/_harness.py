@@ -70,6 +70,7 @@ class Sizes:
     w7_tasks: int = 100
     w7_ops_per_task: int = 1_000
     w7_slow_ops_per_task: int = 50
+    w9_records: int = 20_000
     reps: int = 3
     quick: bool = False
 
@@ -87,6 +88,7 @@ class Sizes:
             w3_slow_tasks=200,
             w3_slow_puts_per_task=1,
             w4_puts=100,
+            w9_records=2_000,
             w5_records=100_000,
             w5_chunk=10_000,
             w5_sqlite_records=20_000,

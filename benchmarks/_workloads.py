@@ -50,6 +50,7 @@ from ._harness import (
     ticker,
     timed,
 )
+from ._indexes import w9
 from ._models import User, encode_user, encode_user_key, make_users, open_users
 
 __all__ = ["WORKLOADS", "Workload"]
@@ -1113,5 +1114,6 @@ WORKLOADS: dict[str, Workload] = {
         Workload("W6", "full range scan through a Collection", _w6),
         Workload("W7", "100 tasks, 90% get / 10% put", _w7),
         Workload("W8", "event-loop lag during the W5 load", _w8),
+        Workload("W9", "index maintenance cost of a put", w9),
     )
 }
