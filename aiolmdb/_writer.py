@@ -24,7 +24,7 @@ import concurrent.futures
 import contextlib
 import threading
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, Protocol, TypeVar
 
 import lmdb
@@ -143,25 +143,35 @@ class Writer:
 
     # -- event loop side -------------------------------------------------
 
-    async def submit(self, fn: BatchFn) -> Any:
-        """Queue ``fn(txn)`` for the next group commit; return its result after commit."""
-        return await self._submit(fn, exclusive=False)
+    def submit(self, fn: BatchFn) -> Awaitable[Any]:
+        """Queue ``fn(txn)`` for the next group commit; await its result after the commit.
+
+        Not a coroutine: when there is room in the queue, the caller awaits
+        the job's future itself (one frame fewer on the hottest write path).
+        """
+        if len(self._queue) >= self._max_pending:
+            return self._submit_when_room(fn, exclusive=False)
+        return self._enqueue(fn, exclusive=False)
 
     async def submit_exclusive(self, fn: ExclusiveFn) -> Any:
         """Run ``fn()`` on the writer thread alone, between batches."""
-        return await self._submit(fn, exclusive=True)
+        return await self._submit_when_room(fn, exclusive=True)
 
-    async def _submit(self, fn: Callable[..., Any], exclusive: bool) -> Any:
+    async def _submit_when_room(self, fn: Callable[..., Any], exclusive: bool) -> Any:
         loop = asyncio.get_running_loop()
         while len(self._queue) >= self._max_pending:
             await self._wait_for_space(loop)
+        return await self._enqueue(fn, exclusive)
+
+    def _enqueue(self, fn: Callable[..., Any], exclusive: bool) -> asyncio.Future[Any]:
+        loop = asyncio.get_running_loop()
         future: asyncio.Future[Any] = loop.create_future()
         job = _Job(fn, exclusive, loop, future)
         with self._lock:
             self._check_open()
             self._queue.append(job)
             self._wake_thread()
-        return await future
+        return future
 
     def run_now(self, fn: ExclusiveFn) -> Any:
         """Run ``fn()`` on the writer thread ahead of the queue and block until it is done.

@@ -9,7 +9,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Callable, Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from types import TracebackType
@@ -495,29 +495,28 @@ class AsyncEnvironment:
         logger.info("environment %s: map grown from %d to %d bytes", self._name, size, new_size)
         return None
 
-    async def _write(
+    def _write(
         self,
         fn: Callable[[lmdb.Transaction], R],
         ctx: Transaction | None,
         *,
         may_fail_midway: bool = False,
-    ) -> R:
+    ) -> Awaitable[R]:
         """Run ``fn(write_txn)`` in ``ctx`` (see :meth:`_context`), else in the next group commit.
 
         A group commit that a call fails is aborted and replayed without it,
         so the call leaves nothing behind. In a transaction, a call that may
         fail after writing part of its work (``may_fail_midway``) runs in a
         savepoint of its own for the same effect; the others do not pay for
-        one (LMDB copies every page a nested transaction touches).
+        one (LMDB copies every page a nested transaction touches). Not a
+        coroutine: outside a transaction the caller awaits the writer's future
+        directly.
         """
-        if ctx is not None:
-            if may_fail_midway:
-                result: R = await ctx.run_write(lambda t: _in_savepoint(self._lmdb, t, fn))
-            else:
-                result = await ctx.run_write(fn)
-            return result
-        result = await self._writer.submit(fn)
-        return result
+        if ctx is None:
+            return self._writer.submit(fn)
+        if may_fail_midway:
+            return ctx.run_write(lambda t: _in_savepoint(self._lmdb, t, fn))
+        return ctx.run_write(fn)
 
     async def _write_alone(self, fn: Callable[[lmdb.Transaction], R]) -> R:
         """Run ``fn`` in a write transaction of its own, between group commits.
