@@ -1,9 +1,11 @@
 """Secondary indexes of a collection, kept in the same transaction as its records.
 
-Each index lives in its own LMDB database. An entry's key is the escaped,
-terminated index key followed by the record's primary key, and its value is
-empty: entries sort by index key, then by primary key, and one record may
-have many entries (``multi=True``) or none (the extractor returned None).
+Each index lives in its own LMDB database, keyed by the escaped, terminated
+index key. In a plain index the record's primary key follows it and the value
+is empty: entries sort by index key, then by primary key, and one record may
+have many entries (``multi=True``) or none (the extractor returned None). In a
+unique index the index key alone is the key and the primary key its value, so
+that checking and looking up a value is one ``get``.
 """
 
 from __future__ import annotations
@@ -158,27 +160,34 @@ class BoundIndex(Generic[K, M, IK]):
         self, t: lmdb.Transaction, raw_key: bytes, old: set[bytes], new: set[bytes]
     ) -> None:
         """Move the entries of record ``raw_key`` from ``old`` to ``new`` index keys."""
+        unique = self.index.unique
         for entry in old - new:
-            t.delete(entry + raw_key, db=self._db)
+            t.delete(entry if unique else entry + raw_key, db=self._db)
         for entry in new - old:
-            t.put(entry + raw_key, b"", db=self._db)
+            if unique:
+                t.put(entry, raw_key, db=self._db)
+            else:
+                t.put(entry + raw_key, b"", db=self._db)
+
+    def record_key(self, entry: bytes, value: memoryview | bytes) -> bytes:
+        """The primary key an entry (as stored: key and value) points to."""
+        if self.index.unique:
+            return bytes(value)
+        _, end = unescape_element(entry, 0)
+        return entry[end:]
 
     def check_unique(self, t: lmdb.Transaction, raw_key: bytes, added: set[bytes]) -> None:
         """Raise UniqueViolationError if another record already has one of ``added``."""
         if not self.index.unique:
             return
-        with t.cursor(self._db) as cursor:
-            for entry in added:
-                if not cursor.set_range(entry):
-                    continue
-                found = bytes(cursor.key())
-                if found.startswith(entry) and found[len(entry) :] != raw_key:
-                    value, _ = unescape_element(entry, 0)
-                    holder = self.collection._show_raw_key(found[len(entry) :])
-                    raise UniqueViolationError(
-                        f"{self._label}: the value {self._show_index_key(value)} is already "
-                        f"used by key {holder}"
-                    )
+        for entry in added:
+            holder = t.get(entry, db=self._db)
+            if holder is not None and bytes(holder) != raw_key:
+                value, _ = unescape_element(entry, 0)
+                raise UniqueViolationError(
+                    f"{self._label}: the value {self._show_index_key(value)} is already "
+                    f"used by key {self.collection._show_raw_key(bytes(holder))}"
+                )
 
     def _show_index_key(self, raw: bytes) -> str:
         try:
@@ -241,10 +250,9 @@ class BoundIndex(Generic[K, M, IK]):
         collection._require_indexes_built()
 
         def fetcher(t: lmdb.Transaction) -> Fetch:
-            def record_of(entry: bytes, _: memoryview | bytes) -> tuple[bytes, bytes]:
+            def record_of(entry: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
                 # The entry names the record; fetch it in the same transaction.
-                _, end = unescape_element(entry, 0)
-                raw_key = entry[end:]
+                raw_key = self.record_key(entry, value)
                 buf = t.get(raw_key, db=main_db)
                 if buf is None:  # pragma: no cover - entries are written with their records
                     raise AssertionError(f"{self._label} has an entry for a missing record")
@@ -314,9 +322,22 @@ class BoundIndex(Generic[K, M, IK]):
         if not self.index.unique:
             raise TypeError(f"{self._label} is not unique: use get_all() to read every match")
         entry = self._exact(value)
-        async for record in self.values_of(entry, limit=1, txn=txn):
-            return record
-        return None
+        collection = self.collection
+        main_db, ctx = collection._resolve(txn)
+        collection._require_indexes_built()
+
+        def read(t: lmdb.Transaction) -> M | None:
+            holder = t.get(entry, db=self._db)
+            if holder is None:
+                return None
+            raw_key = bytes(holder)
+            buf = t.get(raw_key, db=main_db)
+            if buf is None:  # pragma: no cover - entries are written with their records
+                raise AssertionError(f"{self._label} has an entry for a missing record")
+            return collection._decode_value(raw_key, buf)
+
+        # A point lookup, like a collection's get: on the loop, no thread hop.
+        return await collection.env._read(read, ctx)
 
     async def get_all(
         self, value: IK, *, limit: int | None = None, txn: Transaction | None = None
