@@ -61,7 +61,7 @@ async def main() -> None:
             print(f"user 1: {user.name} <{user.email}>")
 
             print("Ada's orders:")
-            async for (user_id, when), order in orders.items(prefix=(1,)):
+            async for (_user_id, when), order in orders.items(prefix=(1,)):
                 print(f"  {when:%Y-%m-%d} {order.item:<5} {order.total:6.2f}")
 
             since = datetime(2026, 11, 2, tzinfo=timezone.utc)
