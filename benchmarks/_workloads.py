@@ -32,6 +32,8 @@ from typing import Any
 import lmdb
 import lmdb.aio
 
+import aiolmdb
+
 from ._harness import (
     KV_DB,
     Row,
@@ -564,157 +566,116 @@ class _Load:
     sqlite: bool = False
 
 
+Chunks = Sequence[Sequence[tuple[bytes, bytes]]]
+SyncLoad = Callable[[lmdb.Environment, Any, Chunks], Awaitable[None]]
+AiolmdbLoad = Callable[
+    [aiolmdb.AsyncEnvironment, aiolmdb.AsyncDatabase[bytes, bytes], Chunks], Awaitable[None]
+]
+
+
+def _sync_loader(
+    load: SyncLoad,
+) -> Callable[[str, Chunks, Sequence[tuple[bytes, bytes]]], Awaitable[float]]:
+    """A W5 contender over a plain ``lmdb.Environment``: warm it up with ``load``, then time it."""
+
+    async def run(path: str, chunks: Chunks, warm: Sequence[tuple[bytes, bytes]]) -> float:
+        env = sync_env(path)
+        try:
+            db = env.open_db(KV_DB)
+            await load(env, db, [warm])
+            return await timed(lambda: load(env, db, chunks))
+        finally:
+            env.close()
+
+    return run
+
+
+def _aiolmdb_loader(
+    load: AiolmdbLoad,
+) -> Callable[[str, Chunks, Sequence[tuple[bytes, bytes]]], Awaitable[float]]:
+    """A W5 contender over aiolmdb: warm it up with ``load``, then time it."""
+
+    async def run(path: str, chunks: Chunks, warm: Sequence[tuple[bytes, bytes]]) -> float:
+        async with aiolmdb_env(path) as aenv:
+            adb = aenv.open_db(KV_DB)
+            await load(aenv, adb, [warm])
+            return await timed(lambda: load(aenv, adb, chunks))
+
+    return run
+
+
+async def _sync_one_txn(env: lmdb.Environment, db: Any, chunks: Chunks) -> None:
+    with env.begin(write=True) as txn, txn.cursor(db) as cur:
+        for chunk in chunks:
+            cur.putmulti(chunk)
+
+
+async def _sync_per_chunk(env: lmdb.Environment, db: Any, chunks: Chunks) -> None:
+    for chunk in chunks:
+        with env.begin(write=True) as txn, txn.cursor(db) as cur:
+            cur.putmulti(chunk)
+
+
+async def _aio_per_chunk(env: lmdb.Environment, db: Any, chunks: Chunks) -> None:
+    aenv = lmdb.aio.wrap(env)
+    for chunk in chunks:
+        async with aenv.begin(write=True) as txn, txn.cursor(db) as cur:
+            await cur.putmulti(chunk)
+
+
+async def _executor_per_chunk(env: lmdb.Environment, db: Any, chunks: Chunks) -> None:
+    def put_chunk(chunk: Sequence[tuple[bytes, bytes]]) -> None:
+        with env.begin(write=True) as txn, txn.cursor(db) as cur:
+            cur.putmulti(chunk)
+
+    for chunk in chunks:
+        await _loop().run_in_executor(None, put_chunk, chunk)
+
+
+async def _aiolmdb_per_chunk(
+    aenv: aiolmdb.AsyncEnvironment, adb: aiolmdb.AsyncDatabase[bytes, bytes], chunks: Chunks
+) -> None:
+    for chunk in chunks:
+        await adb.put_multi(chunk)
+
+
+async def _aiolmdb_pipelined(
+    aenv: aiolmdb.AsyncEnvironment, adb: aiolmdb.AsyncDatabase[bytes, bytes], chunks: Chunks
+) -> None:
+    for i in range(0, len(chunks), PIPELINE):
+        await asyncio.gather(*(adb.put_multi(c) for c in chunks[i : i + PIPELINE]))
+
+
+async def _aiolmdb_one_txn(
+    aenv: aiolmdb.AsyncEnvironment, adb: aiolmdb.AsyncDatabase[bytes, bytes], chunks: Chunks
+) -> None:
+    async with aenv.transaction():
+        for chunk in chunks:
+            await adb.put_multi(chunk)
+
+
+async def _sqlite_load(path: str, chunks: Chunks, warm: Sequence[tuple[bytes, bytes]]) -> float:
+    async with sqlite_db(path) as sdb:
+
+        async def load(parts: Chunks) -> None:
+            for chunk in parts:
+                await sdb.executemany(UPSERT, chunk)
+                await sdb.commit()
+
+        await load([warm])
+        return await timed(lambda: load(chunks))
+
+
 def _loaders() -> list[_Load]:
-    loop_ = _loop
-
-    async def sync_one_txn(
-        path: str,
-        chunks: Sequence[Sequence[tuple[bytes, bytes]]],
-        warm: Sequence[tuple[bytes, bytes]],
-    ) -> float:
-        env = sync_env(path)
-        db = env.open_db(KV_DB)
-        with env.begin(write=True) as txn, txn.cursor(db) as cur:
-            cur.putmulti(warm)
-
-        async def run() -> None:
-            with env.begin(write=True) as txn, txn.cursor(db) as cur:
-                for chunk in chunks:
-                    cur.putmulti(chunk)
-
-        elapsed = await timed(run)
-        env.close()
-        return elapsed
-
-    async def sync_per_chunk(
-        path: str,
-        chunks: Sequence[Sequence[tuple[bytes, bytes]]],
-        warm: Sequence[tuple[bytes, bytes]],
-    ) -> float:
-        env = sync_env(path)
-        db = env.open_db(KV_DB)
-        with env.begin(write=True) as txn, txn.cursor(db) as cur:
-            cur.putmulti(warm)
-
-        async def run() -> None:
-            for chunk in chunks:
-                with env.begin(write=True) as txn, txn.cursor(db) as cur:
-                    cur.putmulti(chunk)
-
-        elapsed = await timed(run)
-        env.close()
-        return elapsed
-
-    async def with_aiolmdb(
-        path: str,
-        chunks: Sequence[Sequence[tuple[bytes, bytes]]],
-        warm: Sequence[tuple[bytes, bytes]],
-    ) -> float:
-        async with aiolmdb_env(path) as aenv:
-            adb = aenv.open_db(KV_DB)
-            await adb.put_multi(warm)
-
-            async def run() -> None:
-                for chunk in chunks:
-                    await adb.put_multi(chunk)
-
-            return await timed(run)
-
-    async def with_aio(
-        path: str,
-        chunks: Sequence[Sequence[tuple[bytes, bytes]]],
-        warm: Sequence[tuple[bytes, bytes]],
-    ) -> float:
-        env = sync_env(path)
-        db = env.open_db(KV_DB)
-        aenv = lmdb.aio.wrap(env)
-
-        async def load(parts: Sequence[Sequence[tuple[bytes, bytes]]]) -> None:
-            for chunk in parts:
-                async with aenv.begin(write=True) as txn, txn.cursor(db) as cur:
-                    await cur.putmulti(chunk)
-
-        await load([warm])
-        elapsed = await timed(lambda: load(chunks))
-        env.close()
-        return elapsed
-
-    async def with_executor(
-        path: str,
-        chunks: Sequence[Sequence[tuple[bytes, bytes]]],
-        warm: Sequence[tuple[bytes, bytes]],
-    ) -> float:
-        env = sync_env(path)
-        db = env.open_db(KV_DB)
-
-        def put_chunk(chunk: Sequence[tuple[bytes, bytes]]) -> None:
-            with env.begin(write=True) as txn, txn.cursor(db) as cur:
-                cur.putmulti(chunk)
-
-        async def load(parts: Sequence[Sequence[tuple[bytes, bytes]]]) -> None:
-            for chunk in parts:
-                await loop_().run_in_executor(None, put_chunk, chunk)
-
-        await load([warm])
-        elapsed = await timed(lambda: load(chunks))
-        env.close()
-        return elapsed
-
-    async def with_sqlite(
-        path: str,
-        chunks: Sequence[Sequence[tuple[bytes, bytes]]],
-        warm: Sequence[tuple[bytes, bytes]],
-    ) -> float:
-        async with sqlite_db(path) as sdb:
-
-            async def load(parts: Sequence[Sequence[tuple[bytes, bytes]]]) -> None:
-                for chunk in parts:
-                    await sdb.executemany(UPSERT, chunk)
-                    await sdb.commit()
-
-            await load([warm])
-            return await timed(lambda: load(chunks))
-
-    async def with_aiolmdb_pipelined(
-        path: str,
-        chunks: Sequence[Sequence[tuple[bytes, bytes]]],
-        warm: Sequence[tuple[bytes, bytes]],
-    ) -> float:
-        async with aiolmdb_env(path) as aenv:
-            adb = aenv.open_db(KV_DB)
-            await adb.put_multi(warm)
-
-            async def run() -> None:
-                for i in range(0, len(chunks), PIPELINE):
-                    await asyncio.gather(*(adb.put_multi(c) for c in chunks[i : i + PIPELINE]))
-
-            return await timed(run)
-
-    async def with_aiolmdb_transaction(
-        path: str,
-        chunks: Sequence[Sequence[tuple[bytes, bytes]]],
-        warm: Sequence[tuple[bytes, bytes]],
-    ) -> float:
-        async with aiolmdb_env(path) as aenv:
-            adb = aenv.open_db(KV_DB)
-            await adb.put_multi(warm)
-
-            async def run() -> None:
-                async with aenv.transaction():
-                    for chunk in chunks:
-                        await adb.put_multi(chunk)
-
-            return await timed(run)
-
     return [
-        _Load(SYNC + " (1 txn)", sync_one_txn),
-        _Load(SYNC + " (txn per chunk)", sync_per_chunk),
-        _Load(AIOLMDB, with_aiolmdb),
-        _Load(AIOLMDB_PIPELINED, with_aiolmdb_pipelined),
-        _Load(AIOLMDB_ONE_TXN, with_aiolmdb_transaction),
-        _Load(AIO, with_aio),
-        _Load(EXECUTOR, with_executor),
-        _Load(SQLITE, with_sqlite, sqlite=True),
+        _Load(SYNC + " (1 txn)", _sync_loader(_sync_one_txn)),
+        _Load(SYNC + " (txn per chunk)", _sync_loader(_sync_per_chunk)),
+        _Load(AIOLMDB, _aiolmdb_loader(_aiolmdb_per_chunk)),
+        _Load(AIOLMDB_PIPELINED, _aiolmdb_loader(_aiolmdb_pipelined)),
+        _Load(AIOLMDB_ONE_TXN, _aiolmdb_loader(_aiolmdb_one_txn)),
+        _Load(AIO, _sync_loader(_aio_per_chunk)),
+        _Load(EXECUTOR, _sync_loader(_executor_per_chunk)),
+        _Load(SQLITE, _sqlite_load, sqlite=True),
     ]
 
 
