@@ -31,7 +31,7 @@ import lmdb
 
 from .errors import ClosedError
 
-__all__ = ["Waiting", "Writer", "deliver", "map_full_error"]
+__all__ = ["Waiting", "Writer", "deliver", "grown_or_error", "map_full_error"]
 
 R = TypeVar("R")
 
@@ -331,24 +331,30 @@ class Writer:
                 results.append((job, True, job.fn(txn)))
             except BaseException as exc:
                 txn.abort()
-                if isinstance(exc, lmdb.MapFullError):
-                    if (refusal := self._grow_map()) is None:
-                        deliver(held)
-                        return _RETRY
-                    exc = map_full_error(exc, refusal)
-                deliver([*held, (job, False, exc)])
+                if (error := grown_or_error(exc, self._grow_map)) is None:
+                    deliver(held)
+                    return _RETRY
+                deliver([*held, (job, False, error)])
                 return job
         deliver(held)
         try:
             txn.commit()
         except BaseException as exc:
-            if isinstance(exc, lmdb.MapFullError):
-                if (refusal := self._grow_map()) is None:
-                    return _RETRY
-                exc = map_full_error(exc, refusal)
-            deliver([(job, False, exc) for job in jobs])
+            if (error := grown_or_error(exc, self._grow_map)) is None:
+                return _RETRY
+            deliver([(job, False, error) for job in jobs])
             return _DONE
         return results
+
+
+def grown_or_error(exc: BaseException, grow_map: Callable[[], str | None]) -> BaseException | None:
+    """After a failed write: None if it failed for a full map that has now grown
+    (run it again), else the error to report (a full map's told why it could not grow).
+    """
+    if not isinstance(exc, lmdb.MapFullError):
+        return exc
+    refusal = grow_map()
+    return None if refusal is None else map_full_error(exc, refusal)
 
 
 def map_full_error(exc: lmdb.MapFullError, refusal: str) -> lmdb.MapFullError:

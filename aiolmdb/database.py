@@ -128,7 +128,7 @@ class AsyncDatabase(Generic[K, V]):
     def _decode_item(self, raw_key: bytes, raw_value: bytes) -> tuple[K, V]:
         return self._decode_key(raw_key), self._decode_value(raw_key, raw_value)
 
-    def _decode_key(self, raw_key: bytes | memoryview, raw_value: object = None) -> K:
+    def _decode_key(self, raw_key: bytes | memoryview) -> K:
         try:
             return self.key_coder.deserialize(raw_key)
         except Exception as exc:
@@ -523,7 +523,9 @@ class AsyncDatabase(Generic[K, V]):
         txn: Transaction | None = None,
     ) -> AsyncIterator[K]:
         """Iterate over keys in key order; same arguments as :meth:`items`."""
-        return self._scan(start, stop, prefix, reverse, limit, txn, _key_only, self._decode_key)
+        return self._scan(
+            start, stop, prefix, reverse, limit, txn, _key_only, lambda k, _: self._decode_key(k)
+        )
 
     def values(
         self,

@@ -19,7 +19,7 @@ import lmdb
 
 from ._gate import ReadGate
 from ._session import ReadSnapshot, WriteSession
-from ._writer import Writer, map_full_error
+from ._writer import Writer, grown_or_error
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, OpenedHandle, as_ints
 from .errors import AiolmdbError, ClosedError, DatabaseNotFoundError, TransactionError
@@ -530,9 +530,9 @@ class AsyncEnvironment:
                     with self._begin_write() as txn:
                         return fn(txn)
                 except lmdb.MapFullError as exc:
-                    refusal = self._grow_map()
-                    if refusal is not None:
-                        raise map_full_error(exc, refusal) from exc
+                    error = grown_or_error(exc, self._grow_map)
+                    if error is not None:
+                        raise error from exc
 
         result: R = await self._writer.submit_exclusive(alone)
         return result

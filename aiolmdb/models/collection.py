@@ -231,11 +231,14 @@ class Collection(AsyncDatabase[K, M]):
         """Delete the stored entries of indexes no longer declared; returns their names."""
         removed = list(self.removed_indexes)
         for name in removed:
-            stale = self.env.open_db(f"{self._index_base}.{name}")
-            await stale.drop(delete=True)
-            await self._meta.delete(self._meta_key(name))
+            await self._delete_index_storage(name)
         self.removed_indexes = []
         return removed
+
+    async def _delete_index_storage(self, name: str) -> None:
+        """Delete an index's database and what is recorded of its declaration."""
+        await self.env.open_db(f"{self._index_base}.{name}").drop(delete=True)
+        await self._meta.delete(self._meta_key(name))
 
     def _build_now(self, names: list[str], report: Callable[[int, int], None] | None) -> None:
         with self.env._lmdb.begin(write=True) as t:
@@ -281,8 +284,7 @@ class Collection(AsyncDatabase[K, M]):
             return await self.env._write(empty, ctx)
         await super().drop(delete=True, txn=txn)
         for index in self._indexes:
-            await self.env.open_db(f"{self._index_base}.{index.index.name}").drop(delete=True)
-            await self._meta.delete(self._meta_key(index.index.name))
+            await self._delete_index_storage(index.index.name)
 
     # -- record writes keep the indexes in step --------------------------
 

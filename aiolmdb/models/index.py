@@ -300,7 +300,7 @@ class BoundIndex(Generic[K, M, IK]):
         """The collection keys of the records, in index-key order; arguments as :meth:`items`."""
         collection = self.collection
         low, high = self._bounds(start, stop, prefix)
-        return self._records(low, high, reverse, limit, txn, collection._decode_key)
+        return self._records(low, high, reverse, limit, txn, lambda k, _: collection._decode_key(k))
 
     def values(
         self,
