@@ -341,7 +341,8 @@ async def _w3(sizes: Sizes, notes: Notes) -> list[Row]:
         per = len(items) // tasks
         return [items[i * per : (i + 1) * per] for i in range(tasks)]
 
-    async def sync_one_txn_sample() -> float:
+    async def sync_sample(commits: Sequence[Sequence[tuple[bytes, bytes]]]) -> float:
+        """Synchronous py-lmdb putting ``commits``, one write transaction each."""
         with temp_dir("w3-sync") as path:
             env = sync_env(path)
             db = env.open_db(KV_DB)
@@ -350,28 +351,7 @@ async def _w3(sizes: Sizes, notes: Notes) -> list[Row]:
                     txn.put(k, v, db=db)
 
             async def run() -> None:
-                with env.begin(write=True) as txn:
-                    put = txn.put
-                    for k, v in pairs:
-                        put(k, v, db=db)
-
-            elapsed = await timed(run)
-            env.close()
-            return elapsed
-
-    async def sync_per_round_sample() -> float:
-        # Round r puts the r-th record of every task, then commits: the most
-        # any durable group commit can batch when each task awaits its commit.
-        with temp_dir("w3-sync-rounds") as path:
-            env = sync_env(path)
-            db = env.open_db(KV_DB)
-            with env.begin(write=True) as txn:
-                for k, v in warm:
-                    txn.put(k, v, db=db)
-            rounds = list(zip(*split(pairs, sizes.w3_tasks), strict=True))
-
-            async def run() -> None:
-                for batch in rounds:
+                for batch in commits:
                     with env.begin(write=True) as txn:
                         put = txn.put
                         for k, v in batch:
@@ -380,6 +360,10 @@ async def _w3(sizes: Sizes, notes: Notes) -> list[Row]:
             elapsed = await timed(run)
             env.close()
             return elapsed
+
+    # Round r holds the r-th put of every task: the most a durable group commit
+    # can batch when each task awaits its commit before its next put.
+    rounds = list(zip(*split(pairs, sizes.w3_tasks), strict=True))
 
     async def aiolmdb_sample() -> float:
         with temp_dir("w3-aiolmdb") as path:
@@ -396,9 +380,9 @@ async def _w3(sizes: Sizes, notes: Notes) -> list[Row]:
 
     rows: list[Row] = []
     per_round = f"{SYNC} (commit per {sizes.w3_tasks:,}-put round)"
-    fast = [
-        (SYNC + " (1 txn, all puts)", sync_one_txn_sample),
-        (per_round, sync_per_round_sample),
+    fast: list[tuple[str, Callable[[], Awaitable[float]]]] = [
+        (SYNC + " (1 txn, all puts)", lambda: sync_sample([pairs])),
+        (per_round, lambda: sync_sample(rounds)),
         (AIOLMDB, aiolmdb_sample),
     ]
     samples: dict[str, list[float]] = {name: [] for name, _ in fast}
