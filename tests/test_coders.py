@@ -251,6 +251,41 @@ def test_pydantic_subclass_aliases_computed_fields(fmt: str) -> None:
     assert aliased.deserialize(aliased.serialize(value)) == value
 
 
+class Measure(BaseModel):
+    value: float
+    note: str | None = None
+
+
+@pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
+def test_pydantic_json_refuses_a_float_it_would_write_as_null(bad: float) -> None:
+    coder = PydanticCoder(Measure)
+    with pytest.raises(EncodeError, match=r"Measure.*would not read back.*value"):
+        coder.serialize(Measure(value=bad))
+    # None is written as null and reads back: still accepted.
+    assert coder.deserialize(coder.serialize(Measure(value=1.0))) == Measure(value=1.0)
+    packed = PydanticCoder(Measure, format="msgpack")
+    assert packed.deserialize(packed.serialize(Measure(value=bad))).value == pytest.approx(
+        bad, nan_ok=True
+    )
+
+
+class Secret(BaseModel):
+    name: str
+    password: str = Field(exclude=True)
+
+
+class Hidden(BaseModel):
+    name: str
+    cache: str = Field("", exclude=True)
+
+
+def test_pydantic_refuses_a_model_it_could_never_read_back() -> None:
+    with pytest.raises(TypeError, match=r"Secret.*\['password'\].*exclude=True"):
+        PydanticCoder(Secret)
+    coder = PydanticCoder(Hidden)  # an excluded field with a default is left out
+    assert coder.deserialize(coder.serialize(Hidden(name="a", cache="x"))) == Hidden(name="a")
+
+
 @given(
     st.tuples(st.text(), INT64, st.binary(), st.uuids(), AWARE, st.integers(0, 2**16 - 1)),
     st.integers(1, 6),

@@ -27,7 +27,11 @@ class PydanticCoder(Coder[M]):
     ``model``. Fields are written under their aliases (unless the model
     disables validation by alias) so that they validate back, and computed
     fields are left out. As with pydantic's own JSON, infinite and NaN floats
-    are written as ``null`` unless the model sets ``ser_json_inf_nan``.
+    are written as ``null`` unless the model sets ``ser_json_inf_nan``; a JSON
+    dump holding ``null`` is checked to read back, so a NaN in a ``float``
+    field is refused with an error instead of being stored unreadable. A
+    model with a required field excluded from dumps (``Field(exclude=True)``)
+    is refused outright: none of its records could be read back.
     Not ordered.
     """
 
@@ -37,6 +41,17 @@ class PydanticCoder(Coder[M]):
             raise TypeError(f"PydanticCoder needs a pydantic BaseModel subclass, got {model!r}")
         if format not in ("json", "msgpack"):
             raise ValueError(f"format must be 'json' or 'msgpack', got {format!r}")
+        unreadable = [
+            name
+            for name, field in model.model_fields.items()
+            if field.exclude is True and field.is_required()
+        ]
+        if unreadable:
+            raise TypeError(
+                f"PydanticCoder({model.__qualname__}): fields {unreadable} are required but "
+                "excluded from dumps (Field(exclude=True)), so no record could be read back; "
+                "give them a default or stop excluding them"
+            )
         self.model = model
         self.format = format
         self._adapter = TypeAdapter(model)
@@ -48,17 +63,30 @@ class PydanticCoder(Coder[M]):
             raise encode_error(self, obj, f"expected an instance of {self.model.__qualname__}")
         try:
             if self.format == "json":
-                return self._adapter.dump_json(
+                dumped = self._adapter.dump_json(
                     obj, by_alias=self._by_alias, exclude_computed_fields=True
                 )
-            data = self._adapter.dump_python(
-                obj, mode="json", by_alias=self._by_alias, exclude_computed_fields=True
-            )
-            return msgpack.packb(data, use_bin_type=True)
+            else:
+                data = self._adapter.dump_python(
+                    obj, mode="json", by_alias=self._by_alias, exclude_computed_fields=True
+                )
+                return msgpack.packb(data, use_bin_type=True)
         # PydanticSerializationError is a ValueError; msgpack raises OverflowError
         # for ints beyond 64 bits.
         except (ValueError, TypeError, OverflowError) as e:
             raise encode_error(self, obj, str(e)) from None
+        if b"null" in dumped:  # a None, or a NaN or infinity written as null
+            self._check_reads_back(obj, dumped)
+        return dumped
+
+    def _check_reads_back(self, obj: M, dumped: bytes) -> None:
+        try:
+            self.model.model_validate_json(dumped)
+        except ValidationError as e:
+            first = str(e).splitlines()[1:3]
+            raise encode_error(
+                self, obj, f"its dump would not read back ({'; '.join(first)})"
+            ) from None
 
     def deserialize(self, buf: Buffer) -> M:
         """Parse and validate ``buf`` into a model instance."""
