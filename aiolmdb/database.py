@@ -427,12 +427,12 @@ class AsyncDatabase(Generic[K, V]):
         database again to recreate it). The unnamed default database can only
         be emptied, and the records naming the named databases stay.
         """
-        db, ctx = self._resolve(txn)
+        ctx = self._resolve(txn)[1]
         if self.name is None:
             await self.env._write(self._empty_default, ctx)
             return
         if not delete:
-            await self.env._write(lambda t: t.drop(db, delete=False), ctx)
+            await self.env._write(self._empty, ctx)
             return
         if ctx is not None:
             raise TransactionError(
@@ -440,7 +440,30 @@ class AsyncDatabase(Generic[K, V]):
                 "use drop(delete=False) to empty it there"
             )
 
-        await self.env._write_alone(lambda t: t.drop(db, delete=True))
+        async def delete_and_forget() -> None:
+            try:
+                await self.env._write_alone(self._delete)
+            finally:
+                # LMDB closes a deleted database's handle at once, even when its
+                # transaction then aborts: whatever happened, never use it again.
+                self._forget_deleted()
+
+        # Shielded: once submitted, a cancelled caller must not skip the forgetting.
+        await asyncio.shield(asyncio.ensure_future(delete_and_forget()))
+
+    # What drop() does, as hooks: a collection empties and deletes its indexes
+    # in the same transaction as its records.
+
+    def _empty(self, t: lmdb.Transaction) -> None:
+        """Delete every record of this named database."""
+        t.drop(self._db, delete=False)
+
+    def _delete(self, t: lmdb.Transaction) -> None:
+        """Delete this named database itself."""
+        t.drop(self._db, delete=True)
+
+    def _forget_deleted(self) -> None:
+        """After :meth:`_delete` committed: its handles are dropped for good."""
         self.env._forget_handle(self._opened)
 
     def _empty_default(self, t: lmdb.Transaction) -> None:

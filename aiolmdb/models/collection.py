@@ -14,10 +14,9 @@ from pydantic import BaseModel
 from typing_extensions import Self
 
 from ..coders import Coder, PydanticCoder
-from ..database import AsyncDatabase
+from ..database import AsyncDatabase, OpenedHandle
 from ..environment import AsyncEnvironment
-from ..errors import AiolmdbError
-from ..transaction import Transaction
+from ..errors import AiolmdbError, DatabaseNotFoundError, EncodeError
 from .index import BoundIndex, Index
 
 __all__ = ["Collection", "IndexProgress"]
@@ -130,12 +129,15 @@ class Collection(AsyncDatabase[K, M]):
         super().__init__(env, type(self).name, coders[0], coders[1], create=create)
         self._indexes: list[BoundIndex[K, M, Any]] = []
         self._bound_indexes: dict[str, BoundIndex[K, M, Any]] = {}
+        self._index_handles: list[OpenedHandle] = []
         #: Names of indexes that must be built before writes and index queries.
         self._unbuilt: list[str] = []
         #: Indexes recorded for this collection but no longer declared.
         self.removed_indexes: list[str] = []
-        if type(self)._declared_indexes:
-            self._open_indexes(create)
+        self._removed_handles: list[OpenedHandle] = []
+        self._meta: AsyncDatabase[bytes, bytes] | None = None
+        if isinstance(self.name, str):  # a collection with indexes has a str name
+            self._open_indexes(self.name, create)
 
     @classmethod
     async def open(
@@ -151,18 +153,19 @@ class Collection(AsyncDatabase[K, M]):
     def _meta_key(self, index_name: str) -> bytes:
         return f"index/{self._index_base}/{index_name}".encode()
 
-    def _open_indexes(self, create: bool) -> None:
-        assert isinstance(self.name, str)  # checked when the class was defined
-        self._index_base = self.name
-        self._meta = self.env.open_db(META_DATABASE)
-        for index in type(self)._declared_indexes:
-            opened = self.env._open_handle(
-                f"{self._index_base}.{index.name}", f"{self._label}.{index.name}", create, {}
-            )
+    def _open_indexes(self, name: str, create: bool) -> None:
+        self._index_base = name
+        declared = type(self)._declared_indexes
+        try:
+            self._meta = self.env.open_db(META_DATABASE, create=bool(declared))
+        except DatabaseNotFoundError:
+            return  # no collection of this environment ever had an index
+        for index in declared:
+            opened = self._open_index_db(index.name, create)
             bound: BoundIndex[K, M, Any] = BoundIndex(index, self, opened.db)
+            self._index_handles.append(opened)
             self._indexes.append(bound)
             self._bound_indexes[index.name] = bound
-        self._plain_writes = False
 
         prefix = f"index/{self._index_base}/".encode()
         meta_db = self._meta._db
@@ -173,14 +176,17 @@ class Collection(AsyncDatabase[K, M]):
                 more = cursor.set_range(prefix)
                 while more and bytes(cursor.key()).startswith(prefix):
                     name = bytes(cursor.key())[len(prefix) :].decode()
-                    stored[name] = json.loads(bytes(cursor.value()))
+                    if "/" not in name:  # else it belongs to a collection named name/...
+                        stored[name] = json.loads(bytes(cursor.value()))
                     more = cursor.next()
             return stored, int(t.stat(self._db)["entries"])
 
         stored, records = self.env._call_in_read_txn(read_meta)
-        declared = {index.name: index.signature() for index in type(self)._declared_indexes}
-        self._unbuilt = [name for name, sig in declared.items() if stored.get(name) != sig]
-        self.removed_indexes = sorted(set(stored) - set(declared))
+        declared_signatures = {index.name: index.signature() for index in declared}
+        self._unbuilt = [
+            name for name, sig in declared_signatures.items() if stored.get(name) != sig
+        ]
+        self.removed_indexes = sorted(set(stored) - set(declared_signatures))
         if self.removed_indexes:
             logger.warning(
                 "collection %s: indexes %s are no longer declared; "
@@ -188,10 +194,19 @@ class Collection(AsyncDatabase[K, M]):
                 self._label,
                 self.removed_indexes,
             )
+            self._removed_handles = [
+                self._open_index_db(name, True) for name in self.removed_indexes
+            ]
+        self._plain_writes = not (self._indexes or self.removed_indexes)
         if self._unbuilt and records == 0 and not self.env._sessions:
             # Nothing to index yet: record the declarations now, cheaply.
             self.env._writer.run_now(lambda: self._build_now(self._unbuilt, None))
             self._unbuilt = []
+
+    def _open_index_db(self, index_name: str, create: bool) -> OpenedHandle:
+        return self.env._open_handle(
+            f"{self._index_base}.{index_name}", f"{self._label}.{index_name}", create, {}
+        )
 
     def _require_indexes_built(self) -> None:
         if self._unbuilt:
@@ -228,17 +243,47 @@ class Collection(AsyncDatabase[K, M]):
         await self.build_indexes(progress=progress)
 
     async def drop_removed_indexes(self) -> list[str]:
-        """Delete the stored entries of indexes no longer declared; returns their names."""
+        """Delete the stored entries of indexes no longer declared; returns their names.
+
+        Their databases and declarations go in one transaction.
+        """
         removed = list(self.removed_indexes)
-        for name in removed:
-            await self._delete_index_storage(name)
-        self.removed_indexes = []
+        if removed:
+            self._resolve(None)
+            await self.env._write_alone(self._delete_removed)
+            self._forget_removed()
         return removed
 
-    async def _delete_index_storage(self, name: str) -> None:
-        """Delete an index's database and what is recorded of its declaration."""
-        await self.env.open_db(f"{self._index_base}.{name}").drop(delete=True)
-        await self._meta.delete(self._meta_key(name))
+    def _delete_removed(self, t: lmdb.Transaction) -> None:
+        if self._meta is None:
+            return  # nothing was ever recorded
+        for opened in self._removed_handles:
+            t.drop(opened.db, delete=True)
+        for name in self.removed_indexes:
+            t.delete(self._meta_key(name), db=self._meta._db)
+
+    def _forget_removed(self) -> None:
+        for opened in self._removed_handles:
+            self.env._forget_handle(opened)
+        self._removed_handles = []
+        self.removed_indexes = []
+        self._plain_writes = not self._indexes
+
+    def _mark_removed_stale(self, t: lmdb.Transaction) -> None:
+        """In a write's transaction: the removed indexes missed it, so if they are
+        declared again they are rebuilt rather than trusted."""
+        if not self.removed_indexes:
+            return
+        assert self._meta is not None  # removed indexes were read from it
+        for name in self.removed_indexes:
+            key = self._meta_key(name)
+            stored = t.get(key, db=self._meta._db)
+            if stored is None:
+                continue
+            signature = json.loads(bytes(stored))
+            if not signature.get("stale"):
+                signature["stale"] = True
+                t.put(key, json.dumps(signature).encode(), db=self._meta._db)
 
     def _build_now(self, names: list[str], report: Callable[[int, int], None] | None) -> None:
         with self.env._lmdb.begin(write=True) as t:
@@ -247,9 +292,11 @@ class Collection(AsyncDatabase[K, M]):
     def _build(
         self, t: lmdb.Transaction, names: list[str], report: Callable[[int, int], None] | None
     ) -> None:
+        assert self._meta is not None  # opened with the declared indexes
+        meta_db = self._meta._db
         chosen = [self._bound_indexes[name] for name in names]
         for index in chosen:
-            index.clear(t)
+            index._clear(t)
         total = int(t.stat(self._db)["entries"])
         done = 0
         with t.cursor(self._db) as cursor:
@@ -257,34 +304,40 @@ class Collection(AsyncDatabase[K, M]):
                 raw_key = bytes(key)
                 record = self._decode_value(raw_key, raw_value)
                 for index in chosen:
-                    keys = index.entry_keys(record)
-                    index.check_unique(t, raw_key, keys)
-                    index.update_entries(t, raw_key, set(), keys)
+                    keys = index._entry_keys(record, raw_key)
+                    index._check_unique(t, raw_key, keys)
+                    index._update_entries(t, raw_key, set(), keys)
                 done += 1
                 if report is not None and done % PROGRESS_EVERY == 0:
                     report(done, total)
         for index in chosen:
             signature = json.dumps(index.index.signature()).encode()
-            t.put(self._meta_key(index.index.name), signature, db=self._meta._db)
+            t.put(self._meta_key(index.index.name), signature, db=meta_db)
         if report is not None:
             report(done, total)
 
-    async def drop(self, delete: bool = True, *, txn: Transaction | None = None) -> None:
-        """Empty the collection and its indexes; ``delete=True`` also removes their databases."""
-        if not self._indexes:
-            return await super().drop(delete, txn=txn)
-        ctx = self._resolve(txn)[1]
-        if not delete:
+    # -- drop() empties or deletes the indexes with the records ----------
 
-            def empty(t: lmdb.Transaction) -> None:
-                t.drop(self._db, delete=False)
-                for index in self._indexes:
-                    index.clear(t)
-
-            return await self.env._write(empty, ctx)
-        await super().drop(delete=True, txn=txn)
+    def _empty(self, t: lmdb.Transaction) -> None:
+        super()._empty(t)
         for index in self._indexes:
-            await self._delete_index_storage(index.index.name)
+            index._clear(t)
+        self._mark_removed_stale(t)
+
+    def _delete(self, t: lmdb.Transaction) -> None:
+        super()._delete(t)
+        if self._meta is None:
+            return  # no index, declared or removed
+        for index in self._indexes:
+            index._drop_storage(t)
+            t.delete(self._meta_key(index.index.name), db=self._meta._db)
+        self._delete_removed(t)
+
+    def _forget_deleted(self) -> None:
+        super()._forget_deleted()
+        for opened in self._index_handles:
+            self.env._forget_handle(opened)
+        self._forget_removed()
 
     # -- record writes keep the indexes in step --------------------------
 
@@ -292,43 +345,74 @@ class Collection(AsyncDatabase[K, M]):
         self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
     ) -> bool:
         if not self._indexes:
+            self._mark_removed_stale(t)
             return super()._store(t, raw_key, raw_value, value, overwrite)
         self._require_indexes_built()
         old_buf = t.get(raw_key, db=self._db)
         if old_buf is not None and not overwrite:
             return False
         old = None if old_buf is None else self._decode_value(raw_key, old_buf)
-        # Every check before any write: a violation leaves the transaction untouched.
+        new = self._read_back(raw_key, raw_value)
+        # Every check before any write: a failure leaves the transaction as it was.
         changes = []
         for index in self._indexes:
-            before = set() if old is None else index.entry_keys(old)
-            after = index.entry_keys(value)
-            index.check_unique(t, raw_key, after - before)
+            before = set() if old is None else index._entry_keys(old, raw_key)
+            after = index._entry_keys(new, raw_key)
+            index._check_unique(t, raw_key, after - before)
             changes.append((index, before, after))
+        self._mark_removed_stale(t)
         for index, before, after in changes:
-            index.update_entries(t, raw_key, before, after)
+            index._update_entries(t, raw_key, before, after)
         return t.put(raw_key, raw_value, db=self._db)
+
+    def _read_back(self, raw_key: bytes, raw_value: bytes) -> M:
+        """The record as it will be read: what its index entries are computed from.
+
+        The object passed to a write may differ (fields the coder leaves out,
+        a subclass stored as its model).
+        """
+        try:
+            return self.value_coder.deserialize(raw_value)
+        except Exception as exc:
+            raise EncodeError(
+                f"collection {self._label}: the value for key {self._show_raw_key(raw_key)} "
+                f"would not read back with {self.value_coder!r}: {exc}"
+            ) from exc
 
     def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
         if not self._indexes:
+            self._mark_removed_stale(t)
             return super()._remove(t, raw_key)
         self._require_indexes_built()
         old_buf = t.get(raw_key, db=self._db)
         if old_buf is None:
             return False
         old = self._decode_value(raw_key, old_buf)
-        for index in self._indexes:
-            index.update_entries(t, raw_key, index.entry_keys(old), set())
+        entries = [(index, index._entry_keys(old, raw_key)) for index in self._indexes]
+        self._mark_removed_stale(t)
+        for index, before in entries:
+            index._update_entries(t, raw_key, before, set())
         return t.delete(raw_key, db=self._db)
 
 
 def _value_type_argument(cls: type) -> Any | None:
-    """The concrete ``M`` of ``Collection[K, M]`` among ``cls``'s bases, if any."""
-    for klass in cls.__mro__:
-        for base in getattr(klass, "__orig_bases__", ()):
-            origin = typing.get_origin(base)
-            if origin is not None and isinstance(origin, type) and issubclass(origin, Collection):
-                args = typing.get_args(base)
-                if len(args) == 2 and not isinstance(args[1], TypeVar):
-                    return args[1]
+    """The concrete ``M`` of ``Collection[K, M]`` that ``cls`` declares, if any.
+
+    Follows generic bases: with ``class Keyed(Collection[int, M])`` and
+    ``class Users(Keyed[User])``, ``M`` of ``Users`` is ``User``.
+    """
+    return _resolve_value_type(cls, {})
+
+
+def _resolve_value_type(cls: type, bound: dict[Any, Any]) -> Any | None:
+    for base in cls.__dict__.get("__orig_bases__", cls.__bases__):
+        origin = typing.get_origin(base) or base
+        if not (isinstance(origin, type) and issubclass(origin, Collection)):
+            continue
+        args = [bound.get(arg, arg) for arg in typing.get_args(base)]
+        if origin is Collection:
+            value = args[1] if len(args) == 2 else None
+            return None if value is None or isinstance(value, TypeVar) else value
+        parameters = getattr(origin, "__parameters__", ())
+        return _resolve_value_type(origin, dict(zip(parameters, args, strict=False)))
     return None

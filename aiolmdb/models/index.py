@@ -18,6 +18,7 @@ import lmdb
 from .._scan import Fetch, prefix_end
 from ..coders import Coder
 from ..coders.base import escape_element, unescape_element
+from ..database import _show
 from ..errors import EncodeError, UniqueViolationError, UnorderedKeyError
 
 if TYPE_CHECKING:
@@ -84,6 +85,7 @@ class Index(Generic[IK]):
         multi: bool = False,
         version: int = 1,
     ) -> None:
+        """Declare an index keyed by ``extractor(record)``, encoded with ``coder``."""
         if not callable(extractor):
             raise TypeError(f"Index extractor must be callable, got {extractor!r}")
         if not isinstance(coder, Coder):
@@ -133,6 +135,7 @@ class BoundIndex(Generic[K, M, IK]):
     """
 
     def __init__(self, index: Index[IK], collection: Collection[K, M], db: Any) -> None:
+        """Bind ``index`` to ``collection``, its entries stored in LMDB database ``db``."""
         self.index = index
         self.collection = collection
         self._db = db
@@ -140,23 +143,62 @@ class BoundIndex(Generic[K, M, IK]):
 
     # -- maintenance (runs inside the collection's write transactions) ---
 
-    def entry_keys(self, record: M) -> set[bytes]:
-        """The escaped index keys ``record`` has in this index."""
+    def _entry_keys(self, record: M, raw_key: bytes) -> set[bytes]:
+        """The escaped index keys that ``record``, stored under ``raw_key``, has in this index.
+
+        Raises EncodeError, naming the record's key, when the extractor or the
+        coder fails or an entry would exceed LMDB's key size.
+        """
+        limit = self.collection._max_key_size
+        # A non-unique entry is the index key followed by the record's key.
+        extra = 0 if self.index.unique else len(raw_key)
+        entries = set()
+        for value in self._extract(record, raw_key):
+            try:
+                entry = escape_element(self.index.coder.serialize(value))
+            except Exception as exc:
+                raise self._error(raw_key, f"cannot encode {_show(value)} ({exc})") from exc
+            if len(entry) + extra > limit:
+                raise self._error(
+                    raw_key,
+                    f"the index key {_show(value)} makes an entry of {len(entry) + extra} "
+                    f"bytes, over LMDB's key limit of {limit} bytes"
+                    + ("" if self.index.unique else " (an entry holds the index key and the key)"),
+                )
+            entries.add(entry)
+        return entries
+
+    def _extract(self, record: M, raw_key: bytes) -> list[Any]:
         try:
             extracted = self.index.extractor(record)
-            if extracted is None:
-                return set()
-            values = extracted if self.index.multi else (extracted,)
-            return {escape_element(self.index.coder.serialize(v)) for v in values if v is not None}
-        except EncodeError as exc:
-            raise EncodeError(f"{self._label}: {exc}") from exc
         except Exception as exc:
-            raise EncodeError(
-                f"{self._label}: cannot compute the index key of a {type(record).__name__} "
-                f"with {self.index.coder!r}: {exc!r}"
+            raise self._error(
+                raw_key, f"the extractor failed on a {type(record).__name__}: {exc!r}"
+            ) from exc
+        if extracted is None:
+            return []
+        if not self.index.multi:
+            return [extracted]
+        if isinstance(extracted, (str, bytes)):
+            raise self._error(
+                raw_key,
+                f"a multi=True index needs an iterable of index keys, and the extractor "
+                f"returned a {type(extracted).__name__} ({_show(extracted)})",
+            )
+        try:
+            return [value for value in extracted if value is not None]
+        except TypeError as exc:
+            raise self._error(
+                raw_key, f"a multi=True index needs an iterable of index keys: {exc}"
             ) from exc
 
-    def update_entries(
+    def _error(self, raw_key: bytes, problem: str) -> EncodeError:
+        return EncodeError(
+            f"{self._label} (coder {self.index.coder!r}), key "
+            f"{self.collection._show_raw_key(raw_key)}: {problem}"
+        )
+
+    def _update_entries(
         self, t: lmdb.Transaction, raw_key: bytes, old: set[bytes], new: set[bytes]
     ) -> None:
         """Move the entries of record ``raw_key`` from ``old`` to ``new`` index keys."""
@@ -169,14 +211,14 @@ class BoundIndex(Generic[K, M, IK]):
             else:
                 t.put(entry + raw_key, b"", db=self._db)
 
-    def record_key(self, entry: bytes, value: memoryview | bytes) -> bytes:
+    def _record_key(self, entry: bytes, value: memoryview | bytes) -> bytes:
         """The primary key an entry (as stored: key and value) points to."""
         if self.index.unique:
             return bytes(value)
         _, end = unescape_element(entry, 0)
         return entry[end:]
 
-    def check_unique(self, t: lmdb.Transaction, raw_key: bytes, added: set[bytes]) -> None:
+    def _check_unique(self, t: lmdb.Transaction, raw_key: bytes, added: set[bytes]) -> None:
         """Raise UniqueViolationError if another record already has one of ``added``."""
         if not self.index.unique:
             return
@@ -195,9 +237,13 @@ class BoundIndex(Generic[K, M, IK]):
         except Exception:
             return repr(raw)
 
-    def clear(self, t: lmdb.Transaction) -> None:
-        """Remove every entry (before a rebuild)."""
+    def _clear(self, t: lmdb.Transaction) -> None:
+        """Remove every entry (before a rebuild, or when the collection is emptied)."""
         t.drop(self._db, delete=False)
+
+    def _drop_storage(self, t: lmdb.Transaction) -> None:
+        """Delete the index's database (when the collection is deleted)."""
+        t.drop(self._db, delete=True)
 
     # -- queries ---------------------------------------------------------
 
@@ -252,7 +298,7 @@ class BoundIndex(Generic[K, M, IK]):
         def fetcher(t: lmdb.Transaction) -> Fetch:
             def record_of(entry: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
                 # The entry names the record; fetch it in the same transaction.
-                raw_key = self.record_key(entry, value)
+                raw_key = self._record_key(entry, value)
                 buf = t.get(raw_key, db=main_db)
                 if buf is None:  # pragma: no cover - entries are written with their records
                     raise AssertionError(f"{self._label} has an entry for a missing record")
@@ -343,9 +389,9 @@ class BoundIndex(Generic[K, M, IK]):
         self, value: IK, *, limit: int | None = None, txn: Transaction | None = None
     ) -> list[M]:
         """Every record whose index key is ``value``, in key order."""
-        return [record async for record in self.values_of(self._exact(value), limit, txn)]
+        return [record async for record in self._values_of(self._exact(value), limit, txn)]
 
-    def values_of(
+    def _values_of(
         self, entry: bytes, limit: int | None, txn: Transaction | None
     ) -> AsyncIterator[M]:
         """Records under one escaped index key."""
