@@ -109,6 +109,8 @@ async def scan(
     decode: Callable[[bytes, bytes], Any],
     decode_large: Callable[[bytes, bytes], Awaitable[Any]],
     large: int,
+    *,
+    prefetch: bool = True,
 ) -> AsyncIterator[Any]:
     """Stream the records of ``[low, high)``, decoded, batch by batch.
 
@@ -116,8 +118,10 @@ async def scan(
     thread when ``offload``); ``fetcher(txn)`` gives the :data:`Fetch` of
     that transaction. The first batch is small and read inline, so short
     queries cost no thread hop; later batches are large, read on a reader
-    thread, and each is fetched while the previous one is consumed. Values
-    longer than ``large`` bytes are decoded by ``decode_large`` (off the loop).
+    thread, and each is fetched while the previous one is consumed, unless
+    ``prefetch`` is off: inside a write transaction, where the consumer's own
+    writes must be seen by the next batch. Values longer than ``large`` bytes
+    are decoded by ``decode_large`` (off the loop).
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
@@ -138,17 +142,20 @@ async def scan(
             if remaining is not None:
                 remaining -= len(records)
             done = done or remaining == 0
-            if not done:
-                size = SCAN_BATCH if remaining is None else min(SCAN_BATCH, remaining)
+            size = SCAN_BATCH if remaining is None else min(SCAN_BATCH, remaining)
+            if not done and prefetch:
                 upcoming = asyncio.ensure_future(fetch(resume, size))
             for key, value in records:
                 if len(value) > large:
                     yield await decode_large(key, value)
                 else:
                     yield decode(key, value)
-            if upcoming is None:
+            if done:
                 return
-            current, upcoming = upcoming, None
+            if upcoming is None:
+                current = fetch(resume, size)
+            else:
+                current, upcoming = upcoming, None
     finally:
         if upcoming is not None:  # the consumer stopped early
             upcoming.cancel()

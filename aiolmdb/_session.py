@@ -14,6 +14,7 @@ once); small reads run on the loop thread, large ones on a worker thread.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import queue
 import threading
 from collections.abc import Callable
@@ -31,17 +32,19 @@ _BEGIN, _CALL, _SAVEPOINT, _RELEASE, _ROLLBACK, _COMMIT, _ABORT = range(7)
 
 
 class _Op:
-    __slots__ = ("fn", "future", "kind", "loop")
+    __slots__ = ("fn", "future", "kind", "loop", "savepoint")
 
     def __init__(
         self,
         kind: int,
         fn: Callable[[lmdb.Transaction], Any] | None,
         loop: asyncio.AbstractEventLoop,
+        savepoint: int = 0,
     ) -> None:
         self.kind = kind
         self.fn = fn
         self.loop = loop
+        self.savepoint = savepoint  # the savepoint a _SAVEPOINT/_RELEASE/_ROLLBACK is about
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
@@ -63,23 +66,41 @@ class WriteSession:
         self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._ended = False
-        self._stack: list[lmdb.Transaction] = []  # touched by the writer thread only
-        self.depth = 0  # open savepoints; maintained on the loop side
+        # (savepoint id, transaction), the root first: touched by the writer thread only.
+        self._stack: list[tuple[int, lmdb.Transaction]] = []
+        #: Ids of the open savepoints, innermost last: the loop side's view of the stack.
+        self.savepoints: list[int] = []
+        self._ids = itertools.count(1)
 
     @property
     def ended(self) -> bool:
         """True once the session committed, aborted or failed to begin."""
         return self._ended
 
+    @property
+    def depth(self) -> int:
+        """How many savepoints are open."""
+        return len(self.savepoints)
+
     # -- loop side -------------------------------------------------------
 
-    async def _send(self, kind: int, fn: Callable[[lmdb.Transaction], Any] | None = None) -> Any:
-        op = _Op(kind, fn, asyncio.get_running_loop())
+    async def _send(
+        self, kind: int, fn: Callable[[lmdb.Transaction], Any] | None = None, savepoint: int = 0
+    ) -> Any:
+        op = _Op(kind, fn, asyncio.get_running_loop(), savepoint)
         with self._lock:
             if self._ended:
                 raise TransactionError(f"the write transaction on {self._name} has ended")
             self._ops.put(op)
         return await op.future
+
+    def _send_later(self, kind: int, savepoint: int = 0) -> None:
+        """Queue an op without waiting for it (for a caller that was cancelled)."""
+        op = _Op(kind, None, asyncio.get_running_loop(), savepoint)
+        op.future.add_done_callback(_ignore_outcome)
+        with self._lock:
+            if not self._ended:
+                self._ops.put(op)
 
     async def begin(self) -> None:
         """Wait until the writer thread has begun the transaction."""
@@ -89,43 +110,55 @@ class WriteSession:
         """Run ``fn`` on the innermost open (nested) transaction; return its result."""
         return await self._send(_CALL, fn)
 
-    async def savepoint(self) -> None:
-        """Open a nested transaction: later calls go to it until released or rolled back."""
-        await self._send(_SAVEPOINT)
-        self.depth += 1
+    async def savepoint(self) -> int:
+        """Open a nested transaction, returning its id: later calls go to it until it ends."""
+        savepoint = next(self._ids)
+        self.savepoints.append(savepoint)  # at once: other tasks see it is open
+        try:
+            await self._send(_SAVEPOINT, savepoint=savepoint)
+        except BaseException:
+            # Cancelled or refused: whether or not the writer opened it, undo it.
+            self._forget(savepoint)
+            self._send_later(_ROLLBACK, savepoint)
+            raise
+        return savepoint
 
-    async def release(self) -> None:
-        """Commit the innermost nested transaction into its parent."""
-        self.depth -= 1
-        await self._send(_RELEASE)
+    async def release(self, savepoint: int) -> None:
+        """Commit savepoint ``savepoint`` (the innermost) into its parent."""
+        self._forget(savepoint)
+        await self._send(_RELEASE, savepoint=savepoint)
 
-    async def rollback(self) -> None:
-        """Abort the innermost nested transaction only."""
-        self.depth -= 1
-        await self._send(_ROLLBACK)
+    async def rollback(self, savepoint: int) -> None:
+        """Abort savepoint ``savepoint``, with any savepoint opened inside it."""
+        self._forget(savepoint)
+        await self._send(_ROLLBACK, savepoint=savepoint)
+
+    def _forget(self, savepoint: int) -> None:
+        if savepoint in self.savepoints:
+            del self.savepoints[self.savepoints.index(savepoint) :]
 
     async def commit(self) -> None:
-        """Commit the whole transaction and end the session."""
+        """Commit the whole transaction and end the session.
+
+        With a savepoint still open, everything is aborted instead, and
+        :class:`~aiolmdb.TransactionError` raised.
+        """
         await self._send(_COMMIT)
 
     async def abort(self) -> None:
-        """Abort the whole transaction and end the session."""
+        """Abort the whole transaction, savepoints included, and end the session."""
         await self._send(_ABORT)
 
     def abort_later(self) -> None:
         """Queue an abort without waiting for it (when the opener was cancelled)."""
-        op = _Op(_ABORT, None, asyncio.get_running_loop())
-        op.future.add_done_callback(_ignore_outcome)
-        with self._lock:
-            if not self._ended:
-                self._ops.put(op)
+        self._send_later(_ABORT)
 
     # -- writer thread side ----------------------------------------------
 
     def serve(self) -> None:
         """Run on the writer thread until the transaction commits or aborts."""
         try:
-            self._stack = [self._begin()]
+            self._stack = [(0, self._begin())]
         except BaseException as exc:
             self._finish(exc)
             raise
@@ -139,9 +172,7 @@ class WriteSession:
                 else:
                     deliver([(op, True, result)])
         finally:
-            for txn in reversed(self._stack):
-                txn.abort()
-            self._stack = []
+            self._abort_from(0)
             self._finish(TransactionError(f"the write transaction on {self._name} has ended"))
 
     def _apply(self, op: _Op) -> Any:
@@ -149,7 +180,7 @@ class WriteSession:
         if op.kind == _CALL:
             assert op.fn is not None
             try:
-                return op.fn(stack[-1])
+                return op.fn(stack[-1][1])
             except lmdb.MapFullError as exc:
                 self.map_was_full = True
                 raise map_full_error(
@@ -158,15 +189,30 @@ class WriteSession:
                     "this transaction ends, so the transaction can be retried",
                 ) from exc
         if op.kind == _SAVEPOINT:
-            stack.append(self._env.begin(write=True, parent=stack[-1]))
-        elif op.kind in (_RELEASE, _COMMIT):
-            stack.pop().commit()
+            stack.append((op.savepoint, self._env.begin(write=True, parent=stack[-1][1])))
+        elif op.kind == _RELEASE:
+            if stack[-1][0] != op.savepoint:
+                raise TransactionError("cannot release a savepoint that is not the innermost")
+            stack.pop()[1].commit()
         elif op.kind == _ROLLBACK:
-            stack.pop().abort()
+            ids = [savepoint for savepoint, _ in stack]
+            if op.savepoint in ids:  # else it is already gone
+                self._abort_from(ids.index(op.savepoint))
+        elif op.kind == _COMMIT:
+            if len(stack) > 1:
+                self._abort_from(0)
+                raise TransactionError(
+                    "cannot commit with a savepoint still open: the transaction was aborted"
+                )
+            stack.pop()[1].commit()
         elif op.kind == _ABORT:
-            while stack:
-                stack.pop().abort()
+            self._abort_from(0)
         return None
+
+    def _abort_from(self, level: int) -> None:
+        """Abort the transactions of the stack from ``level`` up (0: all of them)."""
+        while len(self._stack) > level:
+            self._stack.pop()[1].abort()
 
     def _finish(self, exc: BaseException) -> None:
         with self._lock:
@@ -192,14 +238,15 @@ class ReadSnapshot:
         self._end = end
         self._executor = executor
         self._lock = asyncio.Lock()
+        self._closing = False
 
     @property
     def ended(self) -> bool:
-        """True once the snapshot was released."""
-        return self._txn is None
+        """True once the snapshot was released, or is being released."""
+        return self._closing or self._txn is None
 
     def _require(self) -> lmdb.Transaction:
-        if self._txn is None:
+        if self._closing or self._txn is None:
             raise TransactionError("the read snapshot has ended")
         return self._txn
 
@@ -207,25 +254,37 @@ class ReadSnapshot:
         """Run ``fn(txn)``: inline on the loop thread, or on a worker when ``offload``."""
         async with self._lock:
             txn = self._require()
-            if not offload:
-                return fn(txn)
-            loop = asyncio.get_running_loop()
-            # Hold the lock until the worker is done: the transaction is not
-            # to be used by two threads at once, even if our caller is cancelled.
-            work = loop.run_in_executor(self._executor, fn, txn)
             try:
-                return await asyncio.shield(work)
-            except asyncio.CancelledError:
-                await asyncio.wait([work])
-                raise
+                if not offload:
+                    return fn(txn)
+                loop = asyncio.get_running_loop()
+                # Hold the lock until the worker is done: the transaction is not
+                # to be used by two threads at once, even if our caller is cancelled.
+                work = loop.run_in_executor(self._executor, fn, txn)
+                try:
+                    return await asyncio.shield(work)
+                except asyncio.CancelledError:
+                    await asyncio.wait([work])
+                    raise
+            finally:
+                if self._closing:  # release() came meanwhile: this call was the last
+                    self.release_now()
 
     async def release(self) -> None:
-        """End the snapshot, once every call in flight has finished."""
+        """End the snapshot, once the call in flight (if any) has finished.
+
+        If the caller is cancelled while waiting, that call ends it.
+        """
+        self._closing = True
+        if not self._lock.locked():
+            self.release_now()
+            return
         async with self._lock:
             self.release_now()
 
     def release_now(self) -> None:
         """End the snapshot immediately (the caller knows nothing is in flight)."""
+        self._closing = True
         if self._txn is not None:
             txn, self._txn = self._txn, None
             self._end(txn)

@@ -177,9 +177,10 @@ class Writer:
         """Run ``fn()`` on the writer thread ahead of the queue and block until it is done.
 
         For rare set-up work that must be synchronous (opening a database).
-        Batches never wait for an event loop, so blocking on them is safe; the
-        caller must make sure no session (which may wait for the caller's
-        event loop) is being served.
+        The caller blocks until the batch in progress is committed (longer if
+        that batch waits to grow the map); batches never wait for an event
+        loop, so this cannot deadlock. The caller must make sure no session
+        (which may wait for the caller's event loop) is being served.
         """
         urgent = _Urgent(fn)
         with self._lock:

@@ -16,6 +16,7 @@ from .errors import (
     EncodeError,
     KeyExistsError,
     KeyNotFoundError,
+    MapNotAdoptedError,
     TransactionError,
     UnorderedKeyError,
 )
@@ -190,15 +191,19 @@ class AsyncDatabase(Generic[K, V]):
         if ctx is None:
             # The hot path: a read transaction of its own, on the loop thread.
             env = self.env
-            t = env._begin_read()
             try:
-                buf = t.get(raw_key, db=db)
-                if buf is None:
-                    return default
-                if len(buf) <= env.inline_value_limit:
-                    return self._decode_value(raw_key, buf)
-            finally:
-                env._end_read(t)
+                t = env._begin_read()
+            except MapNotAdoptedError:
+                t = None  # the map must be adopted: a reader thread will wait for it
+            if t is not None:
+                try:
+                    buf = t.get(raw_key, db=db)
+                    if buf is None:
+                        return default
+                    if len(buf) <= env.inline_value_limit:
+                        return self._decode_value(raw_key, buf)
+                finally:
+                    env._end_read(t)
 
         def read(t: lmdb.Transaction) -> Any:
             buf = t.get(raw_key, db=db)
@@ -282,8 +287,8 @@ class AsyncDatabase(Generic[K, V]):
         """Store many records atomically (all or none); returns how many were written.
 
         With ``overwrite=False`` existing keys are left alone and not counted.
-        Many records are encoded on a worker thread: do not mutate the objects
-        until the call returns.
+        Records are encoded on the event loop, 256 at a time with other tasks
+        running in between: do not mutate the objects until the call returns.
         """
         db, ctx = self._resolve(txn)
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
@@ -444,8 +449,6 @@ class AsyncDatabase(Generic[K, V]):
             try:
                 await self.env._write_alone(self._delete)
             finally:
-                # LMDB closes a deleted database's handle at once, even when its
-                # transaction then aborts: whatever happened, never use it again.
                 self._forget_deleted()
 
         # Shielded: once submitted, a cancelled caller must not skip the forgetting.
@@ -460,10 +463,13 @@ class AsyncDatabase(Generic[K, V]):
 
     def _delete(self, t: lmdb.Transaction) -> None:
         """Delete this named database itself."""
+        # LMDB closes the handle at once, whatever becomes of the transaction:
+        # from now on calls get a clear error instead of a dead handle's.
+        self._opened.dropped = True
         t.drop(self._db, delete=True)
 
     def _forget_deleted(self) -> None:
-        """After :meth:`_delete` committed: its handles are dropped for good."""
+        """After :meth:`_delete` ran: its handles are never to be used again."""
         self.env._forget_handle(self._opened)
 
     def _empty_default(self, t: lmdb.Transaction) -> None:
@@ -642,6 +648,8 @@ class AsyncDatabase(Generic[K, V]):
             decode,
             decode_large,
             env.inline_value_limit,
+            # A batch read ahead would miss the writes made while the one before is consumed.
+            prefetch=ctx is None or not ctx.sees_own_writes,
         )
 
 

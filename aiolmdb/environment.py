@@ -22,7 +22,13 @@ from ._session import ReadSnapshot, WriteSession
 from ._writer import Writer, grown_or_error
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, OpenedHandle, as_ints
-from .errors import AiolmdbError, ClosedError, DatabaseNotFoundError, TransactionError
+from .errors import (
+    AiolmdbError,
+    ClosedError,
+    DatabaseNotFoundError,
+    MapNotAdoptedError,
+    TransactionError,
+)
 from .transaction import Transaction
 
 __all__ = ["AsyncEnvironment", "open", "version"]
@@ -338,7 +344,7 @@ class AsyncEnvironment:
         integerkey = flags.get("integerkey", False)
         cache_key = (raw_name, reverse_key, integerkey)
         known = self._handles.get(cache_key)
-        if known is not None:
+        if known is not None and not known.dropped:
             return known
 
         def open_on_writer() -> Any:
@@ -358,9 +364,16 @@ class AsyncEnvironment:
 
         if self._sessions:
             # The writer is serving a transaction that waits for this event loop.
+            current = self._current.get()
+            holder = (
+                "this write transaction"
+                if current is not None and current.sees_own_writes
+                else "a write transaction of another task"
+            )
             raise TransactionError(
-                f"database {label} was not opened before this write transaction began, and "
-                "opening a database needs the writer: open it before env.transaction()"
+                f"database {label} cannot be opened while {holder} is open in environment "
+                f"{self._name}: opening a database needs the writer, which serves that "
+                "transaction; open databases before (at start-up, for instance)"
             )
         handle = self._writer.run_now(open_on_writer)
         if handle is None:
@@ -427,31 +440,41 @@ class AsyncEnvironment:
             return result
         if self._closed:  # a scan may outlive its environment
             self._check()
-        if offload:
-            return await asyncio.get_running_loop().run_in_executor(
-                self._pool, self._call_in_read_txn, fn
-            )
-        return self._call_in_read_txn(fn)
+        if not offload:
+            try:
+                return self._call_in_read_txn(fn)
+            except MapNotAdoptedError:
+                pass  # on a reader thread, which may wait for this process's readers
+        return await asyncio.get_running_loop().run_in_executor(
+            self._pool, self._call_in_read_txn, fn, MAP_RESIZE_WAIT
+        )
 
-    def _call_in_read_txn(self, fn: Callable[[lmdb.Transaction], R]) -> R:
-        txn = self._begin_read()
+    def _call_in_read_txn(self, fn: Callable[[lmdb.Transaction], R], wait: float = 0.0) -> R:
+        txn = self._begin_read(wait)
         try:
             return fn(txn)
         finally:
             self._end_read(txn)
 
-    def _begin_read(self) -> lmdb.Transaction:
-        """Begin a read transaction (buffers=True), passing the map-resize gate."""
+    def _begin_read(self, wait: float = 0.0) -> lmdb.Transaction:
+        """Begin a read transaction (buffers=True), passing the map-resize gate.
+
+        If another process grew the map, adopt its size first, waiting up to
+        ``wait`` seconds for this process's other readers to end: 0 on the
+        event loop, which must not stall (raises :class:`MapNotAdoptedError`).
+        """
         self._gate.enter()
         try:
-            try:
-                return self._lmdb.begin(buffers=True)
-            except lmdb.MapResizedError:
-                # Another process grew the map: adopt its size, then begin again.
-                self._gate.leave()
-                self._adopt_map_size()
-                self._gate.enter()
-                return self._lmdb.begin(buffers=True)
+            return self._lmdb.begin(buffers=True)
+        except lmdb.MapResizedError:
+            self._gate.leave()
+        except BaseException:
+            self._gate.leave()
+            raise
+        self._adopt_map_size(wait)
+        self._gate.enter()
+        try:
+            return self._lmdb.begin(buffers=True)
         except BaseException:
             self._gate.leave()
             raise
@@ -465,31 +488,45 @@ class AsyncEnvironment:
             return fn()
         except lmdb.MapResizedError:
             # Another process grew the map: adopt its size, then try again.
-            self._adopt_map_size()
+            self._adopt_map_size(MAP_RESIZE_WAIT)
             return fn()
 
     def _end_read(self, txn: lmdb.Transaction) -> None:
         txn.abort()
         self._gate.leave()
 
-    def _adopt_map_size(self) -> None:
-        self._gate.run_alone(lambda: self._lmdb.set_mapsize(0), MAP_RESIZE_WAIT)
+    def _adopt_map_size(self, wait: float) -> None:
+        if not self._gate.run_alone(lambda: self._lmdb.set_mapsize(0), wait):
+            raise MapNotAdoptedError(
+                f"environment {self._name}: another process grew the map, and this process "
+                "can adopt the new size only while none of its read transactions is open; "
+                f"some stayed open {wait} s (a read snapshot held open?)"
+            )
 
     def _grow_if_crowded(self) -> None:
-        """Grow the map ahead of need when more than half of it is used."""
-        used = (int(self._lmdb.info()["last_pgno"]) + 1) * int(self._lmdb.stat()["psize"])
-        if used * 2 > int(self._lmdb.info()["map_size"]):
-            self._grow_map()
+        """Grow the map ahead of need when more than half of it is used.
 
-    def _grow_map(self) -> str | None:
-        """Double the map (on the writer thread); None when done, else why not."""
+        Best effort: it waits for no reader, and a failure only leaves the map as it is.
+        """
+        try:
+            used = (int(self._lmdb.info()["last_pgno"]) + 1) * int(self._lmdb.stat()["psize"])
+            if used * 2 > int(self._lmdb.info()["map_size"]):
+                self._grow_map(wait=0.0)
+        except lmdb.Error as exc:
+            logger.warning("environment %s: growing the map failed: %s", self._name, exc)
+
+    def _grow_map(self, wait: float = MAP_RESIZE_WAIT) -> str | None:
+        """Double the map (on the writer thread); None when done, else why not.
+
+        Waits up to ``wait`` seconds for this process's read transactions to end.
+        """
         size = int(self._lmdb.info()["map_size"])
         if size >= self._max_map_size:
             return f"the map is at max_map_size ({self._max_map_size} bytes)"
         new_size = min(size * 2, self._max_map_size)
-        if not self._gate.run_alone(lambda: self._lmdb.set_mapsize(new_size), MAP_RESIZE_WAIT):
+        if not self._gate.run_alone(lambda: self._lmdb.set_mapsize(new_size), wait):
             return (
-                f"growing the map to {new_size} bytes waited {MAP_RESIZE_WAIT} s in vain "
+                f"growing the map to {new_size} bytes waited {wait} s in vain "
                 "for read transactions of this process to end (a read snapshot held open?)"
             )
         logger.info("environment %s: map grown from %d to %d bytes", self._name, size, new_size)

@@ -15,6 +15,7 @@ __all__ = [
     "EncodeError",
     "KeyExistsError",
     "KeyNotFoundError",
+    "MapNotAdoptedError",
     "TransactionError",
     "UniqueViolationError",
     "UnorderedKeyError",
@@ -76,3 +77,12 @@ class KeyNotFoundError(AiolmdbError, KeyError):
 
 class UniqueViolationError(AiolmdbError, ValueError):
     """A write would give two records the same key in a unique index; nothing was written."""
+
+
+class MapNotAdoptedError(AiolmdbError):
+    """Another process grew the map, and this process could not adopt the new size.
+
+    A process adopts a larger map only while none of its read transactions is
+    open: a read snapshot (``env.transaction(write=False)``) held open blocks
+    it. End the snapshot and retry.
+    """

@@ -47,6 +47,7 @@ class Transaction:
         self._session: WriteSession | None = None
         self._snapshot: ReadSnapshot | None = None
         self._depth = 0  # savepoint depth of this transaction within its session
+        self._savepoint: int | None = None  # its savepoint's id, when it is one
         self._owner = True  # False when it only joins an enclosing transaction
         self._token: contextvars.Token[Transaction | None] | None = None
         #: The task that entered the block: its calls join the transaction implicitly.
@@ -58,6 +59,11 @@ class Transaction:
     def active(self) -> bool:
         """True between entering the block and the transaction's end."""
         return self._state == _ACTIVE
+
+    @property
+    def sees_own_writes(self) -> bool:
+        """True when its reads happen in a write transaction (this one or one it joined)."""
+        return self._session is not None
 
     async def __aenter__(self) -> Transaction:
         self.env._check()
@@ -81,8 +87,9 @@ class Transaction:
         if outer._session is not None:
             self._session = outer._session
             if self.write:
-                await self._session.savepoint()
-                self._depth = self._session.depth
+                outer.check_usable()
+                self._depth = outer._depth + 1
+                self._savepoint = await self._session.savepoint()
             else:
                 self._owner = False
                 self._depth = outer._depth
@@ -101,7 +108,11 @@ class Transaction:
         try:
             if self._state == _ACTIVE:
                 if exc_type is None:
-                    await self.commit()
+                    try:
+                        await self.commit()
+                    except BaseException:
+                        await self.abort()  # never leave it open
+                        raise
                 else:
                     await self.abort()
         finally:
@@ -115,10 +126,14 @@ class Transaction:
         await self._end(commit=True)
 
     async def abort(self) -> None:
-        """Abort now (a savepoint: roll back only its own writes)."""
+        """Abort now (a savepoint: roll back only its own writes, and any savepoint inside).
+
+        Always ends the transaction, whatever is open inside it.
+        """
+        if self._state == _NEW:
+            raise TransactionError("cannot abort a transaction that was not entered")
         if self._state == _ENDED:
             return
-        self._end_check("abort")
         await self._end(commit=False)
 
     async def _end(self, *, commit: bool) -> None:
@@ -129,8 +144,11 @@ class Transaction:
             await self.env._end_snapshot(self._snapshot)
         elif self._session is not None:
             session = self._session
-            if self._depth:
-                await (session.release() if commit else session.rollback())
+            if self._savepoint is not None:
+                if session.ended:
+                    return  # gone with its enclosing transaction
+                savepoint = self._savepoint
+                await (session.release(savepoint) if commit else session.rollback(savepoint))
             else:
                 self.env._end_session(session)
                 await (session.commit() if commit else session.abort())
@@ -140,21 +158,27 @@ class Transaction:
             raise TransactionError(f"cannot {action} a transaction that was not entered")
         if self._state == _ENDED:
             raise TransactionError(f"cannot {action}: the transaction has already ended")
-        if self._session is not None and self._owner and self._session.depth > self._depth:
-            raise TransactionError(f"cannot {action}: a savepoint opened inside is still open")
+        self.check_usable()
 
     def check_usable(self) -> None:
         """Raise ``TransactionError`` unless calls may be made in this transaction now."""
         if self._state != _ACTIVE:
             state = "has not been entered" if self._state == _NEW else "has ended"
             raise TransactionError(f"the transaction {state}: it cannot be used")
-        if self._session is not None:
-            if self._session.ended:
-                raise TransactionError("the write transaction has ended: it cannot be used")
-            if self._session.depth != self._depth:
-                raise TransactionError(
-                    "a savepoint is open inside this transaction: make calls through it"
-                )
+        session = self._session
+        if session is None:
+            return
+        if session.ended:
+            raise TransactionError("the write transaction has ended: it cannot be used")
+        if self._savepoint is not None and self._savepoint not in session.savepoints:
+            raise TransactionError(
+                "this savepoint has ended: the transaction around it rolled it back"
+            )
+        if session.depth > self._depth:
+            raise TransactionError(
+                "a savepoint is open inside this transaction: make calls through it "
+                "(tasks sharing a transaction cannot each hold a savepoint at once)"
+            )
 
     async def run_read(self, fn: Callable[[lmdb.Transaction], R], *, offload: bool) -> R:
         """Run ``fn`` with this transaction's LMDB transaction, for reading."""

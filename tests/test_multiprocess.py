@@ -8,6 +8,7 @@ line to its stdin, so that all of them run at once.
 from __future__ import annotations
 
 import asyncio
+import contextvars
 import os
 import select
 import subprocess
@@ -22,6 +23,7 @@ from conftest import bounded
 from helpers.mp_worker import ACCOUNTS, INITIAL, counter_key
 
 import aiolmdb
+import aiolmdb.environment as environment_module
 from aiolmdb.coders import UInt64Coder
 
 HELPER = Path(__file__).parent / "helpers" / "mp_worker.py"
@@ -209,5 +211,40 @@ async def test_read_after_another_process_grew_the_map(tmp_path: Path) -> None:
         assert await bulk.count() == 8 * 1024 * 1024 // 4096
         # Once a read adopted the new size, writes work again.
         assert await bounded(db.put(b"after", b"2"))
+    finally:
+        await bounded(env.close())
+
+
+async def test_a_read_while_a_snapshot_blocks_adopting_a_grown_map(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The event loop never waits for the snapshot to end: the read moves to a
+    # reader thread, which waits a bounded time and then fails clearly.
+    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 0.5)
+    path = str(tmp_path / "env")
+    env = aiolmdb.open(path, map_size=1024 * 1024)
+    try:
+        db = env.open_db("mine")
+        await db.put(b"before", b"1")
+        async with env.transaction(write=False):
+            with children(["grow", path, "8"]) as (grower,):
+                grower.go()
+                grower.read_line()
+                grower.finish()
+            ticks = 0
+
+            async def tick() -> None:
+                nonlocal ticks
+                while True:
+                    await asyncio.sleep(0.01)
+                    ticks += 1
+
+            ticker = asyncio.create_task(tick())
+            outside = contextvars.Context()  # a read of its own, not the snapshot's
+            with pytest.raises(aiolmdb.MapNotAdoptedError, match="snapshot"):
+                await bounded(outside.run(asyncio.create_task, db.get(b"before")))
+            ticker.cancel()
+            assert ticks >= 10  # the loop ran while the read waited
+        assert await bounded(db.get(b"before")) == b"1"  # adopted once the snapshot ended
     finally:
         await bounded(env.close())

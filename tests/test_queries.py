@@ -398,10 +398,10 @@ async def test_breaking_out_early_does_not_leak(env: Env, env_path: Any) -> None
     iterator = db.items(start=5).__aiter__()
     assert await iterator.__anext__() == (5, b"v")
     await iterator.aclose()  # type: ignore[attr-defined]
-    for _ in range(20):
+    for _ in range(200):  # a batch read ahead finishes on its reader thread
         if "no active readers" in env.readers():
             break
-        await asyncio.sleep(0)
+        await asyncio.sleep(0.01)
     assert "no active readers" in env.readers()
     assert await db.count() == N
     await bounded(env.close())

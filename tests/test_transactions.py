@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import threading
 from typing import Any
 
 import lmdb
@@ -313,6 +314,74 @@ async def test_outer_transaction_is_refused_while_a_savepoint_is_open(
     assert await left.get(b"k") is None
 
 
+async def test_a_savepoint_cancelled_while_entering_leaves_the_outer_intact(
+    env: Env, left: BytesDB
+) -> None:
+    async def savepoint() -> None:
+        async with env.transaction():
+            await left.put(b"b", b"2")
+
+    async with env.transaction():
+        await left.put(b"a", b"1")
+        entering = asyncio.create_task(savepoint())  # joins the transaction
+        await asyncio.sleep(0)  # it has asked the writer for its savepoint
+        entering.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await entering
+        await left.put(b"c", b"3")
+    assert [k async for k in left.keys()] == [b"a", b"c"]
+    assert await bounded(left.put(b"d", b"4"))  # the writer is free again
+
+
+async def test_savepoints_of_tasks_sharing_a_transaction_cannot_overlap(
+    env: Env, left: BytesDB
+) -> None:
+    entered = asyncio.Event()
+
+    async def first() -> None:
+        async with env.transaction():
+            entered.set()
+            await asyncio.sleep(0.05)
+            await left.put(b"first", b"v")
+
+    async def second() -> None:
+        await entered.wait()
+        async with env.transaction():
+            await left.put(b"second", b"v")
+
+    with pytest.raises(aiolmdb.TransactionError, match="savepoint"):
+        async with env.transaction():
+            await asyncio.gather(first(), second())
+    # The outer block aborted cleanly and the writer is free again.
+    assert [k async for k in left.keys()] == []
+    assert await bounded(left.put(b"after", b"v"))
+    await bounded(env.close())
+
+
+async def test_abort_always_ends_the_transaction(env: Env, left: BytesDB) -> None:
+    async with env.transaction() as outer:
+        await left.put(b"a", b"1")
+        inner = env.transaction()
+        await inner.__aenter__()
+        await left.put(b"b", b"2")
+        await outer.abort()  # a savepoint still open inside: aborted with it
+        with pytest.raises(aiolmdb.TransactionError, match="ended"):
+            await left.put(b"c", b"3", txn=inner)
+    assert await left.count() == 0
+    assert await bounded(left.put(b"after", b"v"))
+
+
+async def test_a_commit_refused_at_block_exit_still_ends_the_transaction(
+    env: Env, left: BytesDB
+) -> None:
+    with pytest.raises(aiolmdb.TransactionError, match="savepoint"):
+        async with env.transaction():
+            await left.put(b"a", b"1")
+            await env.transaction().__aenter__()  # never exited
+    assert await left.count() == 0
+    assert await bounded(left.put(b"after", b"v"))
+
+
 # -- read snapshots -----------------------------------------------------------
 
 
@@ -345,6 +414,36 @@ async def test_read_snapshot_is_consistent(env: Env, left: BytesDB, right: JsonD
         assert await bounded(fresh) == b"changed"
     assert await left.get(b"a") == b"changed"
     assert await right.get("x") == 2
+
+
+async def test_a_snapshot_ends_even_if_its_owner_is_cancelled_while_exiting(
+    env: Env, left: BytesDB
+) -> None:
+    await left.put(b"k", b"v")
+    reading = threading.Event()
+    finish = threading.Event()
+
+    def slow_read(txn: aiolmdb.DatabaseTxn[bytes, bytes]) -> bytes | None:
+        reading.set()
+        finish.wait(5)
+        return txn.get(b"k")
+
+    async def owner() -> None:
+        async with env.transaction(write=False) as snapshot:
+            side.append(asyncio.create_task(left.run(slow_read, txn=snapshot)))
+            await asyncio.to_thread(reading.wait, 5)
+        # The exit waits for the read in flight.
+
+    side: list[asyncio.Task[bytes | None]] = []
+    task = asyncio.create_task(owner())
+    await asyncio.to_thread(reading.wait, 5)
+    await asyncio.sleep(0.05)  # the owner now waits in its exit
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await task
+    finish.set()
+    assert await bounded(side[0]) == b"v"
+    assert env._gate._readers == 0  # the LMDB read transaction has ended
 
 
 async def test_writing_inside_a_read_snapshot_raises(env: Env, left: BytesDB) -> None:
@@ -416,14 +515,17 @@ async def test_cancelled_task_aborts_its_transaction(env: Env, left: BytesDB) ->
 
 
 async def test_cancelled_during_a_call_inside_a_transaction(env: Env, left: BytesDB) -> None:
+    some_written = asyncio.Event()
+
     async def doomed() -> None:
         async with env.transaction():
             for i in range(1000):
                 await left.put(b"%04d" % i, b"v")
+                if i == 10:
+                    some_written.set()
 
     task = asyncio.create_task(doomed())
-    for _ in range(20):
-        await asyncio.sleep(0)
+    await bounded(some_written.wait())
     task.cancel()
     with pytest.raises(asyncio.CancelledError):
         await bounded(task)
@@ -453,6 +555,63 @@ async def test_cancelled_while_entering_a_transaction(
         assert await left.get(b"never") is None
     finally:
         await abort_orphans(sessions)  # unstick the writer so that the env can close
+
+
+async def test_a_scan_inside_a_write_transaction_sees_its_own_writes(
+    env: Env, left: BytesDB
+) -> None:
+    # Records are read in batches (64, then 1024): each batch sees every write
+    # made before it is read, so deleting records of later batches is seen.
+    await left.put_multi([(b"%04d" % i, b"v") for i in range(3000)])
+    seen = []
+    async with env.transaction():
+        async for key, _ in left.items():
+            seen.append(key)
+            if int(key) < 1000:
+                await left.delete(b"%04d" % (int(key) + 2000))
+    assert seen == [b"%04d" % i for i in range(2000)]
+    assert await left.count() == 2000
+
+
+async def test_open_db_while_another_task_holds_a_write_transaction(
+    env: Env, left: BytesDB
+) -> None:
+    inside = asyncio.Event()
+    leave = asyncio.Event()
+
+    async def holder() -> None:
+        async with env.transaction():
+            await left.put(b"k", b"v")
+            inside.set()
+            await leave.wait()
+
+    task = detached(holder())
+    await bounded(inside.wait())
+    with pytest.raises(aiolmdb.TransactionError, match="another task"):
+        env.open_db("new")
+    assert env.open_db("left") is not None  # opened before: no writer needed
+    leave.set()
+    await bounded(task)
+    assert await env.open_db("new").count() == 0
+
+
+async def test_a_cancelled_drop_still_forgets_its_handle(env: Env) -> None:
+    doomed = env.open_db("doomed")
+    await doomed.put(b"k", b"v")
+    dropping = asyncio.create_task(doomed.drop(delete=True))
+    await asyncio.sleep(0)
+    dropping.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await dropping
+    for _ in range(200):  # the drop goes on without its caller
+        if b"doomed" not in [k async for k in env.get_default_database().keys()]:
+            break
+        await asyncio.sleep(0.01)
+    with pytest.raises(aiolmdb.AiolmdbError, match="dropped"):
+        await doomed.get(b"k")
+    again = env.open_db("doomed")
+    assert await again.get(b"k") is None
+    assert await again.put(b"k2", b"v")
 
 
 # -- multi-record calls and errors inside -------------------------------------

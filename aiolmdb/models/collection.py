@@ -129,7 +129,6 @@ class Collection(AsyncDatabase[K, M]):
         super().__init__(env, type(self).name, coders[0], coders[1], create=create)
         self._indexes: list[BoundIndex[K, M, Any]] = []
         self._bound_indexes: dict[str, BoundIndex[K, M, Any]] = {}
-        self._index_handles: list[OpenedHandle] = []
         #: Names of indexes that must be built before writes and index queries.
         self._unbuilt: list[str] = []
         #: Indexes recorded for this collection but no longer declared.
@@ -162,8 +161,7 @@ class Collection(AsyncDatabase[K, M]):
             return  # no collection of this environment ever had an index
         for index in declared:
             opened = self._open_index_db(index.name, create)
-            bound: BoundIndex[K, M, Any] = BoundIndex(index, self, opened.db)
-            self._index_handles.append(opened)
+            bound: BoundIndex[K, M, Any] = BoundIndex(index, self, opened)
             self._indexes.append(bound)
             self._bound_indexes[index.name] = bound
 
@@ -258,6 +256,7 @@ class Collection(AsyncDatabase[K, M]):
         if self._meta is None:
             return  # nothing was ever recorded
         for opened in self._removed_handles:
+            opened.dropped = True  # LMDB closes the handle at once
             t.drop(opened.db, delete=True)
         for name in self.removed_indexes:
             t.delete(self._meta_key(name), db=self._meta._db)
@@ -335,8 +334,8 @@ class Collection(AsyncDatabase[K, M]):
 
     def _forget_deleted(self) -> None:
         super()._forget_deleted()
-        for opened in self._index_handles:
-            self.env._forget_handle(opened)
+        for index in self._indexes:
+            self.env._forget_handle(index._opened)
         self._forget_removed()
 
     # -- record writes keep the indexes in step --------------------------

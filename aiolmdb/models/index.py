@@ -18,7 +18,7 @@ import lmdb
 from .._scan import Fetch, prefix_end
 from ..coders import Coder
 from ..coders.base import escape_element, unescape_element
-from ..database import _show
+from ..database import OpenedHandle, _show
 from ..errors import EncodeError, UniqueViolationError, UnorderedKeyError
 
 if TYPE_CHECKING:
@@ -134,11 +134,14 @@ class BoundIndex(Generic[K, M, IK]):
     ``count``, ``first`` and ``last``.
     """
 
-    def __init__(self, index: Index[IK], collection: Collection[K, M], db: Any) -> None:
-        """Bind ``index`` to ``collection``, its entries stored in LMDB database ``db``."""
+    def __init__(
+        self, index: Index[IK], collection: Collection[K, M], opened: OpenedHandle
+    ) -> None:
+        """Bind ``index`` to ``collection``, its entries stored in the database ``opened``."""
         self.index = index
         self.collection = collection
-        self._db = db
+        self._opened = opened
+        self._db = opened.db
         self._label = f"index {collection._label}.{index.name}"
 
     # -- maintenance (runs inside the collection's write transactions) ---
@@ -243,6 +246,7 @@ class BoundIndex(Generic[K, M, IK]):
 
     def _drop_storage(self, t: lmdb.Transaction) -> None:
         """Delete the index's database (when the collection is deleted)."""
+        self._opened.dropped = True  # LMDB closes the handle at once
         t.drop(self._db, delete=True)
 
     # -- queries ---------------------------------------------------------
