@@ -418,7 +418,10 @@ class AsyncEnvironment:
             if not txn.active and txn.owner is not asyncio.current_task():
                 return None
         elif txn.env is not self:
-            raise TransactionError("the transaction given belongs to another environment")
+            raise TransactionError(
+                f"the transaction given belongs to environment {txn.env._name}, "
+                f"not to {self._name}"
+            )
         txn.check_usable()
         return txn
 

@@ -45,12 +45,15 @@ class ClosedError(AiolmdbError):
     """The environment was closed (or belongs to the parent of a fork)."""
 
 
-class DatabaseNotFoundError(AiolmdbError, KeyError):
-    """A named database does not exist and ``create=False`` was given."""
+class _LookupMessage(AiolmdbError, KeyError):
+    """A KeyError whose message shows as written (KeyError quotes its argument)."""
 
     def __str__(self) -> str:
-        # KeyError quotes its argument; show the message as written instead.
         return str(self.args[0]) if self.args else ""
+
+
+class DatabaseNotFoundError(_LookupMessage):
+    """A named database does not exist and ``create=False`` was given."""
 
 
 class TransactionError(AiolmdbError):
@@ -61,18 +64,12 @@ class UnorderedKeyError(AiolmdbError, TypeError):
     """A range or prefix query was made on a database whose key coder is not ordered."""
 
 
-class KeyExistsError(AiolmdbError, KeyError):
+class KeyExistsError(_LookupMessage):
     """``insert`` found the key already stored."""
 
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
-
-class KeyNotFoundError(AiolmdbError, KeyError):
+class KeyNotFoundError(_LookupMessage):
     """``update`` found no record under the key."""
-
-    def __str__(self) -> str:
-        return str(self.args[0]) if self.args else ""
 
 
 class UniqueViolationError(AiolmdbError, ValueError):
