@@ -151,6 +151,8 @@ class Transaction:
                 await (session.release(savepoint) if commit else session.rollback(savepoint))
             else:
                 self.env._end_session(session)
+                if session.ended and not commit:
+                    return  # it ended already: its writes are gone
                 await (session.commit() if commit else session.abort())
 
     def _end_check(self, action: str) -> None:
