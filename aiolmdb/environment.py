@@ -419,8 +419,7 @@ class AsyncEnvironment:
                 return None
         elif txn.env is not self:
             raise TransactionError(
-                f"the transaction given belongs to environment {txn.env._name}, "
-                f"not to {self._name}"
+                f"the transaction given belongs to environment {txn.env._name}, not to {self._name}"
             )
         txn.check_usable()
         return txn
