@@ -36,10 +36,14 @@ class ReadGate:
         with self._lock:
             self._readers -= 1
 
-    def run_alone(self, fn: Callable[[], None], timeout: float) -> bool:
+    def run_alone(
+        self, fn: Callable[[], None], timeout: float, idle: Callable[[], None] | None = None
+    ) -> bool:
         """Run ``fn`` once no reader is inside; False if that took longer than ``timeout``.
 
-        Resizes are rare, so polling keeps the readers' side free of any signalling.
+        Resizes are rare, so polling keeps the readers' side free of any
+        signalling. ``idle()`` is called between two looks (other work the
+        waiting thread owes).
         """
         deadline = time.monotonic() + timeout
         while True:
@@ -49,4 +53,6 @@ class ReadGate:
                     return True
             if time.monotonic() >= deadline:
                 return False
+            if idle is not None:
+                idle()
             time.sleep(_POLL)

@@ -230,11 +230,11 @@ class ReadSnapshot:
 
     def __init__(
         self,
-        begin: Callable[[], lmdb.Transaction],
+        txn: lmdb.Transaction,
         end: Callable[[lmdb.Transaction], None],
         executor: Executor,
     ) -> None:
-        self._txn: lmdb.Transaction | None = begin()
+        self._txn: lmdb.Transaction | None = txn
         self._end = end
         self._executor = executor
         self._lock = asyncio.Lock()
@@ -264,7 +264,7 @@ class ReadSnapshot:
                 try:
                     return await asyncio.shield(work)
                 except asyncio.CancelledError:
-                    await asyncio.wait([work])
+                    await _outlast_cancellation(work)
                     raise
             finally:
                 if self._closing:  # release() came meanwhile: this call was the last
@@ -293,3 +293,12 @@ class ReadSnapshot:
 def _ignore_outcome(future: asyncio.Future[Any]) -> None:
     if not future.cancelled():
         future.exception()  # retrieved, so asyncio does not log it
+
+
+async def _outlast_cancellation(work: asyncio.Future[Any]) -> None:
+    """Wait for ``work`` to finish, however many times the waiter is cancelled meanwhile."""
+    while not work.done():
+        try:
+            await asyncio.wait([work])
+        except asyncio.CancelledError:
+            continue

@@ -177,10 +177,11 @@ class Writer:
         """Run ``fn()`` on the writer thread ahead of the queue and block until it is done.
 
         For rare set-up work that must be synchronous (opening a database).
-        The caller blocks until the batch in progress is committed (longer if
-        that batch waits to grow the map); batches never wait for an event
-        loop, so this cannot deadlock. The caller must make sure no session
-        (which may wait for the caller's event loop) is being served.
+        The caller blocks until the batch in progress is committed, or is
+        waiting to resize the map (the writer runs urgent jobs meanwhile);
+        batches never wait for an event loop, so this cannot deadlock. The
+        caller must make sure no session (which may wait for the caller's
+        event loop) is being served.
         """
         urgent = _Urgent(fn)
         with self._lock:
@@ -234,13 +235,10 @@ class Writer:
         """Wait for work; return the next batch, or one exclusive job, or [] to stop."""
         with self._lock:
             while True:
-                while self._urgent:
-                    urgent = self._urgent.popleft()
+                if self._urgent:
                     self._lock.release()
                     try:
-                        urgent.result.set_result(urgent.fn())
-                    except BaseException as exc:
-                        urgent.result.set_exception(exc)
+                        self.run_urgent()
                     finally:
                         self._lock.acquire()
                 if self._queue:
@@ -262,6 +260,22 @@ class Writer:
             with contextlib.suppress(RuntimeError):
                 loop.call_soon_threadsafe(_wake, waiter)
         return jobs
+
+    def run_urgent(self) -> None:
+        """Run the jobs of :meth:`run_now` waiting, on the writer thread.
+
+        Called between batches, and while the writer waits to resize the map
+        (so that a blocked event loop can go on and end its readers).
+        """
+        while True:
+            with self._lock:
+                if not self._urgent:
+                    return
+                urgent = self._urgent.popleft()
+            try:
+                urgent.result.set_result(urgent.fn())
+            except BaseException as exc:
+                urgent.result.set_exception(exc)
 
     def _run(self) -> None:
         # The outcomes of the last commit are held back while another batch

@@ -445,14 +445,25 @@ class AsyncDatabase(Generic[K, V]):
                 "use drop(delete=False) to empty it there"
             )
 
-        async def delete_and_forget() -> None:
-            try:
-                await self.env._write_alone(self._delete)
-            finally:
-                self._forget_deleted()
+        await self._write_alone_then_forget(self._delete, self._forget_deleted)
 
-        # Shielded: once submitted, a cancelled caller must not skip the forgetting.
-        await asyncio.shield(asyncio.ensure_future(delete_and_forget()))
+    async def _write_alone_then_forget(
+        self, delete: Callable[[lmdb.Transaction], None], forget: Callable[[], None]
+    ) -> None:
+        """Run ``delete`` in a write transaction of its own, then ``forget`` what it deleted.
+
+        ``forget`` runs whatever happens (LMDB closes a deleted database's
+        handle at once, even if the transaction then fails), and a cancelled
+        caller does not skip it: the work goes on without the caller.
+        """
+
+        async def delete_then_forget() -> None:
+            try:
+                await self.env._write_alone(delete)
+            finally:
+                forget()
+
+        await asyncio.shield(asyncio.ensure_future(delete_then_forget()))
 
     # What drop() does, as hooks: a collection empties and deletes its indexes
     # in the same transaction as its records.

@@ -367,7 +367,7 @@ class AsyncEnvironment:
             current = self._current.get()
             holder = (
                 "this write transaction"
-                if current is not None and current.sees_own_writes
+                if current is not None and current.active and current.sees_own_writes
                 else "a write transaction of another task"
             )
             raise TransactionError(
@@ -483,26 +483,32 @@ class AsyncEnvironment:
 
     def _begin_write(self) -> lmdb.Transaction:
         """Begin a write transaction (on the writer thread), adopting another process's growth."""
-        return self._adopting_map_size(lambda: self._lmdb.begin(write=True))
+        return self._adopting_map_size(
+            lambda: self._lmdb.begin(write=True), idle=self._writer.run_urgent
+        )
 
-    def _adopting_map_size(self, fn: Callable[[], R]) -> R:
+    def _adopting_map_size(self, fn: Callable[[], R], idle: Callable[[], None] | None = None) -> R:
         try:
             return fn()
         except lmdb.MapResizedError:
             # Another process grew the map: adopt its size, then try again.
-            self._adopt_map_size(MAP_RESIZE_WAIT)
+            self._adopt_map_size(MAP_RESIZE_WAIT, idle)
             return fn()
 
     def _end_read(self, txn: lmdb.Transaction) -> None:
         txn.abort()
         self._gate.leave()
 
-    def _adopt_map_size(self, wait: float) -> None:
-        if not self._gate.run_alone(lambda: self._lmdb.set_mapsize(0), wait):
+    def _adopt_map_size(self, wait: float, idle: Callable[[], None] | None = None) -> None:
+        if not self._gate.run_alone(lambda: self._lmdb.set_mapsize(0), wait, idle):
+            held = (
+                f"some stayed open {wait} s (a read snapshot held open?)"
+                if wait
+                else ("some were open (reads in progress, or a read snapshot); try again")
+            )
             raise MapNotAdoptedError(
                 f"environment {self._name}: another process grew the map, and this process "
-                "can adopt the new size only while none of its read transactions is open; "
-                f"some stayed open {wait} s (a read snapshot held open?)"
+                f"can adopt the new size only while none of its read transactions is open; {held}"
             )
 
     def _grow_if_crowded(self) -> None:
@@ -517,16 +523,23 @@ class AsyncEnvironment:
         except lmdb.Error as exc:
             logger.warning("environment %s: growing the map failed: %s", self._name, exc)
 
-    def _grow_map(self, wait: float = MAP_RESIZE_WAIT) -> str | None:
+    def _grow_map(self, wait: float | None = None) -> str | None:
         """Double the map (on the writer thread); None when done, else why not.
 
-        Waits up to ``wait`` seconds for this process's read transactions to end.
+        Waits up to ``wait`` seconds (default ``MAP_RESIZE_WAIT``) for this
+        process's read transactions to end, running urgent writer jobs meanwhile.
         """
+        if wait is None:
+            wait = MAP_RESIZE_WAIT
         size = int(self._lmdb.info()["map_size"])
         if size >= self._max_map_size:
             return f"the map is at max_map_size ({self._max_map_size} bytes)"
         new_size = min(size * 2, self._max_map_size)
-        if not self._gate.run_alone(lambda: self._lmdb.set_mapsize(new_size), wait):
+
+        def resize() -> None:
+            self._lmdb.set_mapsize(new_size)
+
+        if not self._gate.run_alone(resize, wait, self._writer.run_urgent):
             return (
                 f"growing the map to {new_size} bytes waited {wait} s in vain "
                 "for read transactions of this process to end (a read snapshot held open?)"
@@ -576,14 +589,32 @@ class AsyncEnvironment:
         result: R = await self._writer.submit_exclusive(alone)
         return result
 
-    def _new_snapshot(self) -> ReadSnapshot:
-        snapshot = ReadSnapshot(self._begin_read, self._end_read, self._pool)
+    async def _new_snapshot(self) -> ReadSnapshot:
+        try:
+            txn = self._begin_read()
+        except MapNotAdoptedError:
+            # Adopting another process's growth waits for this process's
+            # readers: on a reader thread, not the event loop.
+            loop = asyncio.get_running_loop()
+            work = loop.run_in_executor(self._pool, self._begin_read, MAP_RESIZE_WAIT)
+            try:
+                txn = await asyncio.shield(work)
+            except asyncio.CancelledError:
+                work.add_done_callback(self._end_unwanted_read)
+                raise
+        snapshot = ReadSnapshot(txn, self._end_read, self._pool)
         self._snapshots.add(snapshot)
         return snapshot
 
+    def _end_unwanted_read(self, begun: asyncio.Future[lmdb.Transaction]) -> None:
+        if not begun.cancelled() and begun.exception() is None:
+            self._end_read(begun.result())
+
     async def _end_snapshot(self, snapshot: ReadSnapshot) -> None:
-        await snapshot.release()
-        self._snapshots.discard(snapshot)
+        try:
+            await snapshot.release()
+        finally:
+            self._snapshots.discard(snapshot)
 
     async def _start_session(self) -> WriteSession:
         session = WriteSession(self._lmdb, self._begin_write, self._name)

@@ -77,7 +77,7 @@ class Transaction:
         elif self.write:
             self._session = await self.env._start_session()
         else:
-            self._snapshot = self.env._new_snapshot()
+            self._snapshot = await self.env._new_snapshot()
         self._state = _ACTIVE
         self._token = self.env._current.set(self)
         return self
@@ -145,10 +145,13 @@ class Transaction:
         elif self._session is not None:
             session = self._session
             if self._savepoint is not None:
-                if session.ended:
-                    return  # gone with its enclosing transaction
-                savepoint = self._savepoint
-                await (session.release(savepoint) if commit else session.rollback(savepoint))
+                try:
+                    savepoint = self._savepoint
+                    await (session.release(savepoint) if commit else session.rollback(savepoint))
+                except TransactionError:
+                    if commit or not session.ended:
+                        raise
+                    # Rolled back already: its enclosing transaction ended meanwhile.
             else:
                 self.env._end_session(session)
                 if session.ended and not commit:
@@ -160,6 +163,9 @@ class Transaction:
             raise TransactionError(f"cannot {action} a transaction that was not entered")
         if self._state == _ENDED:
             raise TransactionError(f"cannot {action}: the transaction has already ended")
+        session = self._session
+        if self._owner and session is not None and session.depth > self._depth:
+            raise TransactionError(f"cannot {action}: a savepoint opened inside is still open")
         self.check_usable()
 
     def check_usable(self) -> None:

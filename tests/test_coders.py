@@ -254,13 +254,16 @@ def test_pydantic_subclass_aliases_computed_fields(fmt: str) -> None:
 class Measure(BaseModel):
     value: float
     note: str | None = None
+    maybe: float | None = None
 
 
 @pytest.mark.parametrize("bad", [float("nan"), float("inf"), float("-inf")])
 def test_pydantic_json_refuses_a_float_it_would_write_as_null(bad: float) -> None:
     coder = PydanticCoder(Measure)
-    with pytest.raises(EncodeError, match=r"Measure.*would not read back.*value"):
+    with pytest.raises(EncodeError, match=r"Measure.*NaN or infinite float.*msgpack"):
         coder.serialize(Measure(value=bad))
+    with pytest.raises(EncodeError, match="NaN or infinite"):
+        coder.serialize(Measure(value=1.0, maybe=bad))  # would read back as None
     # None is written as null and reads back: still accepted.
     assert coder.deserialize(coder.serialize(Measure(value=1.0))) == Measure(value=1.0)
     packed = PydanticCoder(Measure, format="msgpack")
@@ -277,6 +280,22 @@ class Secret(BaseModel):
 class Hidden(BaseModel):
     name: str
     cache: str = Field("", exclude=True)
+
+
+class Inner(BaseModel):
+    name: str
+    secret: str = Field(exclude=True)
+
+
+class Outer(BaseModel):
+    inner: Inner
+    others: list[Inner] = []
+
+
+def test_pydantic_checks_every_dump_when_a_nested_model_excludes_fields() -> None:
+    coder = PydanticCoder(Outer)
+    with pytest.raises(EncodeError, match=r"Outer.*would not read back.*secret"):
+        coder.serialize(Outer(inner=Inner(name="a", secret="s")))
 
 
 def test_pydantic_refuses_a_model_it_could_never_read_back() -> None:

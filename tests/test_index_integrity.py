@@ -3,6 +3,7 @@ oversized index keys, lossy value coders, drops, look-alike names, crashes."""
 
 from __future__ import annotations
 
+import asyncio
 import math
 from collections.abc import AsyncIterator
 from pathlib import Path
@@ -109,6 +110,51 @@ async def test_a_write_aborted_while_undeclared_marks_nothing(tmp_path: Path) ->
         assert await WithEmail(env).by_email.get("a@x") == account(1, "a@x")
 
 
+async def test_an_index_open_elsewhere_notices_writes_made_without_it(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    # Two declarations of one collection open at once (two versions of the
+    # code, say): writes through the one without the index make it out of date.
+    with_bio = await WithBio.open(env)
+    await with_bio.put(1, account(1, "a@x", "old"))
+    without = OnlyEmail(env)
+    await without.put(1, account(1, "a@x", "new"))
+    with pytest.raises(aiolmdb.AiolmdbError, match="by_bio is out of date"):
+        await with_bio.by_bio.get_all("new")
+    with pytest.raises(aiolmdb.AiolmdbError, match="not built"):
+        await with_bio.delete(1)
+    await with_bio.build_indexes()
+    assert await with_bio.by_bio.get_all("new") == [account(1, "a@x", "new")]
+    assert await with_bio.by_bio.get_all("old") == []
+
+
+class OnlyEmail(Collection[int, Account]):
+    key_coder = UInt64Coder()
+    name = "accounts"
+    by_email = Index(lambda a: a.email, StringCoder(), unique=True)
+
+
+async def test_index_storage_cannot_meet_a_database_of_the_same_look(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    lookalike = env.open_db("accounts.by_bio")
+    await lookalike.put(b"mine", b"untouched")
+    accounts = await WithBio.open(env)
+    await accounts.put(1, account(1, "a@x", "hi"))
+    await accounts.drop(delete=True)
+    assert [item async for item in env.open_db("accounts.by_bio").items()] == [
+        (b"mine", b"untouched")
+    ]
+
+
+def test_reserved_collection_names_are_refused() -> None:
+    with pytest.raises(TypeError, match="reserved"):
+
+        class Sneaky(Collection[int, Account]):
+            key_coder = UInt64Coder()
+            name = "__aiolmdb__/index/accounts/by_bio"
+
+
 # -- index keys beyond LMDB's key size --------------------------------------------
 
 
@@ -182,7 +228,7 @@ async def test_a_value_that_would_not_read_back_is_refused(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
     readings = Readings(env)
-    with pytest.raises(aiolmdb.EncodeError, match=r"Readings.*key 1.*read back"):
+    with pytest.raises(aiolmdb.EncodeError, match=r"Readings.*key 1.*NaN"):
         await readings.put(1, Reading(value=math.nan))
     assert await readings.get(1) is None
     await readings.put(2, Reading(value=1.5))
@@ -265,7 +311,28 @@ async def test_drop_removed_indexes_deletes_storage_and_declaration(
         fewer = WithEmail(env)
         assert fewer.removed_indexes == ["by_bio"]
         assert await fewer.drop_removed_indexes() == ["by_bio"]
-        assert "accounts.by_bio" not in [name async for name in _names(env)]
+        assert "__aiolmdb__/index/accounts/by_bio" not in [name async for name in _names(env)]
+    async with aiolmdb.open(path) as env:
+        assert WithEmail(env).removed_indexes == []
+
+
+async def test_a_cancelled_drop_removed_indexes_still_completes(tmp_path: Path) -> None:
+    path = tmp_path / "env"
+    async with aiolmdb.open(path) as env:
+        await (await WithBio.open(env)).put(1, account(1, "a@x", "hi"))
+    async with aiolmdb.open(path) as env:
+        fewer = WithEmail(env)
+        dropping = asyncio.create_task(fewer.drop_removed_indexes())
+        await asyncio.sleep(0)
+        dropping.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await dropping
+        for _ in range(200):  # it goes on without its caller
+            if not fewer.removed_indexes:
+                break
+            await asyncio.sleep(0.01)
+        assert fewer.removed_indexes == []
+        assert await fewer.drop_removed_indexes() == []
     async with aiolmdb.open(path) as env:
         assert WithEmail(env).removed_indexes == []
 

@@ -431,7 +431,7 @@ async def test_changed_index_is_rebuilt_and_removed_one_dropped(tmp_path: Path) 
         assert found is not None and found.id == 1
         assert await v2.drop_removed_indexes() == ["by_city_age", "by_nickname", "by_tag"]
         with pytest.raises(aiolmdb.DatabaseNotFoundError):
-            env.open_db("Users.by_tag", create=False)
+            env.open_db("__aiolmdb__/index/Users/by_tag", create=False)
     async with aiolmdb.open(tmp_path / "e") as env:
         assert UsersV2(env).removed_indexes == []
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import time
 import uuid
 from collections.abc import Callable
 from datetime import datetime, timezone
@@ -220,6 +221,25 @@ async def write_in_a_transaction(
 ) -> None:
     async with env.transaction():
         await db.put(0, b"%d" % i)
+
+
+async def test_opening_a_database_while_the_writer_waits_to_grow_the_map(
+    open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer waits for this task's snapshot to end before it can grow the
+    # map; opening a database meanwhile must not block the event loop for it.
+    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 3.0)
+    env = open_env(map_size=MiB)
+    db = env.open_db("data", key_coder=UInt32Coder())
+    async with env.transaction(write=False):
+        await db.get(0)
+        writing = detached(db.put_multi({i: value(i) for i in range(1, 40)}))
+        await asyncio.sleep(0.2)  # the writer now waits for the snapshot
+        started = time.monotonic()
+        other = env.open_db("other")
+        assert time.monotonic() - started < 1.0
+    assert await bounded(writing, timeout=20) == 39  # grown once the snapshot ended
+    assert await other.put(b"k", b"v")
 
 
 # -- bad input ---------------------------------------------------------------------

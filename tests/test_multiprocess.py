@@ -13,6 +13,7 @@ import os
 import select
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -246,5 +247,31 @@ async def test_a_read_while_a_snapshot_blocks_adopting_a_grown_map(
             ticker.cancel()
             assert ticks >= 10  # the loop ran while the read waited
         assert await bounded(db.get(b"before")) == b"1"  # adopted once the snapshot ended
+    finally:
+        await bounded(env.close())
+
+
+async def test_a_snapshot_entered_while_a_read_runs_adopts_a_grown_map(tmp_path: Path) -> None:
+    path = str(tmp_path / "env")
+    env = aiolmdb.open(path, map_size=1024 * 1024)
+    try:
+        db = env.open_db("mine")
+        await db.put(b"before", b"1")
+        release = threading.Event()
+
+        def slow_read(txn: aiolmdb.DatabaseTxn[bytes, bytes]) -> bytes | None:
+            release.wait(10)
+            return txn.get(b"before")
+
+        reading = asyncio.create_task(db.run(slow_read))  # holds a reader thread's transaction
+        await asyncio.sleep(0.1)
+        with children(["grow", path, "8"]) as (grower,):
+            grower.go()
+            grower.read_line()
+            grower.finish()
+        asyncio.get_running_loop().call_later(0.3, release.set)
+        async with env.transaction(write=False):  # waits on a reader thread, not the loop
+            assert await db.get(b"before") == b"1"
+        assert await bounded(reading) == b"1"
     finally:
         await bounded(env.close())

@@ -382,6 +382,25 @@ async def test_a_commit_refused_at_block_exit_still_ends_the_transaction(
     assert await bounded(left.put(b"after", b"v"))
 
 
+async def test_the_writer_refuses_a_commit_with_a_savepoint_still_open(
+    env: Env, left: BytesDB
+) -> None:
+    # What the loop side refuses first, the writer refuses too: it never
+    # commits a savepoint into its parent as if it were the whole transaction.
+    async with env.transaction() as txn:
+        await left.put(b"a", b"1")
+        session = txn._session
+        assert session is not None
+        savepoint = await session.savepoint()
+        session.savepoints.clear()  # the loop side's view drifts
+        with pytest.raises(aiolmdb.TransactionError, match="not the innermost"):
+            await session.release(savepoint + 1)
+        with pytest.raises(aiolmdb.TransactionError, match=r"savepoint still open.*aborted"):
+            await txn.commit()
+    assert await left.count() == 0
+    assert await bounded(left.put(b"after", b"v"))
+
+
 # -- read snapshots -----------------------------------------------------------
 
 
@@ -444,6 +463,37 @@ async def test_a_snapshot_ends_even_if_its_owner_is_cancelled_while_exiting(
     finish.set()
     assert await bounded(side[0]) == b"v"
     assert env._gate._readers == 0  # the LMDB read transaction has ended
+
+
+async def test_a_snapshot_call_cancelled_twice_keeps_its_transaction_until_done(
+    env: Env, left: BytesDB
+) -> None:
+    await left.put(b"k", b"v")
+    started = threading.Event()
+    finish = threading.Event()
+    seen: list[bytes | None] = []
+
+    def slow_read(txn: aiolmdb.DatabaseTxn[bytes, bytes]) -> None:
+        started.set()
+        finish.wait(5)
+        seen.append(txn.get(b"k"))
+
+    snapshot = env.transaction(write=False)
+    await snapshot.__aenter__()
+    call = asyncio.create_task(left.run(slow_read, txn=snapshot))
+    await asyncio.to_thread(started.wait, 5)
+    ending = asyncio.create_task(snapshot.abort())  # waits for the call in flight
+    await asyncio.sleep(0.01)
+    for _ in range(2):
+        call.cancel()
+        await asyncio.sleep(0.01)
+    assert env._gate._readers == 1  # still in use by the worker
+    finish.set()
+    with pytest.raises(asyncio.CancelledError):
+        await bounded(call)
+    await bounded(ending)
+    assert seen == [b"v"]
+    assert env._gate._readers == 0
 
 
 async def test_writing_inside_a_read_snapshot_raises(env: Env, left: BytesDB) -> None:
@@ -609,6 +659,7 @@ async def test_a_cancelled_drop_still_forgets_its_handle(env: Env) -> None:
         await asyncio.sleep(0.01)
     with pytest.raises(aiolmdb.AiolmdbError, match="dropped"):
         await doomed.get(b"k")
+    assert all(not opened.dropped for opened in env._handles.values())  # forgotten
     again = env.open_db("doomed")
     assert await again.get(b"k") is None
     assert await again.put(b"k2", b"v")

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import typing
 from typing import Any, Literal, TypeVar
 
 import msgpack
@@ -26,12 +28,17 @@ class PydanticCoder(Coder[M]):
     fields only the subclass has are dropped, and decoding returns a
     ``model``. Fields are written under their aliases (unless the model
     disables validation by alias) so that they validate back, and computed
-    fields are left out. As with pydantic's own JSON, infinite and NaN floats
-    are written as ``null`` unless the model sets ``ser_json_inf_nan``; a JSON
-    dump holding ``null`` is checked to read back, so a NaN in a ``float``
-    field is refused with an error instead of being stored unreadable. A
-    model with a required field excluded from dumps (``Field(exclude=True)``)
-    is refused outright: none of its records could be read back.
+    fields are left out.
+
+    What would not read back is refused with an error rather than stored:
+
+    - in JSON, a NaN or infinite float (pydantic writes it as ``null``)
+      unless the model sets ``ser_json_inf_nan``; ``format="msgpack"``
+      stores them as they are;
+    - a model with a required field excluded from dumps (``Field(exclude=True)``)
+      is refused when the coder is made; when a nested model excludes fields,
+      every dump is checked to validate back.
+
     Not ordered.
     """
 
@@ -55,6 +62,8 @@ class PydanticCoder(Coder[M]):
         self.model = model
         self.format = format
         self._adapter = TypeAdapter(model)
+        self._check_every_dump = _excludes_nested_fields(model)
+        self._nan_as_null = model.model_config.get("ser_json_inf_nan", "null") == "null"
         self._by_alias = model.model_config.get("validate_by_alias", True) is not False
 
     def serialize(self, obj: M) -> bytes:
@@ -75,7 +84,15 @@ class PydanticCoder(Coder[M]):
         # for ints beyond 64 bits.
         except (ValueError, TypeError, OverflowError) as e:
             raise encode_error(self, obj, str(e)) from None
-        if b"null" in dumped:  # a None, or a NaN or infinity written as null
+        # null is a None, or a NaN or infinity written as null.
+        if self._nan_as_null and b"null" in dumped and _has_non_finite(obj):
+            raise encode_error(
+                self,
+                obj,
+                "a NaN or infinite float would be stored as null in JSON; use "
+                "format='msgpack', or set the model's ser_json_inf_nan",
+            )
+        if self._check_every_dump:
             self._check_reads_back(obj, dumped)
         return dumped
 
@@ -107,3 +124,39 @@ class PydanticCoder(Coder[M]):
         if self.format == "json":
             return f"PydanticCoder({name})"
         return f"PydanticCoder({name}, format={self.format!r})"
+
+
+def _excludes_nested_fields(model: type[BaseModel]) -> bool:
+    """True when a model nested in ``model``'s fields excludes fields from its dumps."""
+    seen: set[type[BaseModel]] = {model}
+    pending = [model]
+    while pending:
+        for field in pending.pop().model_fields.values():
+            for kind in _types_in(field.annotation):
+                if isinstance(kind, type) and issubclass(kind, BaseModel) and kind not in seen:
+                    if any(f.exclude is True for f in kind.model_fields.values()):
+                        return True
+                    seen.add(kind)
+                    pending.append(kind)
+    return False
+
+
+def _types_in(annotation: Any) -> list[Any]:
+    """``annotation`` and every type argument inside it."""
+    found = [annotation]
+    for argument in typing.get_args(annotation):
+        found.extend(_types_in(argument))
+    return found
+
+
+def _has_non_finite(value: Any) -> bool:
+    """True when a float inside ``value`` (a model, or containers of them) is NaN or infinite."""
+    if isinstance(value, float):
+        return not math.isfinite(value)
+    if isinstance(value, BaseModel):
+        return any(_has_non_finite(v) for v in value.__dict__.values())
+    if isinstance(value, dict):
+        return any(_has_non_finite(v) for v in value.values())
+    if isinstance(value, (list, tuple, set, frozenset)):
+        return any(_has_non_finite(v) for v in value)
+    return False

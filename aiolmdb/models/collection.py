@@ -111,6 +111,11 @@ class Collection(AsyncDatabase[K, M]):
             )
         if "name" not in cls.__dict__:
             cls.name = cls.__name__
+        if isinstance(cls.name, str) and cls.name.startswith(META_DATABASE):
+            raise TypeError(
+                f"Collection {cls.__qualname__}: names starting with {META_DATABASE!r} "
+                f"are reserved, got {cls.name!r}"
+            )
         if cls._declared_indexes and not isinstance(cls.name, str):
             raise TypeError(
                 f"Collection {cls.__qualname__} has indexes, so its name must be a str, "
@@ -202,9 +207,9 @@ class Collection(AsyncDatabase[K, M]):
             self._unbuilt = []
 
     def _open_index_db(self, index_name: str, create: bool) -> OpenedHandle:
-        return self.env._open_handle(
-            f"{self._index_base}.{index_name}", f"{self._label}.{index_name}", create, {}
-        )
+        # Under the reserved prefix: no user database can be named like it.
+        name = f"{META_DATABASE}/{self._meta_key(index_name).decode()}"
+        return self.env._open_handle(name, f"{self._label}.{index_name}", create, {})
 
     def _require_indexes_built(self) -> None:
         if self._unbuilt:
@@ -212,6 +217,17 @@ class Collection(AsyncDatabase[K, M]):
                 f"collection {self._label}: indexes {self._unbuilt} are not built yet; "
                 f"await {type(self).__name__}.open(env) or await collection.build_indexes()"
             )
+
+    def _require_indexes_current(self, t: lmdb.Transaction) -> None:
+        """Raise unless every index is built and recorded as built in ``t``.
+
+        Another declaration of the collection (another version of the code,
+        in this process or another) may have written records without an
+        index since this one was opened: it then recorded the index as stale.
+        """
+        self._require_indexes_built()
+        for index in self._indexes:
+            index._require_current(t)
 
     async def build_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Build the indexes that are new or changed (no-op when there are none).
@@ -248,25 +264,32 @@ class Collection(AsyncDatabase[K, M]):
         removed = list(self.removed_indexes)
         if removed:
             self._resolve(None)
-            await self.env._write_alone(self._delete_removed)
-            self._forget_removed()
+            await self._write_alone_then_forget(self._delete_removed, self._forget_removed)
         return removed
 
     def _delete_removed(self, t: lmdb.Transaction) -> None:
         if self._meta is None:
             return  # nothing was ever recorded
         for opened in self._removed_handles:
-            opened.dropped = True  # LMDB closes the handle at once
-            t.drop(opened.db, delete=True)
+            if not opened.dropped:  # else an earlier attempt closed it
+                opened.dropped = True  # LMDB closes the handle at once
+                t.drop(opened.db, delete=True)
         for name in self.removed_indexes:
             t.delete(self._meta_key(name), db=self._meta._db)
 
     def _forget_removed(self) -> None:
+        """After :meth:`_delete_removed` ran: forget the indexes it dropped."""
+        kept = [
+            (name, opened)
+            for name, opened in zip(self.removed_indexes, self._removed_handles, strict=True)
+            if not opened.dropped
+        ]
         for opened in self._removed_handles:
-            self.env._forget_handle(opened)
-        self._removed_handles = []
-        self.removed_indexes = []
-        self._plain_writes = not self._indexes
+            if opened.dropped:
+                self.env._forget_handle(opened)
+        self.removed_indexes = [name for name, _ in kept]
+        self._removed_handles = [opened for _, opened in kept]
+        self._plain_writes = not (self._indexes or self.removed_indexes)
 
     def _mark_removed_stale(self, t: lmdb.Transaction) -> None:
         """In a write's transaction: the removed indexes missed it, so if they are
@@ -310,8 +333,7 @@ class Collection(AsyncDatabase[K, M]):
                 if report is not None and done % PROGRESS_EVERY == 0:
                     report(done, total)
         for index in chosen:
-            signature = json.dumps(index.index.signature()).encode()
-            t.put(self._meta_key(index.index.name), signature, db=meta_db)
+            t.put(index._meta_key, index._signature, db=meta_db)
         if report is not None:
             report(done, total)
 
@@ -346,7 +368,7 @@ class Collection(AsyncDatabase[K, M]):
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._store(t, raw_key, raw_value, value, overwrite)
-        self._require_indexes_built()
+        self._require_indexes_current(t)
         old_buf = t.get(raw_key, db=self._db)
         if old_buf is not None and not overwrite:
             return False
@@ -382,7 +404,7 @@ class Collection(AsyncDatabase[K, M]):
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._remove(t, raw_key)
-        self._require_indexes_built()
+        self._require_indexes_current(t)
         old_buf = t.get(raw_key, db=self._db)
         if old_buf is None:
             return False

@@ -10,6 +10,7 @@ that checking and looking up a value is one ``get``.
 
 from __future__ import annotations
 
+import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
@@ -19,7 +20,7 @@ from .._scan import Fetch, prefix_end
 from ..coders import Coder
 from ..coders.base import escape_element, unescape_element
 from ..database import OpenedHandle, _show
-from ..errors import EncodeError, UniqueViolationError, UnorderedKeyError
+from ..errors import AiolmdbError, EncodeError, UniqueViolationError, UnorderedKeyError
 
 if TYPE_CHECKING:
     from ..transaction import Transaction
@@ -142,7 +143,23 @@ class BoundIndex(Generic[K, M, IK]):
         self.collection = collection
         self._opened = opened
         self._db = opened.db
+        # Where the collection records the declaration this index was built for.
+        self._meta_key = collection._meta_key(index.name)
+        self._signature = json.dumps(index.signature()).encode()
         self._label = f"index {collection._label}.{index.name}"
+
+    def _require_current(self, t: lmdb.Transaction) -> None:
+        """Raise unless ``t`` records this index as built for its declaration."""
+        meta = self.collection._meta
+        assert meta is not None  # opened with the declared indexes
+        if t.get(self._meta_key, db=meta._db) != self._signature:
+            unbuilt = self.collection._unbuilt
+            if self.index.name not in unbuilt:
+                unbuilt.append(self.index.name)
+            raise AiolmdbError(
+                f"{self._label} is out of date: records were written by a declaration of "
+                "the collection without it; await collection.build_indexes()"
+            )
 
     # -- maintenance (runs inside the collection's write transactions) ---
 
@@ -300,6 +317,8 @@ class BoundIndex(Generic[K, M, IK]):
         collection._require_indexes_built()
 
         def fetcher(t: lmdb.Transaction) -> Fetch:
+            self._require_current(t)
+
             def record_of(entry: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
                 # The entry names the record; fetch it in the same transaction.
                 raw_key = self._record_key(entry, value)
@@ -377,6 +396,7 @@ class BoundIndex(Generic[K, M, IK]):
         collection._require_indexes_built()
 
         def read(t: lmdb.Transaction) -> M | None:
+            self._require_current(t)
             holder = t.get(entry, db=self._db)
             if holder is None:
                 return None
@@ -414,10 +434,16 @@ class BoundIndex(Generic[K, M, IK]):
         self.collection._require_indexes_built()
         ctx = self.collection._resolve(txn)[1]
         if value is None:
-            return await self.collection.env._read(lambda t: int(t.stat(self._db)["entries"]), ctx)
+
+            def count_all(t: lmdb.Transaction) -> int:
+                self._require_current(t)
+                return int(t.stat(self._db)["entries"])
+
+            return await self.collection.env._read(count_all, ctx)
         entry = self._exact(value)
 
         def count_entries(t: lmdb.Transaction) -> int:
+            self._require_current(t)
             found = 0
             with t.cursor(self._db) as cursor:
                 more = cursor.set_range(entry)
