@@ -167,6 +167,15 @@ async def test_read_snapshot_stays_consistent_while_another_process_commits(
         await bounded(env.close())
 
 
+def grow_in_another_process(path: str) -> None:
+    """Have a child process write 8 MiB into the environment, growing its 1 MiB map."""
+    with children(["grow", path, "8"]) as (grower,):
+        grower.go()
+        line = grower.read_line()
+        grower.finish()
+    assert int(line.split()[1]) > 1024 * 1024  # the child grew the map
+
+
 @pytest.mark.parametrize("how", ["put", "transaction", "open_db"])
 async def test_write_after_another_process_grew_the_map(tmp_path: Path, how: str) -> None:
     path = str(tmp_path / "env")
@@ -174,11 +183,7 @@ async def test_write_after_another_process_grew_the_map(tmp_path: Path, how: str
     try:
         db = env.open_db("mine")
         await db.put(b"before", b"1")
-        with children(["grow", path, "8"]) as (grower,):
-            grower.go()
-            line = grower.read_line()
-            grower.finish()
-        assert int(line.split()[1]) > 1024 * 1024  # the child grew the map
+        grow_in_another_process(path)
         if how == "put":
             assert await bounded(db.put(b"after", b"2"))
         elif how == "open_db":
@@ -201,11 +206,7 @@ async def test_read_after_another_process_grew_the_map(tmp_path: Path) -> None:
     try:
         db = env.open_db("mine")
         await db.put(b"before", b"1")
-        with children(["grow", path, "8"]) as (grower,):
-            grower.go()
-            line = grower.read_line()
-            grower.finish()
-        assert int(line.split()[1]) > 1024 * 1024
+        grow_in_another_process(path)
         assert await db.get(b"before") == b"1"  # a read adopts the grown map
         bulk = env.open_db("bulk")
         assert await bulk.get(b"%08d" % 5) == bytes([5]) * 4000
@@ -228,10 +229,7 @@ async def test_a_read_while_a_snapshot_blocks_adopting_a_grown_map(
         db = env.open_db("mine")
         await db.put(b"before", b"1")
         async with env.transaction(write=False):
-            with children(["grow", path, "8"]) as (grower,):
-                grower.go()
-                grower.read_line()
-                grower.finish()
+            grow_in_another_process(path)
             ticks = 0
 
             async def tick() -> None:
@@ -265,10 +263,7 @@ async def test_a_snapshot_entered_while_a_read_runs_adopts_a_grown_map(tmp_path:
 
         reading = asyncio.create_task(db.run(slow_read))  # holds a reader thread's transaction
         await asyncio.sleep(0.1)
-        with children(["grow", path, "8"]) as (grower,):
-            grower.go()
-            grower.read_line()
-            grower.finish()
+        grow_in_another_process(path)
         asyncio.get_running_loop().call_later(0.3, release.set)
         async with env.transaction(write=False):  # waits on a reader thread, not the loop
             assert await db.get(b"before") == b"1"
