@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import TypeVar
 
 import pytest
+from conftest import WriterGate
 from pydantic import BaseModel, Field
 
 import aiolmdb
@@ -121,11 +122,31 @@ async def test_an_index_open_elsewhere_notices_writes_made_without_it(
     await without.put(1, account(1, "a@x", "new"))
     with pytest.raises(aiolmdb.AiolmdbError, match="by_bio is out of date"):
         await with_bio.by_bio.get_all("new")
-    with pytest.raises(aiolmdb.AiolmdbError, match="not built"):
+    with pytest.raises(aiolmdb.AiolmdbError, match="by_bio is out of date"):
         await with_bio.delete(1)
     await with_bio.build_indexes()
     assert await with_bio.by_bio.get_all("new") == [account(1, "a@x", "new")]
     assert await with_bio.by_bio.get_all("old") == []
+
+
+async def test_a_write_without_the_index_in_the_same_group_commit_is_noticed(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    with_bio = await WithBio.open(env)
+    without = OnlyEmail(env)
+    gate = WriterGate(env.open_db("gate"))
+    await gate.hold()  # the three writes below go into one group commit, in order
+    writes = [
+        asyncio.ensure_future(with_bio.put(1, account(1, "a@x", "one"))),
+        asyncio.ensure_future(without.put(2, account(2, "b@x", "two"))),
+        asyncio.ensure_future(with_bio.put(3, account(3, "c@x", "three"))),
+    ]
+    await asyncio.sleep(0.05)
+    await gate.release()
+    results = await asyncio.gather(*writes, return_exceptions=True)
+    assert results[:2] == [True, True]
+    assert isinstance(results[2], aiolmdb.AiolmdbError)
+    assert "out of date" in str(results[2])
 
 
 class OnlyEmail(Collection[int, Account]):

@@ -76,6 +76,8 @@ class Collection(AsyncDatabase[K, M]):
     name: str | bytes | None
     _declared_coders: ClassVar[tuple[Coder[Any], Coder[Any]] | None] = None
     _declared_indexes: ClassVar[tuple[Index[Any], ...]] = ()
+    #: How many times an index was marked stale in this process.
+    _stale_marks: ClassVar[int] = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -140,6 +142,8 @@ class Collection(AsyncDatabase[K, M]):
         self.removed_indexes: list[str] = []
         self._removed_handles: list[OpenedHandle] = []
         self._meta: AsyncDatabase[bytes, bytes] | None = None
+        # The write transaction (and count of stale marks) the indexes were last checked in.
+        self._checked_in: tuple[lmdb.Transaction, int] | None = None
         if isinstance(self.name, str):  # a collection with indexes has a str name
             self._open_indexes(self.name, create)
 
@@ -226,8 +230,12 @@ class Collection(AsyncDatabase[K, M]):
         index since this one was opened: it then recorded the index as stale.
         """
         self._require_indexes_built()
+        last = self._checked_in
+        if last is not None and last[0] is t and last[1] == Collection._stale_marks:
+            return  # checked in this transaction, and nothing was marked stale since
         for index in self._indexes:
             index._require_current(t)
+        self._checked_in = (t, Collection._stale_marks)
 
     async def build_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Build the indexes that are new or changed (no-op when there are none).
@@ -237,9 +245,10 @@ class Collection(AsyncDatabase[K, M]):
         is built. ``progress(names, done, total)`` is called on the event loop
         every 10 000 records; progress is also logged to ``aiolmdb.models``.
         """
-        if not self._unbuilt:
+        self._resolve(None)
+        names = await self._indexes_to_build()
+        if not names:
             return
-        names = list(self._unbuilt)
         loop = asyncio.get_running_loop()
 
         def report(done: int, total: int) -> None:
@@ -247,9 +256,23 @@ class Collection(AsyncDatabase[K, M]):
             if progress is not None:
                 loop.call_soon_threadsafe(progress, names, done, total)
 
-        self._resolve(None)
         await self.env._write_alone(lambda t: self._build(t, names, report))
         self._unbuilt = [name for name in self._unbuilt if name not in names]
+
+    async def _indexes_to_build(self) -> list[str]:
+        """The indexes not built yet, or recorded stale since (by another declaration)."""
+        if self._meta is None:
+            return []
+        meta_db = self._meta._db
+
+        def to_build(t: lmdb.Transaction) -> list[str]:
+            return [
+                index.index.name
+                for index in self._indexes
+                if index.index.name in self._unbuilt or not index._is_current(t, meta_db)
+            ]
+
+        return await self.env._read(to_build, None)
 
     async def rebuild_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Rebuild every index of the collection from its records."""
@@ -306,6 +329,7 @@ class Collection(AsyncDatabase[K, M]):
             if not signature.get("stale"):
                 signature["stale"] = True
                 t.put(key, json.dumps(signature).encode(), db=self._meta._db)
+                Collection._stale_marks += 1
 
     def _build_now(self, names: list[str], report: Callable[[int, int], None] | None) -> None:
         with self.env._lmdb.begin(write=True) as t:

@@ -152,14 +152,14 @@ class BoundIndex(Generic[K, M, IK]):
         """Raise unless ``t`` records this index as built for its declaration."""
         meta = self.collection._meta
         assert meta is not None  # opened with the declared indexes
-        if t.get(self._meta_key, db=meta._db) != self._signature:
-            unbuilt = self.collection._unbuilt
-            if self.index.name not in unbuilt:
-                unbuilt.append(self.index.name)
+        if not self._is_current(t, meta._db):
             raise AiolmdbError(
                 f"{self._label} is out of date: records were written by a declaration of "
                 "the collection without it; await collection.build_indexes()"
             )
+
+    def _is_current(self, t: lmdb.Transaction, meta_db: Any) -> bool:
+        return t.get(self._meta_key, db=meta_db) == self._signature
 
     # -- maintenance (runs inside the collection's write transactions) ---
 
