@@ -375,7 +375,7 @@ class Collection(AsyncDatabase[K, M]):
             return  # no index, declared or removed
         for index in self._indexes:
             index._drop_storage(t)
-            t.delete(self._meta_key(index.index.name), db=self._meta._db)
+            t.delete(index._meta_key, db=self._meta._db)
         self._delete_removed(t)
 
     def _forget_deleted(self) -> None:
