@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from pydantic import BaseModel, ConfigDict, Field, computed_field
+from pydantic import BaseModel, ConfigDict, Field, computed_field, field_serializer
 from typing_extensions import assert_type
 
 from aiolmdb.coders import (
@@ -270,6 +270,34 @@ def test_pydantic_json_refuses_a_float_it_would_write_as_null(bad: float) -> Non
     assert packed.deserialize(packed.serialize(Measure(value=bad))).value == pytest.approx(
         bad, nan_ok=True
     )
+
+
+class Infinite(BaseModel):
+    model_config = ConfigDict(ser_json_inf_nan="constants")
+    x: float
+
+
+class HoldsInfinite(BaseModel):
+    inner: Infinite
+    note: str | None = None
+
+
+class ToNone(BaseModel):
+    n: int
+
+    @field_serializer("n")
+    def hide(self, n: int) -> int | None:
+        return None
+
+
+def test_pydantic_json_checks_every_dump_that_holds_null() -> None:
+    # A nested model that keeps infinities, next to a None: reads back, stored.
+    coder = PydanticCoder(HoldsInfinite)
+    value = HoldsInfinite(inner=Infinite(x=float("inf")))
+    assert coder.deserialize(coder.serialize(value)) == value
+    # A serializer writing None where the field needs an int: refused.
+    with pytest.raises(EncodeError, match="would not read back"):
+        PydanticCoder(ToNone).serialize(ToNone(n=1))
 
 
 class Secret(BaseModel):

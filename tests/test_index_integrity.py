@@ -14,7 +14,7 @@ from conftest import WriterGate
 from pydantic import BaseModel, Field
 
 import aiolmdb
-from aiolmdb.coders import StringCoder, UInt64Coder
+from aiolmdb.coders import JSONCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
 from aiolmdb.models.index import BoundIndex
 
@@ -174,6 +174,40 @@ def test_reserved_collection_names_are_refused() -> None:
         class Sneaky(Collection[int, Account]):
             key_coder = UInt64Coder()
             name = "__aiolmdb__/index/accounts/by_bio"
+
+
+async def test_an_index_deleted_by_another_declaration_is_built_again_safely(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    with_email = await WithEmail.open(env)
+    await with_email.put(1, account(1, "a@x"))
+    without = await WithoutIndexes.open(env)
+    assert await without.drop_removed_indexes() == ["by_email"]
+    other = env.open_db("other")  # LMDB may give it the deleted index's handle slot
+    await other.put(b"k", b"precious")
+    with pytest.raises(aiolmdb.AiolmdbError, match="by_email: its database was deleted"):
+        await with_email.put(2, account(2, "b@x"))
+    with pytest.raises(aiolmdb.AiolmdbError, match="deleted"):
+        await with_email.by_email.get("a@x")
+    await with_email.build_indexes()
+    assert await with_email.by_email.get("a@x") == account(1, "a@x")
+    assert [item async for item in other.items()] == [(b"k", b"precious")]
+
+
+async def test_indexes_recorded_with_an_older_layout_are_rebuilt(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    accounts = await WithEmail.open(env)
+    await accounts.put(1, account(1, "a@x"))
+    meta = env.open_db("__aiolmdb__", key_coder=StringCoder(), value_coder=JSONCoder())
+    signature = await meta.get("index/accounts/by_email")
+    assert signature is not None and signature.pop("layout") == 2
+    await meta.put("index/accounts/by_email", signature)  # as an older version stored it
+    reopened = WithEmail(env)
+    with pytest.raises(aiolmdb.AiolmdbError, match="not built"):
+        await reopened.by_email.get("a@x")
+    await reopened.build_indexes()
+    assert await reopened.by_email.get("a@x") == account(1, "a@x")
 
 
 # -- index keys beyond LMDB's key size --------------------------------------------

@@ -9,6 +9,7 @@ from typing import Any, Literal, TypeVar
 import msgpack
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
+from ..errors import EncodeError
 from .base import Buffer, Coder, decode_error, encode_error
 
 __all__ = ["PydanticCoder"]
@@ -32,9 +33,10 @@ class PydanticCoder(Coder[M]):
 
     What would not read back is refused with an error rather than stored:
 
-    - in JSON, a NaN or infinite float (pydantic writes it as ``null``)
-      unless the model sets ``ser_json_inf_nan``; ``format="msgpack"``
-      stores them as they are;
+    - a JSON dump holding ``null`` (a None, or what JSON cannot hold: pydantic
+      writes a NaN or infinite float as ``null`` unless the model sets
+      ``ser_json_inf_nan``) is checked to validate back with its NaNs and
+      infinities; ``format="msgpack"`` stores those floats as they are;
     - a model with a required field excluded from dumps (``Field(exclude=True)``)
       is refused when the coder is made; when a nested model excludes fields,
       every dump is checked to validate back.
@@ -63,7 +65,6 @@ class PydanticCoder(Coder[M]):
         self.format = format
         self._adapter = TypeAdapter(model)
         self._check_every_dump = _excludes_nested_fields(model)
-        self._nan_as_null = model.model_config.get("ser_json_inf_nan", "null") == "null"
         self._by_alias = model.model_config.get("validate_by_alias", True) is not False
 
     def serialize(self, obj: M) -> bytes:
@@ -84,26 +85,32 @@ class PydanticCoder(Coder[M]):
         # for ints beyond 64 bits.
         except (ValueError, TypeError, OverflowError) as e:
             raise encode_error(self, obj, str(e)) from None
-        # null is a None, or a NaN or infinity written as null.
-        if self._nan_as_null and b"null" in dumped and _has_non_finite(obj):
-            raise encode_error(
-                self,
-                obj,
-                "a NaN or infinite float would be stored as null in JSON; use "
-                "format='msgpack', or set the model's ser_json_inf_nan",
-            )
-        if self._check_every_dump:
+        # A null is a None, or what pydantic wrote for a value JSON cannot hold
+        # (a NaN, an infinity, a serializer's None): check it reads back.
+        if self._check_every_dump or b"null" in dumped:
             self._check_reads_back(obj, dumped)
         return dumped
 
     def _check_reads_back(self, obj: M, dumped: bytes) -> None:
         try:
-            self.model.model_validate_json(dumped)
+            back = self.model.model_validate_json(dumped)
         except ValidationError as e:
+            if _non_finite_floats(obj):
+                raise self._non_finite_error(obj) from None
             first = str(e).splitlines()[1:3]
             raise encode_error(
                 self, obj, f"its dump would not read back ({'; '.join(first)})"
             ) from None
+        if _non_finite_floats(back) != _non_finite_floats(obj):  # NaN read back as None
+            raise self._non_finite_error(obj)
+
+    def _non_finite_error(self, obj: M) -> EncodeError:
+        return encode_error(
+            self,
+            obj,
+            "a NaN or infinite float would be stored as null in JSON and read back as "
+            "None or not at all; use format='msgpack', or set the model's ser_json_inf_nan",
+        )
 
     def deserialize(self, buf: Buffer) -> M:
         """Parse and validate ``buf`` into a model instance."""
@@ -149,14 +156,15 @@ def _types_in(annotation: Any) -> list[Any]:
     return found
 
 
-def _has_non_finite(value: Any) -> bool:
-    """True when a float inside ``value`` (a model, or containers of them) is NaN or infinite."""
+def _non_finite_floats(value: Any) -> int:
+    """How many NaN or infinite floats ``value`` holds (in models, extras and containers)."""
     if isinstance(value, float):
-        return not math.isfinite(value)
+        return 0 if math.isfinite(value) else 1
     if isinstance(value, BaseModel):
-        return any(_has_non_finite(v) for v in value.__dict__.values())
+        extra = value.__pydantic_extra__ or {}
+        return _non_finite_floats(value.__dict__) + _non_finite_floats(extra)
     if isinstance(value, dict):
-        return any(_has_non_finite(v) for v in value.values())
+        return sum(_non_finite_floats(v) for v in value.values())
     if isinstance(value, (list, tuple, set, frozenset)):
-        return any(_has_non_finite(v) for v in value)
-    return False
+        return sum(_non_finite_floats(v) for v in value)
+    return 0

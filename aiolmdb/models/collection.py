@@ -249,6 +249,9 @@ class Collection(AsyncDatabase[K, M]):
         names = await self._indexes_to_build()
         if not names:
             return
+        for name in names:
+            if self._bound_indexes[name]._opened.dropped:
+                self._bound_indexes[name]._reopen()
         loop = asyncio.get_running_loop()
 
         def report(done: int, total: int) -> None:
@@ -364,6 +367,8 @@ class Collection(AsyncDatabase[K, M]):
     # -- drop() empties or deletes the indexes with the records ----------
 
     def _empty(self, t: lmdb.Transaction) -> None:
+        for index in self._indexes:
+            index._require_open()
         super()._empty(t)
         for index in self._indexes:
             index._clear(t)

@@ -29,6 +29,9 @@ if TYPE_CHECKING:
 __all__ = ["BoundIndex", "Index"]
 
 IK = TypeVar("IK")
+
+#: How index entries are stored; indexes recorded with another layout are rebuilt.
+LAYOUT = 2
 K = TypeVar("K")
 M = TypeVar("M")
 
@@ -102,12 +105,13 @@ class Index(Generic[IK]):
         self.name = name
 
     def signature(self) -> dict[str, Any]:
-        """What is stored to notice a changed index: coder, flags and version."""
+        """What is stored to notice a changed index: coder, flags, version and storage layout."""
         return {
             "coder": repr(self.coder),
             "unique": self.unique,
             "multi": self.multi,
             "version": self.version,
+            "layout": LAYOUT,
         }
 
     @overload
@@ -148,8 +152,22 @@ class BoundIndex(Generic[K, M, IK]):
         self._signature = json.dumps(index.signature()).encode()
         self._label = f"index {collection._label}.{index.name}"
 
+    def _require_open(self) -> None:
+        """Raise if the index's database was deleted: its LMDB handle is dead."""
+        if self._opened.dropped:
+            raise AiolmdbError(
+                f"{self._label}: its database was deleted (by another declaration of the "
+                "collection); await collection.build_indexes() to build it again"
+            )
+
+    def _reopen(self) -> None:
+        """Open the index's database again after it was deleted."""
+        self._opened = self.collection._open_index_db(self.index.name, True)
+        self._db = self._opened.db
+
     def _require_current(self, t: lmdb.Transaction) -> None:
         """Raise unless ``t`` records this index as built for its declaration."""
+        self._require_open()
         meta = self.collection._meta
         assert meta is not None  # opened with the declared indexes
         if not self._is_current(t, meta._db):
@@ -263,6 +281,8 @@ class BoundIndex(Generic[K, M, IK]):
 
     def _drop_storage(self, t: lmdb.Transaction) -> None:
         """Delete the index's database (when the collection is deleted)."""
+        if self._opened.dropped:
+            return  # deleted already, by another declaration of the collection
         self._opened.dropped = True  # LMDB closes the handle at once
         t.drop(self._db, delete=True)
 
