@@ -15,9 +15,10 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import NamedTuple
 
 import pytest
 from conftest import bounded
@@ -167,6 +168,25 @@ async def test_read_snapshot_stays_consistent_while_another_process_commits(
         await bounded(env.close())
 
 
+class SmallEnv(NamedTuple):
+    path: str
+    env: aiolmdb.AsyncEnvironment
+    db: aiolmdb.AsyncDatabase[bytes, bytes]
+
+
+@pytest.fixture
+async def small(tmp_path: Path) -> AsyncIterator[SmallEnv]:
+    """An environment with a 1 MiB map whose database "mine" holds b"before"; closed after."""
+    path = str(tmp_path / "env")
+    env = aiolmdb.open(path, map_size=1024 * 1024)
+    try:
+        db = env.open_db("mine")
+        await db.put(b"before", b"1")
+        yield SmallEnv(path, env, db)
+    finally:
+        await bounded(env.close())
+
+
 def grow_in_another_process(path: str) -> None:
     """Have a child process write 8 MiB into the environment, growing its 1 MiB map."""
     with children(["grow", path, "8"]) as (grower,):
@@ -177,96 +197,72 @@ def grow_in_another_process(path: str) -> None:
 
 
 @pytest.mark.parametrize("how", ["put", "transaction", "open_db"])
-async def test_write_after_another_process_grew_the_map(tmp_path: Path, how: str) -> None:
-    path = str(tmp_path / "env")
-    env = aiolmdb.open(path, map_size=1024 * 1024)
-    try:
-        db = env.open_db("mine")
-        await db.put(b"before", b"1")
-        grow_in_another_process(path)
-        if how == "put":
-            assert await bounded(db.put(b"after", b"2"))
-        elif how == "open_db":
-            other = env.open_db("opened-after-growth")
-            assert await bounded(other.put(b"after", b"2"))
-            assert await other.get(b"after") == b"2"
-            assert await bounded(db.put(b"after", b"2"))
-        else:
-            async with env.transaction():
-                await db.put(b"after", b"2")
-        assert await db.get(b"after") == b"2"
-        assert await db.get(b"before") == b"1"
-    finally:
-        await bounded(env.close())
-
-
-async def test_read_after_another_process_grew_the_map(tmp_path: Path) -> None:
-    path = str(tmp_path / "env")
-    env = aiolmdb.open(path, map_size=1024 * 1024)
-    try:
-        db = env.open_db("mine")
-        await db.put(b"before", b"1")
-        grow_in_another_process(path)
-        assert await db.get(b"before") == b"1"  # a read adopts the grown map
-        bulk = env.open_db("bulk")
-        assert await bulk.get(b"%08d" % 5) == bytes([5]) * 4000
-        assert await bulk.count() == 8 * 1024 * 1024 // 4096
-        # Once a read adopted the new size, writes work again.
+async def test_write_after_another_process_grew_the_map(small: SmallEnv, how: str) -> None:
+    path, env, db = small
+    grow_in_another_process(path)
+    if how == "put":
         assert await bounded(db.put(b"after", b"2"))
-    finally:
-        await bounded(env.close())
+    elif how == "open_db":
+        other = env.open_db("opened-after-growth")
+        assert await bounded(other.put(b"after", b"2"))
+        assert await other.get(b"after") == b"2"
+        assert await bounded(db.put(b"after", b"2"))
+    else:
+        async with env.transaction():
+            await db.put(b"after", b"2")
+    assert await db.get(b"after") == b"2"
+    assert await db.get(b"before") == b"1"
+
+
+async def test_read_after_another_process_grew_the_map(small: SmallEnv) -> None:
+    path, env, db = small
+    grow_in_another_process(path)
+    assert await db.get(b"before") == b"1"  # a read adopts the grown map
+    bulk = env.open_db("bulk")
+    assert await bulk.get(b"%08d" % 5) == bytes([5]) * 4000
+    assert await bulk.count() == 8 * 1024 * 1024 // 4096
+    # Once a read adopted the new size, writes work again.
+    assert await bounded(db.put(b"after", b"2"))
 
 
 async def test_a_read_while_a_snapshot_blocks_adopting_a_grown_map(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    small: SmallEnv, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The event loop never waits for the snapshot to end: the read moves to a
     # reader thread, which waits a bounded time and then fails clearly.
     monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 0.5)
-    path = str(tmp_path / "env")
-    env = aiolmdb.open(path, map_size=1024 * 1024)
-    try:
-        db = env.open_db("mine")
-        await db.put(b"before", b"1")
-        async with env.transaction(write=False):
-            grow_in_another_process(path)
-            ticks = 0
-
-            async def tick() -> None:
-                nonlocal ticks
-                while True:
-                    await asyncio.sleep(0.01)
-                    ticks += 1
-
-            ticker = asyncio.create_task(tick())
-            outside = contextvars.Context()  # a read of its own, not the snapshot's
-            with pytest.raises(aiolmdb.MapNotAdoptedError, match="snapshot"):
-                await bounded(outside.run(asyncio.create_task, db.get(b"before")))
-            ticker.cancel()
-            assert ticks >= 10  # the loop ran while the read waited
-        assert await bounded(db.get(b"before")) == b"1"  # adopted once the snapshot ended
-    finally:
-        await bounded(env.close())
-
-
-async def test_a_snapshot_entered_while_a_read_runs_adopts_a_grown_map(tmp_path: Path) -> None:
-    path = str(tmp_path / "env")
-    env = aiolmdb.open(path, map_size=1024 * 1024)
-    try:
-        db = env.open_db("mine")
-        await db.put(b"before", b"1")
-        release = threading.Event()
-
-        def slow_read(txn: aiolmdb.DatabaseTxn[bytes, bytes]) -> bytes | None:
-            release.wait(10)
-            return txn.get(b"before")
-
-        reading = asyncio.create_task(db.run(slow_read))  # holds a reader thread's transaction
-        await asyncio.sleep(0.1)
+    path, env, db = small
+    async with env.transaction(write=False):
         grow_in_another_process(path)
-        asyncio.get_running_loop().call_later(0.3, release.set)
-        async with env.transaction(write=False):  # waits on a reader thread, not the loop
-            assert await db.get(b"before") == b"1"
-        assert await bounded(reading) == b"1"
-    finally:
-        await bounded(env.close())
+        ticks = 0
+
+        async def tick() -> None:
+            nonlocal ticks
+            while True:
+                await asyncio.sleep(0.01)
+                ticks += 1
+
+        ticker = asyncio.create_task(tick())
+        outside = contextvars.Context()  # a read of its own, not the snapshot's
+        with pytest.raises(aiolmdb.MapNotAdoptedError, match="snapshot"):
+            await bounded(outside.run(asyncio.create_task, db.get(b"before")))
+        ticker.cancel()
+        assert ticks >= 10  # the loop ran while the read waited
+    assert await bounded(db.get(b"before")) == b"1"  # adopted once the snapshot ended
+
+
+async def test_a_snapshot_entered_while_a_read_runs_adopts_a_grown_map(small: SmallEnv) -> None:
+    path, env, db = small
+    release = threading.Event()
+
+    def slow_read(txn: aiolmdb.DatabaseTxn[bytes, bytes]) -> bytes | None:
+        release.wait(10)
+        return txn.get(b"before")
+
+    reading = asyncio.create_task(db.run(slow_read))  # holds a reader thread's transaction
+    await asyncio.sleep(0.1)
+    grow_in_another_process(path)
+    asyncio.get_running_loop().call_later(0.3, release.set)
+    async with env.transaction(write=False):  # waits on a reader thread, not the loop
+        assert await db.get(b"before") == b"1"
+    assert await bounded(reading) == b"1"
