@@ -10,8 +10,10 @@ from __future__ import annotations
 __all__ = [
     "AiolmdbError",
     "ClosedError",
+    "DatabaseDroppedError",
     "DatabaseNotFoundError",
     "DecodeError",
+    "DiskFullError",
     "EncodeError",
     "KeyExistsError",
     "KeyNotFoundError",
@@ -54,6 +56,20 @@ class _LookupMessage(AiolmdbError, KeyError):
 
 class DatabaseNotFoundError(_LookupMessage):
     """A named database does not exist and ``create=False`` was given."""
+
+
+class DatabaseDroppedError(AiolmdbError):
+    """The database was deleted (``drop(delete=True)``) before or while the call ran.
+
+    Nothing of the call was applied. Open the database again to recreate it.
+    """
+
+
+class DiskFullError(AiolmdbError, OSError):
+    """The disk holding the environment is full: the write was not committed.
+
+    The data already committed is intact. Free space on the disk, then retry.
+    """
 
 
 class TransactionError(AiolmdbError):
