@@ -26,7 +26,7 @@ import lmdb
 from ._writer import deliver, map_full_error
 from .errors import TransactionError
 
-__all__ = ["ReadSnapshot", "WriteSession"]
+__all__ = ["ReadSnapshot", "WriteSession", "opener"]
 
 _BEGIN, _CALL, _SAVEPOINT, _RELEASE, _ROLLBACK, _COMMIT, _ABORT = range(7)
 
@@ -48,6 +48,12 @@ class _Op:
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
+def opener(kind: str, task: asyncio.Task[Any] | None, where: str) -> str:
+    """How messages name a transaction: its kind, the task that opened it, where it is."""
+    by = f"task {task.get_name()!r}" if task is not None else "no task"
+    return f"the {kind} opened by {by} {where}"
+
+
 class WriteSession:
     """One write transaction held open on the writer thread.
 
@@ -63,6 +69,10 @@ class WriteSession:
         self._name = name
         #: Set when a call found the map full: it can grow once the session ends.
         self.map_was_full = False
+        #: The task that opened the session (created by that task, on its event loop).
+        self.owner = asyncio.current_task()
+        #: How error messages name the session's transaction.
+        self.label = opener("write transaction", self.owner, f"on environment {name}")
         self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._ended = False

@@ -414,10 +414,10 @@ class AsyncEnvironment:
             if txn is None:
                 return None
             # Tasks started inside the block inherit it and join it; one that
-            # outlives the block goes back to its own transactions.
-            if not txn.active and txn.owner is not asyncio.current_task():
-                return None
-        elif txn.env is not self:
+            # outlives the block is refused, never auto-committed.
+            txn.check_inherited()
+            return txn
+        if txn.env is not self:
             raise TransactionError(
                 f"the transaction given belongs to environment {txn.env._name}, not to {self._name}"
             )

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import contextvars
+import enum
 from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
 import lmdb
 
-from ._session import ReadSnapshot, WriteSession
+from ._session import ReadSnapshot, WriteSession, opener
 from .errors import TransactionError
 
 if TYPE_CHECKING:
@@ -20,7 +21,21 @@ __all__ = ["Transaction"]
 
 R = TypeVar("R")
 
-_NEW, _ACTIVE, _ENDED = "new", "active", "ended"
+
+class _State(enum.Enum):
+    NEW = "new"
+    ACTIVE = "active"
+    ENDED = "ended"
+
+
+_NEW, _ACTIVE, _ENDED = _State.NEW, _State.ACTIVE, _State.ENDED
+
+#: What a task that inherited an ended transaction is told to do instead.
+_FRESH_CONTEXT = (
+    "this task inherited it (it was started inside the block), and its calls never run "
+    "outside it: start a task meant to outlive the block in a fresh context "
+    "(contextvars.Context().run(asyncio.create_task, coro))"
+)
 
 
 class Transaction:
@@ -38,6 +53,12 @@ class Transaction:
     inner block. A read transaction (``write=False``) is a snapshot: every
     read inside sees one consistent state, whatever commits meanwhile; nested
     inside a write transaction it joins it (reads see its writes).
+
+    Tasks started inside the block inherit the transaction: their calls join
+    it while it is open, and raise :class:`~aiolmdb.TransactionError` once it
+    has ended (they never fall back to auto-commit, nor open a transaction of
+    their own). A task meant to outlive the block must be started in a fresh
+    ``contextvars.Context``.
     """
 
     def __init__(self, env: AsyncEnvironment, *, write: bool) -> None:
@@ -48,6 +69,7 @@ class Transaction:
         self._snapshot: ReadSnapshot | None = None
         self._depth = 0  # savepoint depth of this transaction within its session
         self._savepoint: int | None = None  # its savepoint's id, when it is one
+        self._outer: Transaction | None = None  # the transaction it nests in
         self._owner = True  # False when it only joins an enclosing transaction
         self._token: contextvars.Token[Transaction | None] | None = None
         #: The task that entered the block: its calls join the transaction implicitly.
@@ -72,6 +94,9 @@ class Transaction:
         self.owner = asyncio.current_task()
         self.handles_known = self.env._handle_serial
         outer = self.env._current.get()
+        if outer is not None and outer.owner is not self.owner:
+            # Inherited: nest in it while it is open, never escape it once it ended.
+            outer.check_inherited()
         if outer is not None and outer.active:
             await self._nest_in(outer)
         elif self.write:
@@ -84,6 +109,7 @@ class Transaction:
 
     async def _nest_in(self, outer: Transaction) -> None:
         self.handles_known = outer.handles_known
+        self._outer = outer
         if outer._session is not None:
             self._session = outer._session
             if self.write:
@@ -168,23 +194,44 @@ class Transaction:
             raise TransactionError(f"cannot {action}: a savepoint opened inside is still open")
         self.check_usable()
 
+    def describe(self) -> str:
+        """How error messages name this transaction: its kind, its opener, what it nests in."""
+        if self._outer is not None:
+            kind = "savepoint" if self.write else "read block"
+            return opener(kind, self.owner, f"inside {self._outer.describe()}")
+        if self._session is not None:
+            return self._session.label
+        kind = "write transaction" if self.write else "read snapshot"
+        return opener(kind, self.owner, f"on environment {self.env._name}")
+
+    def check_inherited(self) -> None:
+        """Like :meth:`check_usable`, for a call that found this transaction in its context.
+
+        A task started inside the block inherits it; once it has ended, that
+        task is told so, and how to start a task meant to outlive the block.
+        """
+        if self._state == _ENDED and self.owner is not asyncio.current_task():
+            raise TransactionError(f"{self.describe()} has ended; {_FRESH_CONTEXT}")
+        self.check_usable()
+
     def check_usable(self) -> None:
         """Raise ``TransactionError`` unless calls may be made in this transaction now."""
-        if self._state != _ACTIVE:
-            state = "has not been entered" if self._state == _NEW else "has ended"
-            raise TransactionError(f"the transaction {state}: it cannot be used")
+        if self._state == _NEW:
+            raise TransactionError("the transaction has not been entered: it cannot be used")
+        if self._state == _ENDED:
+            raise TransactionError(f"{self.describe()} has ended: it cannot be used")
         session = self._session
         if session is None:
             return
         if session.ended:
-            raise TransactionError("the write transaction has ended: it cannot be used")
+            raise TransactionError(f"{self.describe()} has ended: it cannot be used")
         if self._savepoint is not None and self._savepoint not in session.savepoints:
             raise TransactionError(
-                "this savepoint has ended: the transaction around it rolled it back"
+                f"{self.describe()} has ended: the transaction around it rolled it back"
             )
         if session.depth > self._depth:
             raise TransactionError(
-                "a savepoint is open inside this transaction: make calls through it "
+                f"a savepoint is open inside {self.describe()}: make calls through it "
                 "(tasks sharing a transaction cannot each hold a savepoint at once)"
             )
 
@@ -209,4 +256,4 @@ class Transaction:
 
     def __repr__(self) -> str:
         kind = "write" if self.write else "read"
-        return f"<Transaction {kind} {self._state}>"
+        return f"<Transaction {kind} {self._state.value}>"

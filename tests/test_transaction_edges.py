@@ -1,0 +1,177 @@
+"""Transactions at their edges: tasks that share one, outlive one, or wait on the writer."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import pytest
+from conftest import abort_orphans, bounded, detached
+
+import aiolmdb
+from aiolmdb._session import WriteSession
+from aiolmdb.coders import JSONCoder, StringCoder
+
+Env = aiolmdb.AsyncEnvironment
+BytesDB = aiolmdb.AsyncDatabase[bytes, bytes]
+JsonDB = aiolmdb.AsyncDatabase[str, Any]
+
+MANY = 2000  # records: put_multi encodes them in slices, yielding in between
+
+
+@pytest.fixture
+def db(env: Env) -> BytesDB:
+    return env.open_db("edges")
+
+
+@pytest.fixture
+def accounts(env: Env) -> JsonDB:
+    return env.open_db("accounts", key_coder=StringCoder(), value_coder=JSONCoder())
+
+
+def owner_name() -> str:
+    task = asyncio.current_task()
+    assert task is not None
+    return task.get_name()
+
+
+def keys(n: int = MANY) -> list[bytes]:
+    return [b"%05d" % i for i in range(n)]
+
+
+# -- tasks that outlive their transaction --------------------------------------
+
+
+async def test_tasks_of_an_aborted_transaction_never_auto_commit(
+    env: Env, accounts: JsonDB
+) -> None:
+    await accounts.put_multi({"alice": 100, "bob": 0})
+    aborted = asyncio.Event()
+
+    async def debit() -> None:
+        await accounts.put("log", ["debit started"])  # joins the transaction
+        await aborted.wait()
+        await accounts.put("alice", 90)
+
+    async def credit() -> None:
+        await aborted.wait()
+        await accounts.put("bob", 10)
+
+    async def check() -> None:
+        raise ValueError("insufficient funds")
+
+    tasks: list[asyncio.Task[None]] = []
+    with pytest.raises(ValueError):
+        async with env.transaction():
+            name = owner_name()
+            tasks = [asyncio.create_task(fn()) for fn in (debit, check, credit)]
+            await asyncio.gather(*tasks)
+    aborted.set()
+    outcomes = await bounded(asyncio.gather(*tasks, return_exceptions=True))
+    for outcome in (outcomes[0], outcomes[2]):
+        assert isinstance(outcome, aiolmdb.TransactionError), outcome
+        assert "ended" in str(outcome)
+        assert repr(name) in str(outcome)  # names the transaction: its opener
+    assert await accounts.get_multi(["alice", "bob", "log"]) == {
+        "alice": 100,
+        "bob": 0,
+        "log": None,
+    }
+
+
+async def test_a_task_of_an_ended_transaction_cannot_open_one_of_its_own(
+    env: Env, db: BytesDB
+) -> None:
+    # A savepoint it meant to open would otherwise commit on its own.
+    ended = asyncio.Event()
+
+    async def late() -> None:
+        await ended.wait()
+        async with env.transaction():
+            await db.put(b"late", b"v")
+
+    with pytest.raises(KeyError):
+        async with env.transaction():
+            task = asyncio.create_task(late())
+            raise KeyError("abort")
+    ended.set()
+    with pytest.raises(aiolmdb.TransactionError, match="ended"):
+        await bounded(task)
+    assert await db.get(b"late") is None
+
+
+async def test_a_task_of_an_ended_read_snapshot_does_not_read_outside_it(
+    env: Env, db: BytesDB
+) -> None:
+    ended = asyncio.Event()
+
+    async def late_read() -> bytes | None:
+        await ended.wait()
+        return await db.get(b"k")
+
+    async with env.transaction(write=False):
+        task = asyncio.create_task(late_read())
+    ended.set()
+    with pytest.raises(aiolmdb.TransactionError, match=r"read snapshot.*ended"):
+        await bounded(task)
+
+
+async def test_a_task_started_inside_a_savepoint_does_not_escape_the_outer_abort(
+    env: Env, db: BytesDB
+) -> None:
+    ended = asyncio.Event()
+
+    async def inner_work() -> None:
+        await db.put(b"in-savepoint", b"v")
+        await ended.wait()
+        await db.put(b"after-abort", b"v")
+
+    with pytest.raises(LookupError):
+        async with env.transaction():
+            async with env.transaction():
+                task = asyncio.create_task(inner_work())
+                await asyncio.sleep(0.01)
+            raise LookupError("abort the whole transaction")
+    ended.set()
+    with pytest.raises(aiolmdb.TransactionError, match="ended"):
+        await bounded(task)
+    assert await db.count() == 0
+
+
+async def test_a_task_of_an_ended_savepoint_awaited_by_the_outer_transaction(
+    env: Env, db: BytesDB, sessions: list[WriteSession]
+) -> None:
+    go = asyncio.Event()
+
+    async def inner_work() -> None:
+        await go.wait()
+        await db.put(b"late", b"v")
+
+    try:
+        async with env.transaction():
+            await db.put(b"outer", b"v")
+            async with env.transaction():
+                task = asyncio.create_task(inner_work())
+            go.set()
+            with pytest.raises(aiolmdb.TransactionError, match=r"savepoint.*ended"):
+                await bounded(task, timeout=3)  # raises, never deadlocks
+            await db.put(b"outer2", b"v")
+    finally:
+        await abort_orphans(sessions)  # a failing run must not hang the close
+    assert [key async for key in db.keys()] == [b"outer", b"outer2"]
+
+
+async def test_a_task_in_a_fresh_context_outlives_the_block(env: Env, db: BytesDB) -> None:
+    ended = asyncio.Event()
+
+    async def background() -> None:
+        await ended.wait()
+        await db.put(b"background", b"v")
+
+    with pytest.raises(KeyError):
+        async with env.transaction():
+            task = detached(background())
+            raise KeyError("abort")
+    ended.set()
+    await bounded(task)
+    assert await db.get(b"background") == b"v"
