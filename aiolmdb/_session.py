@@ -6,6 +6,10 @@ calls. Each call is a hop to the writer thread and back; meanwhile other writers
 wait in the writer's queue, not in blocked threads. Savepoints are LMDB nested
 transactions pushed on the session's stack.
 
+A call carries the savepoint it was made in, and the writer thread refuses it
+unless that savepoint is still the innermost: a savepoint opened by one task
+never swallows a call another task made in the transaction around it.
+
 A read snapshot is one LMDB read transaction whose calls are serialised by an
 ``asyncio.Lock`` (LMDB forbids using a read transaction from two threads at
 once); small reads run on the loop thread, large ones on a worker thread.
@@ -32,7 +36,7 @@ _BEGIN, _CALL, _SAVEPOINT, _RELEASE, _ROLLBACK, _COMMIT, _ABORT = range(7)
 
 
 class _Op:
-    __slots__ = ("fn", "future", "kind", "loop", "savepoint")
+    __slots__ = ("fn", "future", "kind", "level", "loop", "savepoint")
 
     def __init__(
         self,
@@ -40,11 +44,14 @@ class _Op:
         fn: Callable[[lmdb.Transaction], Any] | None,
         loop: asyncio.AbstractEventLoop,
         savepoint: int = 0,
+        level: int = 0,
     ) -> None:
         self.kind = kind
         self.fn = fn
         self.loop = loop
         self.savepoint = savepoint  # the savepoint a _SAVEPOINT/_RELEASE/_ROLLBACK is about
+        # The savepoint a _CALL/_SAVEPOINT was made in (0: the root): it must be innermost.
+        self.level = level
         self.future: asyncio.Future[Any] = loop.create_future()
 
 
@@ -95,9 +102,13 @@ class WriteSession:
     # -- loop side -------------------------------------------------------
 
     async def _send(
-        self, kind: int, fn: Callable[[lmdb.Transaction], Any] | None = None, savepoint: int = 0
+        self,
+        kind: int,
+        fn: Callable[[lmdb.Transaction], Any] | None = None,
+        savepoint: int = 0,
+        level: int = 0,
     ) -> Any:
-        op = _Op(kind, fn, asyncio.get_running_loop(), savepoint)
+        op = _Op(kind, fn, asyncio.get_running_loop(), savepoint, level)
         with self._lock:
             if self._ended:
                 raise TransactionError(f"the write transaction on {self._name} has ended")
@@ -116,16 +127,23 @@ class WriteSession:
         """Wait until the writer thread has begun the transaction."""
         await self._send(_BEGIN)
 
-    async def call(self, fn: Callable[[lmdb.Transaction], Any]) -> Any:
-        """Run ``fn`` on the innermost open (nested) transaction; return its result."""
-        return await self._send(_CALL, fn)
+    async def call(self, fn: Callable[[lmdb.Transaction], Any], level: int = 0) -> Any:
+        """Run ``fn`` in savepoint ``level`` (0: the root); return its result.
 
-    async def savepoint(self) -> int:
-        """Open a nested transaction, returning its id: later calls go to it until it ends."""
+        Refused with :class:`~aiolmdb.TransactionError` unless that savepoint
+        is the innermost open one when the writer thread comes to the call.
+        """
+        return await self._send(_CALL, fn, level=level)
+
+    async def savepoint(self, parent: int = 0) -> int:
+        """Open a nested transaction inside savepoint ``parent`` (0: the root); return its id.
+
+        Later calls go to it until it ends.
+        """
         savepoint = next(self._ids)
         self.savepoints.append(savepoint)  # at once: other tasks see it is open
         try:
-            await self._send(_SAVEPOINT, savepoint=savepoint)
+            await self._send(_SAVEPOINT, savepoint=savepoint, level=parent)
         except BaseException:
             # Cancelled or refused: whether or not the writer opened it, undo it.
             self._forget(savepoint)
@@ -187,6 +205,8 @@ class WriteSession:
 
     def _apply(self, op: _Op) -> Any:
         stack = self._stack
+        if op.kind in (_CALL, _SAVEPOINT) and stack[-1][0] != op.level:
+            raise TransactionError(self._not_innermost(op))
         if op.kind == _CALL:
             assert op.fn is not None
             try:
@@ -218,6 +238,16 @@ class WriteSession:
         elif op.kind == _ABORT:
             self._abort_from(0)
         return None
+
+    def _not_innermost(self, op: _Op) -> str:
+        where = "the transaction" if op.level == 0 else f"savepoint {op.level}"
+        if op.level not in [savepoint for savepoint, _ in self._stack]:
+            return f"{self.label}: {where} this call was made in has ended"
+        return (
+            f"{self.label}: a savepoint is open inside {where}, where this call was made: "
+            "make calls through it (tasks sharing a transaction cannot each hold a "
+            "savepoint at once)"
+        )
 
     def _abort_from(self, level: int) -> None:
         """Abort the transactions of the stack from ``level`` up (0: all of them)."""

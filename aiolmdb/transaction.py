@@ -69,6 +69,7 @@ class Transaction:
         self._snapshot: ReadSnapshot | None = None
         self._depth = 0  # savepoint depth of this transaction within its session
         self._savepoint: int | None = None  # its savepoint's id, when it is one
+        self._level = 0  # the savepoint its calls run in (0: the root transaction)
         self._outer: Transaction | None = None  # the transaction it nests in
         self._owner = True  # False when it only joins an enclosing transaction
         self._token: contextvars.Token[Transaction | None] | None = None
@@ -115,10 +116,11 @@ class Transaction:
             if self.write:
                 outer.check_usable()
                 self._depth = outer._depth + 1
-                self._savepoint = await self._session.savepoint()
+                self._savepoint = self._level = await self._session.savepoint(outer._level)
             else:
                 self._owner = False
                 self._depth = outer._depth
+                self._level = outer._level
         elif self.write:
             raise TransactionError("cannot open a write transaction inside a read snapshot")
         else:
@@ -237,9 +239,10 @@ class Transaction:
 
     async def run_read(self, fn: Callable[[lmdb.Transaction], R], *, offload: bool) -> R:
         """Run ``fn`` with this transaction's LMDB transaction, for reading."""
+        self.check_usable()  # again: another task may have opened a savepoint meanwhile
         result: Any
         if self._session is not None:
-            result = await self._session.call(fn)
+            result = await self._session.call(fn, self._level)
         else:
             assert self._snapshot is not None
             result = await self._snapshot.call(fn, offload=offload)
@@ -251,7 +254,8 @@ class Transaction:
             raise TransactionError(
                 "cannot write inside a read-only transaction (env.transaction(write=False))"
             )
-        result: R = await self._session.call(fn)
+        self.check_usable()  # again: another task may have opened a savepoint meanwhile
+        result: R = await self._session.call(fn, self._level)
         return result
 
     def __repr__(self) -> str:

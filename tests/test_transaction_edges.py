@@ -39,6 +39,78 @@ def keys(n: int = MANY) -> list[bytes]:
     return [b"%05d" % i for i in range(n)]
 
 
+# -- a savepoint of one task, a multi-record call of another ------------------
+
+
+async def _call_across_a_savepoint(env: Env, db: BytesDB, call: Any) -> BaseException | None:
+    """Run ``call`` in a task sharing the block's transaction while the block holds a
+    savepoint that it then rolls back; return what the call raised (None: it returned)."""
+    task = asyncio.create_task(call())
+    await asyncio.sleep(0)  # the call checked the transaction and encodes its first slice
+    with pytest.raises(RuntimeError):
+        async with env.transaction():
+            await db.put(b"savepoint", b"rolled back")
+            await bounded(asyncio.wait([task]))
+            raise RuntimeError("roll the savepoint back")
+    return task.exception()
+
+
+async def test_put_multi_is_refused_when_another_task_opened_a_savepoint_meanwhile(
+    env: Env, db: BytesDB
+) -> None:
+    items = [(key, b"v") for key in keys()]
+    async with env.transaction():
+        error = await _call_across_a_savepoint(env, db, lambda: db.put_multi(items))
+        assert isinstance(error, aiolmdb.TransactionError), error
+        assert "savepoint" in str(error)
+        await db.put(b"outer", b"v")  # the outer transaction goes on
+    assert await db.count() == 1
+    assert await db.get(b"outer") == b"v"
+
+
+async def test_delete_multi_is_refused_when_another_task_opened_a_savepoint_meanwhile(
+    env: Env, db: BytesDB
+) -> None:
+    await db.put_multi([(key, b"v") for key in keys()])
+    async with env.transaction():
+        error = await _call_across_a_savepoint(env, db, lambda: db.delete_multi(keys()))
+        assert isinstance(error, aiolmdb.TransactionError), error
+        assert "savepoint" in str(error)
+    # Not acknowledged and then rolled back with the savepoint: refused, so all stay.
+    assert await db.count() == MANY
+
+
+async def test_get_multi_is_refused_when_another_task_opened_a_savepoint_meanwhile(
+    env: Env, db: BytesDB
+) -> None:
+    wanted = [*keys(), b"savepoint"]
+    async with env.transaction():
+        error = await _call_across_a_savepoint(env, db, lambda: db.get_multi(wanted))
+        # It never reads what the savepoint wrote and then rolled back.
+        assert isinstance(error, aiolmdb.TransactionError), error
+        assert "savepoint" in str(error)
+    assert await db.get(b"savepoint") is None
+
+
+async def test_the_writer_refuses_a_call_made_outside_the_innermost_savepoint(
+    env: Env, db: BytesDB
+) -> None:
+    # What the loop side checks first, the writer checks again when it applies the
+    # call: a call of the outer transaction never lands in a savepoint.
+    async with env.transaction() as txn:
+        session = txn._session
+        assert session is not None
+        await session.savepoint()
+        session.savepoints.clear()  # the loop side's view drifts
+        with pytest.raises(aiolmdb.TransactionError, match="savepoint"):
+            await db.put(b"outer", b"v")
+        with pytest.raises(aiolmdb.TransactionError, match="savepoint"):
+            await db.get(b"outer")
+        await txn.abort()
+    assert await db.count() == 0
+    assert await bounded(db.put(b"after", b"v"))
+
+
 # -- tasks that outlive their transaction --------------------------------------
 
 
