@@ -69,11 +69,17 @@ class WriteSession:
     """
 
     def __init__(
-        self, env: lmdb.Environment, begin: Callable[[], lmdb.Transaction], name: str
+        self,
+        env: lmdb.Environment,
+        begin: Callable[[], lmdb.Transaction],
+        name: str,
+        growth_refusal: Callable[[], str | None],
     ) -> None:
         self._env = env
         self._begin = begin  # begins the root write transaction
         self._name = name
+        # Why the map cannot grow (None: it can), asked when a call finds it full.
+        self._growth_refusal = growth_refusal
         #: Set when a call found the map full: it can grow once the session ends.
         self.map_was_full = False
         #: The task that opened the session (created by that task, on its event loop).
@@ -212,12 +218,7 @@ class WriteSession:
             try:
                 return op.fn(stack[-1][1])
             except lmdb.MapFullError as exc:
-                self.map_was_full = True
-                raise map_full_error(
-                    exc,
-                    "the map cannot grow while a write transaction is open; it grows when "
-                    "this transaction ends, so the transaction can be retried",
-                ) from exc
+                raise map_full_error(exc, self._map_full_advice()) from exc
         if op.kind == _SAVEPOINT:
             stack.append((op.savepoint, self._env.begin(write=True, parent=stack[-1][1])))
         elif op.kind == _RELEASE:
@@ -247,6 +248,20 @@ class WriteSession:
             f"{self.label}: a savepoint is open inside {where}, where this call was made: "
             "make calls through it (tasks sharing a transaction cannot each hold a "
             "savepoint at once)"
+        )
+
+    def _map_full_advice(self) -> str:
+        """What to tell a caller whose call found the map full (on the writer thread)."""
+        refusal = self._growth_refusal()
+        if refusal is not None:
+            return (
+                f"{refusal} and cannot grow: this transaction will not fit however often "
+                "it runs, unless records are deleted or max_map_size is raised"
+            )
+        self.map_was_full = True
+        return (
+            "the map cannot grow while a write transaction is open; it grows when "
+            "this transaction ends, so the transaction can be retried"
         )
 
     def _abort_from(self, level: int) -> None:

@@ -523,6 +523,12 @@ class AsyncEnvironment:
         except lmdb.Error as exc:
             logger.warning("environment %s: growing the map failed: %s", self._name, exc)
 
+    def _growth_refusal(self) -> str | None:
+        """Why the map cannot grow any more (None: it can)."""
+        if int(self._lmdb.info()["map_size"]) >= self._max_map_size:
+            return f"the map is at max_map_size ({self._max_map_size} bytes)"
+        return None
+
     def _grow_map(self, wait: float | None = None) -> str | None:
         """Double the map (on the writer thread); None when done, else why not.
 
@@ -531,9 +537,9 @@ class AsyncEnvironment:
         """
         if wait is None:
             wait = MAP_RESIZE_WAIT
+        if (refusal := self._growth_refusal()) is not None:
+            return refusal
         size = int(self._lmdb.info()["map_size"])
-        if size >= self._max_map_size:
-            return f"the map is at max_map_size ({self._max_map_size} bytes)"
         new_size = min(size * 2, self._max_map_size)
 
         def resize() -> None:
@@ -617,7 +623,7 @@ class AsyncEnvironment:
             self._snapshots.discard(snapshot)
 
     async def _start_session(self) -> WriteSession:
-        session = WriteSession(self._lmdb, self._begin_write, self._name)
+        session = WriteSession(self._lmdb, self._begin_write, self._name, self._growth_refusal)
         self._sessions.add(session)
 
         def serve() -> None:

@@ -5,8 +5,9 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import lmdb
 import pytest
-from conftest import abort_orphans, bounded, detached
+from conftest import EnvFactory, abort_orphans, bounded, detached
 
 import aiolmdb
 from aiolmdb._session import WriteSession
@@ -247,3 +248,37 @@ async def test_a_task_in_a_fresh_context_outlives_the_block(env: Env, db: BytesD
     ended.set()
     await bounded(task)
     assert await db.get(b"background") == b"v"
+
+
+# -- a full map that cannot grow ----------------------------------------------
+
+
+async def test_a_transaction_at_max_map_size_is_not_told_to_retry(open_env: EnvFactory) -> None:
+    env = open_env(map_size=1 << 20, max_map_size=1 << 20)
+    db = env.open_db("m")
+    with pytest.raises(lmdb.MapFullError) as info:
+        async with env.transaction():
+            await db.put_multi([(b"%05d" % i, b"x" * 1000) for i in range(3000)])
+    message = str(info.value)
+    assert "max_map_size" in message
+    assert "retried" not in message
+    assert env.info()["map_size"] == 1 << 20
+
+
+async def test_a_transaction_that_fills_a_growable_map_can_be_retried(
+    open_env: EnvFactory,
+) -> None:
+    env = open_env(map_size=1 << 20, max_map_size=64 << 20)
+    db = env.open_db("m")
+    records = [(b"%05d" % i, b"x" * 1000) for i in range(3000)]
+    failures = 0
+    while failures < 6:  # as the message says: the map grows behind each failure
+        try:
+            async with env.transaction():
+                assert await db.put_multi(records) == len(records)
+            break
+        except lmdb.MapFullError as exc:
+            assert "can be retried" in str(exc)
+            failures += 1
+    assert 0 < failures < 6
+    assert await db.count() == len(records)

@@ -692,7 +692,7 @@ async def test_put_multi_failing_inside_lmdb_within_a_transaction(
     # A full map dooms the LMDB transaction: the block aborts, nothing of it lands.
     env = open_env(map_size=1 << 20, max_map_size=1 << 20)
     db = env.open_db("m")
-    with pytest.raises(lmdb.MapFullError, match="cannot grow while a write transaction"):
+    with pytest.raises(lmdb.MapFullError, match=r"at max_map_size .* cannot grow"):
         async with env.transaction():
             await db.put(b"a", b"1")
             await db.put_multi([(b"%05d" % i, b"x" * 1000) for i in range(3000)])
