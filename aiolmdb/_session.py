@@ -10,6 +10,12 @@ A call carries the savepoint it was made in, and the writer thread refuses it
 unless that savepoint is still the innermost: a savepoint opened by one task
 never swallows a call another task made in the transaction around it.
 
+An auto-commit write (or another session) queued while a session is open
+waits behind it. If the session's owner awaits it, neither can ever finish:
+while the session sits idle, it asks the event loop whether its owner awaits
+any of the work queued behind it, and refuses that work (:func:`submit_behind`,
+:meth:`WriteSession.begin`).
+
 A read snapshot is one LMDB read transaction whose calls are serialised by an
 ``asyncio.Lock`` (LMDB forbids using a read transaction from two threads at
 once); small reads run on the loop thread, large ones on a worker thread.
@@ -18,19 +24,32 @@ once); small reads run on the loop thread, large ones on a worker thread.
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import functools
 import itertools
 import queue
 import threading
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable, Collection, Iterator
 from concurrent.futures import Executor
-from typing import Any
+from typing import Any, TypeVar
 
 import lmdb
 
 from ._writer import deliver, map_full_error
 from .errors import TransactionError
 
-__all__ = ["ReadSnapshot", "WriteSession", "opener"]
+__all__ = ["ReadSnapshot", "WriteSession", "opener", "submit_behind"]
+
+R = TypeVar("R")
+
+#: Seconds a session waits for its owner's next call before it looks for a deadlock;
+#: the wait doubles after each look, up to IDLE_CHECK_MAX, until the owner's next call.
+IDLE_CHECK = 0.05
+IDLE_CHECK_MAX = 1.0
+#: Futures visited at most when looking for who awaits a queued write.
+_AWAIT_WALK_LIMIT = 10_000
+#: Queued writes looked at per turn of the event loop.
+_LOOK_SLICE = 256
 
 _BEGIN, _CALL, _SAVEPOINT, _RELEASE, _ROLLBACK, _COMMIT, _ABORT = range(7)
 
@@ -61,6 +80,106 @@ def opener(kind: str, task: asyncio.Task[Any] | None, where: str) -> str:
     return f"the {kind} opened by {by} {where}"
 
 
+class _Queued:
+    """Work queued behind open sessions (a write, or another session): refused, or begun.
+
+    The event loop may refuse it (its future then fails) only until the writer
+    thread begins it; once refused, the writer thread never runs it.
+    """
+
+    __slots__ = ("error", "future", "lock", "started", "what")
+
+    def __init__(self, what: str) -> None:
+        self.what = what  # how the refusal names it
+        self.future: asyncio.Future[Any] | None = None  # what its caller awaits, once queued
+        self.lock = threading.Lock()
+        self.started = False
+        self.error: TransactionError | None = None
+
+    def start(self) -> None:
+        """On the writer thread: raise the refusal, or make refusing it impossible."""
+        with self.lock:
+            if self.error is not None:
+                raise self.error
+            self.started = True
+
+    def guarding(self, fn: Callable[[lmdb.Transaction], R]) -> Callable[[lmdb.Transaction], R]:
+        """``fn``, run only if the work was not refused."""
+
+        def run(txn: lmdb.Transaction) -> R:
+            self.start()
+            return fn(txn)
+
+        return run
+
+    def refuse(self, error: TransactionError) -> None:
+        """On the event loop: fail the work, unless the writer thread has begun it."""
+        with self.lock:
+            if self.started:
+                return
+            self.error = error
+        if self.future is not None and not self.future.done():
+            self.future.set_exception(error)
+
+
+def submit_behind(
+    sessions: Collection[WriteSession],
+    submit: Callable[[Callable[[lmdb.Transaction], Any]], Awaitable[Any]],
+    fn: Callable[[lmdb.Transaction], R],
+) -> Awaitable[R]:
+    """Submit an auto-commit write with ``submit`` while ``sessions`` are open.
+
+    Each session then watches for its owner awaiting this write, which would
+    never finish (it waits behind the session): that write is refused with
+    :class:`~aiolmdb.TransactionError` instead. A write made to wait for room
+    in the writer's queue (not a future yet) is not watched.
+    """
+    queued = _Queued("a write made outside it")
+    job = submit(queued.guarding(fn))
+    if isinstance(job, asyncio.Future):
+        queued.future = job
+        for session in sessions:
+            session.behind.add(queued)
+    return job
+
+
+def _awaited_by(start: asyncio.Future[Any], target: asyncio.Future[Any]) -> bool:
+    """True when ``target`` (a task) waits, through any chain of awaits, for ``start``.
+
+    Follows each future's done callbacks up to whoever waits for it: a task's
+    wake-up, and the futures held by asyncio's wrappers (gather, wait, wait_for,
+    shield, task groups). Best effort: a wrapper it does not know ends the chain.
+    """
+    seen: set[int] = set()
+    pending = [start]
+    while pending and len(seen) < _AWAIT_WALK_LIMIT:
+        future = pending.pop()
+        if future is target:
+            return True
+        if id(future) in seen:
+            continue
+        seen.add(id(future))
+        for callback, *_ in getattr(future, "_callbacks", None) or ():
+            pending.extend(_futures_held_by(callback))
+    return False
+
+
+def _futures_held_by(callback: Any) -> Iterator[asyncio.Future[Any]]:
+    bound_to = getattr(callback, "__self__", None)
+    if isinstance(bound_to, asyncio.Future):
+        yield bound_to  # a task's wake-up: that task awaits the future
+    parent = getattr(bound_to, "_parent_task", None)  # an asyncio.TaskGroup
+    if isinstance(parent, asyncio.Future):
+        yield parent
+    held: list[Any] = []
+    if isinstance(callback, functools.partial):
+        held.extend(callback.args)
+    for cell in getattr(callback, "__closure__", None) or ():
+        with contextlib.suppress(ValueError):  # an empty cell
+            held.append(cell.cell_contents)
+    yield from (obj for obj in held if isinstance(obj, asyncio.Future))
+
+
 class WriteSession:
     """One write transaction held open on the writer thread.
 
@@ -84,8 +203,14 @@ class WriteSession:
         self.map_was_full = False
         #: The task that opened the session (created by that task, on its event loop).
         self.owner = asyncio.current_task()
+        self._loop = asyncio.get_running_loop()
         #: How error messages name the session's transaction.
         self.label = opener("write transaction", self.owner, f"on environment {name}")
+        #: Work queued while the session is open: writes (submit_behind), sessions (begin).
+        self.behind: set[_Queued] = set()
+        # Set when the session was queued behind others: it may be refused.
+        self._queued: _Queued | None = None
+        self._looking = False  # a look for awaited work is under way (on the event loop)
         self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._ended = False
@@ -114,12 +239,14 @@ class WriteSession:
         savepoint: int = 0,
         level: int = 0,
     ) -> Any:
-        op = _Op(kind, fn, asyncio.get_running_loop(), savepoint, level)
+        return await self._put(_Op(kind, fn, asyncio.get_running_loop(), savepoint, level))
+
+    def _put(self, op: _Op) -> asyncio.Future[Any]:
         with self._lock:
             if self._ended:
                 raise TransactionError(f"the write transaction on {self._name} has ended")
             self._ops.put(op)
-        return await op.future
+        return op.future
 
     def _send_later(self, kind: int, savepoint: int = 0) -> None:
         """Queue an op without waiting for it (for a caller that was cancelled)."""
@@ -129,9 +256,20 @@ class WriteSession:
             if not self._ended:
                 self._ops.put(op)
 
-    async def begin(self) -> None:
-        """Wait until the writer thread has begun the transaction."""
-        await self._send(_BEGIN)
+    async def begin(self, behind: Collection[WriteSession] = ()) -> None:
+        """Wait until the writer thread has begun the transaction.
+
+        ``behind``: the sessions open before this one, which it waits behind.
+        If the owner of one of them awaits this one (which would never begin),
+        it is refused with :class:`~aiolmdb.TransactionError`.
+        """
+        op = _Op(_BEGIN, None, asyncio.get_running_loop())
+        if behind:  # before it is queued: the writer thread reads it when serving it
+            self._queued = _Queued("another write transaction")
+            self._queued.future = op.future
+            for session in behind:
+                session.behind.add(self._queued)
+        await self._put(op)
 
     async def call(self, fn: Callable[[lmdb.Transaction], Any], level: int = 0) -> Any:
         """Run ``fn`` in savepoint ``level`` (0: the root); return its result.
@@ -192,13 +330,25 @@ class WriteSession:
     def serve(self) -> None:
         """Run on the writer thread until the transaction commits or aborts."""
         try:
+            if self._queued is not None:
+                self._queued.start()  # refused: it never begins
             self._stack = [(0, self._begin())]
         except BaseException as exc:
             self._finish(exc)
             raise
         try:
+            idle = IDLE_CHECK
             while self._stack:
-                op = self._ops.get()
+                try:
+                    op = self._ops.get(timeout=idle)
+                except queue.Empty:
+                    if self.behind:  # is the owner awaiting any of it?
+                        with contextlib.suppress(RuntimeError):  # its loop is closed
+                            self._loop.call_soon_threadsafe(self._look_for_awaited_work)
+                    # A long legitimate wait (the owner awaits I/O) costs few looks.
+                    idle = min(idle * 2, IDLE_CHECK_MAX)
+                    continue
+                idle = IDLE_CHECK
                 try:
                     result = self._apply(op)
                 except BaseException as exc:
@@ -208,6 +358,36 @@ class WriteSession:
         finally:
             self._abort_from(0)
             self._finish(TransactionError(f"the write transaction on {self._name} has ended"))
+
+    def _look_for_awaited_work(self) -> None:
+        """On the owner's event loop: refuse the work queued behind it that the owner awaits."""
+        if not self._looking:  # else the look under way will do
+            self._looking = True
+            self._look_at(iter(list(self.behind)))
+
+    def _look_at(self, pending: Iterator[_Queued]) -> None:
+        # A slice per turn of the event loop: a long queue never stalls it.
+        owner = self.owner
+        looked = 0
+        if not self._ended and owner is not None and not owner.done():
+            for queued in itertools.islice(pending, _LOOK_SLICE):
+                looked += 1
+                assert queued.future is not None  # only queued work is watched
+                if queued.future.done():
+                    self.behind.discard(queued)
+                elif _awaited_by(queued.future, owner):
+                    self.behind.discard(queued)
+                    queued.refuse(
+                        TransactionError(
+                            f"{self.label} awaits {queued.what}, which waits for this "
+                            "transaction to end: it would never finish, so it was refused "
+                            "(make the write inside the transaction, or await it after the block)"
+                        )
+                    )
+        if looked == _LOOK_SLICE:
+            self._loop.call_soon(self._look_at, pending)
+        else:
+            self._looking = False
 
     def _apply(self, op: _Op) -> Any:
         stack = self._stack

@@ -18,7 +18,7 @@ from typing import Any, TypeVar, overload
 import lmdb
 
 from ._gate import ReadGate
-from ._session import ReadSnapshot, WriteSession
+from ._session import ReadSnapshot, WriteSession, submit_behind
 from ._writer import Writer, grown_or_error
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, OpenedHandle, as_ints
@@ -571,6 +571,8 @@ class AsyncEnvironment:
         directly.
         """
         if ctx is None:
+            if self._sessions:  # it waits behind them: refused if one's owner awaits it
+                return submit_behind(self._sessions, self._writer.submit, fn)
             return self._writer.submit(fn)
         if may_fail_midway:
             return ctx.run_write(lambda t: _in_savepoint(self._lmdb, t, fn))
@@ -624,6 +626,7 @@ class AsyncEnvironment:
 
     async def _start_session(self) -> WriteSession:
         session = WriteSession(self._lmdb, self._begin_write, self._name, self._growth_refusal)
+        behind = list(self._sessions)  # it waits for them to end
         self._sessions.add(session)
 
         def serve() -> None:
@@ -639,7 +642,7 @@ class AsyncEnvironment:
         finished = asyncio.ensure_future(self._writer.submit_exclusive(serve))
         finished.add_done_callback(lambda f: f.cancelled() or f.exception())
         try:
-            await session.begin()
+            await session.begin(behind)
         except BaseException:
             # Cancelled (or failed) while waiting for the writer: the session
             # may still be queued or begun, and nobody will end it but us.

@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import sys
 from typing import Any
 
 import lmdb
@@ -282,3 +284,118 @@ async def test_a_transaction_that_fills_a_growable_map_can_be_retried(
             failures += 1
     assert 0 < failures < 6
     assert await db.count() == len(records)
+
+
+# -- a write made outside the transaction, awaited inside it ------------------
+
+
+async def test_awaiting_an_outside_write_from_inside_a_transaction_raises(
+    env: Env, db: BytesDB, sessions: list[WriteSession]
+) -> None:
+    try:
+        with pytest.raises(aiolmdb.TransactionError) as info:
+            async with env.transaction():
+                name = owner_name()
+                await db.put(b"inside", b"v")
+                await bounded(detached(db.put(b"outside", b"v")), timeout=3)
+        assert repr(name) in str(info.value)  # names the transaction
+    finally:
+        await abort_orphans(sessions)
+    assert await db.get(b"inside") is None
+    assert await db.get(b"outside") is None  # refused, so never applied later
+    assert await bounded(db.put(b"after", b"v"))  # every writer goes on
+
+
+@pytest.mark.parametrize("how", ["await", "gather", "wait", "shield", "task group"])
+async def test_an_outside_write_awaited_through_wrappers_is_refused(
+    env: Env, db: BytesDB, sessions: list[WriteSession], how: str
+) -> None:
+    started = asyncio.Event()
+
+    async def outside() -> bool:
+        started.set()
+        return await db.put(b"outside", b"v")
+
+    try:
+        async with env.transaction():
+            task = detached(outside())
+            await started.wait()
+            with contextlib.suppress(aiolmdb.TransactionError):
+                if how == "await":
+                    await bounded(task, timeout=3)
+                elif how == "gather":
+                    await bounded(asyncio.gather(task, db.put(b"inside", b"v")), timeout=3)
+                elif how == "wait":
+                    await bounded(asyncio.wait([task]), timeout=3)
+                elif how == "shield":
+                    await bounded(asyncio.shield(task), timeout=3)
+                elif sys.version_info < (3, 11):
+                    pytest.skip("asyncio.TaskGroup needs Python 3.11")
+                else:
+
+                    async def in_group() -> None:
+                        async with asyncio.TaskGroup() as group:
+                            group.create_task(db.put(b"inside", b"v"))
+                            group.create_task(asyncio.wait([task]))
+
+                    await bounded(in_group(), timeout=3)
+            with pytest.raises(aiolmdb.TransactionError, match="transaction"):
+                task.result()
+    finally:
+        await abort_orphans(sessions)
+    assert await db.get(b"outside") is None
+    assert await bounded(db.put(b"after", b"v"))
+
+
+async def test_awaiting_another_transaction_from_inside_a_transaction_raises(
+    env: Env, db: BytesDB, sessions: list[WriteSession]
+) -> None:
+    async def other() -> None:
+        async with env.transaction():
+            await db.put(b"other", b"v")
+
+    try:
+        async with env.transaction():
+            name = owner_name()
+            await db.put(b"inside", b"v")
+            with pytest.raises(aiolmdb.TransactionError, match="another write transaction") as info:
+                await bounded(detached(other()), timeout=3)
+            assert repr(name) in str(info.value)
+            await db.put(b"inside2", b"v")  # the transaction goes on
+    finally:
+        await abort_orphans(sessions)
+    assert [key async for key in db.keys()] == [b"inside", b"inside2"]
+    async with env.transaction():  # the writer serves transactions again
+        await db.put(b"after", b"v")
+    assert await db.get(b"other") is None
+
+
+async def test_an_awaited_outside_write_is_found_among_many_queued(
+    env: Env, db: BytesDB, sessions: list[WriteSession]
+) -> None:
+    try:
+        async with env.transaction():
+            await db.put(b"inside", b"v")
+            others = [detached(db.put(b"q%04d" % i, b"v")) for i in range(1000)]
+            awaited = detached(db.put(b"awaited", b"v"))
+            more = [detached(db.put(b"r%04d" % i, b"v")) for i in range(1000)]
+            with pytest.raises(aiolmdb.TransactionError, match="awaits a write made outside it"):
+                await bounded(awaited, timeout=5)
+            await db.put(b"inside2", b"v")
+    finally:
+        await abort_orphans(sessions)
+    assert all(await bounded(asyncio.gather(*others, *more)))  # the others commit after it
+    assert await db.count() == 2002
+    assert await db.get(b"awaited") is None
+
+
+async def test_outside_writes_not_awaited_by_the_transaction_wait_for_it(
+    env: Env, db: BytesDB
+) -> None:
+    async with env.transaction():
+        await db.put(b"inside", b"v")
+        others = [detached(db.put(b"auto%d" % i, b"v")) for i in range(5)]
+        await asyncio.sleep(0.2)  # idle: the writer looks for a deadlock and finds none
+        assert not any(task.done() for task in others)
+    assert await bounded(asyncio.gather(*others)) == [True] * 5
+    assert await db.count() == 6
