@@ -437,11 +437,11 @@ class AsyncEnvironment:
 
         A read of its own runs inline, or on a reader thread when ``offload``.
         """
+        if self._closed:  # a scan may outlive its environment (or its transaction)
+            self._check()
         if ctx is not None:
             result: R = await ctx.run_read(fn, offload=offload)
             return result
-        if self._closed:  # a scan may outlive its environment
-            self._check()
         if not offload:
             try:
                 return self._call_in_read_txn(fn)
@@ -566,6 +566,8 @@ class AsyncEnvironment:
         """
         if ctx is None:
             return self._writer.submit(fn)
+        if self._closed:  # the caller may have yielded since it found its transaction
+            self._check()
         if may_fail_midway:
             return ctx.run_write(lambda t: _in_savepoint(self._lmdb, t, fn))
         return ctx.run_write(fn)
@@ -609,6 +611,11 @@ class AsyncEnvironment:
     def _end_unwanted_read(self, begun: asyncio.Future[lmdb.Transaction]) -> None:
         if not begun.cancelled() and begun.exception() is None:
             self._end_read(begun.result())
+
+    async def _offload(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn(*args)`` on a reader thread (work that must not stall the loop)."""
+        self._check()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
 
     async def _end_snapshot(self, snapshot: ReadSnapshot) -> None:
         try:

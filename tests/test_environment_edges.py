@@ -1,0 +1,179 @@
+"""The environment at its edges: use after close, a cancelled close, fork, opening databases."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from collections.abc import Awaitable, Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EnvFactory, bounded, raw_records
+
+import aiolmdb
+
+# -- helpers ------------------------------------------------------------------
+
+
+def _reap(pid: int, block: bool = False) -> int | None:
+    waited, status = os.waitpid(pid, 0 if block else os.WNOHANG)
+    return status if waited else None
+
+
+async def in_forked_child(child: Callable[[], list[str] | Awaitable[list[str]]]) -> list[str]:
+    """Fork; the child runs ``child()`` and reports its words through a pipe.
+
+    ``child`` runs at once in the child, inside the caller's task (so in its
+    context); an awaitable it returns runs in an event loop of the child's own.
+    """
+    read_fd, write_fd = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: report through the pipe, then leave at once
+        code = 1
+        try:
+            os.close(read_fd)
+            report = child()
+            if not isinstance(report, list):
+                report = asyncio.run(_awaited(report))
+            os.write(write_fd, " ".join(report).encode())
+            code = 0
+        finally:
+            os._exit(code)
+    os.close(write_fd)
+    status: int | None = None
+    try:
+        deadline = time.monotonic() + 20
+        while status is None and time.monotonic() < deadline:
+            status = _reap(pid)
+            await asyncio.sleep(0.01)
+        assert status is not None, "the forked child did not finish"
+        assert os.waitstatus_to_exitcode(status) == 0
+        with os.fdopen(read_fd, "rb") as reader:
+            return reader.read().decode().split()
+    finally:
+        if status is None:
+            os.kill(pid, 9)
+            _reap(pid, block=True)
+
+
+async def _awaited(aw: Awaitable[list[str]]) -> list[str]:
+    return await aw
+
+
+def step(name: str, call: Callable[[], Awaitable[object]]) -> str:
+    """Run ``call()`` in the child without an event loop: ``name:ok``, ``name:<error type>``,
+    or ``name:suspended`` when it waited for something (nothing can wake it in the child).
+    """
+    coro: Any = None
+    try:
+        coro = call()
+        coro.send(None)
+    except StopIteration:
+        return f"{name}:ok"
+    except BaseException as exc:
+        return f"{name}:{type(exc).__name__}"
+    coro.close()
+    return f"{name}:suspended"
+
+
+def own_readers(env: aiolmdb.AsyncEnvironment) -> list[str]:
+    """Reader-table lines of this process's read transactions still open."""
+    lines = env.readers().strip().splitlines()[1:]
+    return [
+        line for line in lines if line.split()[0] == str(os.getpid()) and line.split()[-1] != "-"
+    ]
+
+
+def path_key(path: Path) -> str:
+    """How the environment at ``path`` names itself in errors."""
+    return repr(os.path.realpath(path))
+
+
+# -- 24: every call after close raises ClosedError -----------------------------
+
+
+async def test_committing_a_write_transaction_after_close_raises_closed_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "e"
+    env = aiolmdb.open(path)
+    db = env.open_db("records")
+    outer = env.transaction()
+    await outer.__aenter__()
+    await db.put(b"lost", b"1")
+    inner = env.transaction()
+    await inner.__aenter__()
+    await db.put(b"lost-too", b"2")
+    await bounded(env.close())
+    with pytest.raises(aiolmdb.ClosedError, match="closed") as raised:
+        await inner.commit()
+    assert path_key(path) in str(raised.value)
+    with pytest.raises(aiolmdb.ClosedError, match="closed"):
+        await inner.__aexit__(None, None, None)
+    with pytest.raises(aiolmdb.ClosedError, match="closed"):
+        await outer.commit()
+    with pytest.raises(aiolmdb.ClosedError, match="closed"):
+        await outer.__aexit__(None, None, None)
+    await outer.abort()  # ending it is harmless
+    assert raw_records(path, "records") == {}
+
+
+async def test_leaving_a_write_block_after_close_raises_closed_error(tmp_path: Path) -> None:
+    env = aiolmdb.open(tmp_path / "e")
+    db = env.open_db("records")
+    with pytest.raises(aiolmdb.ClosedError, match="closed"):
+        async with env.transaction():
+            await db.put(b"k", b"v")
+            await bounded(env.close())
+
+
+@pytest.mark.parametrize("write", [True, False], ids=["write", "read"])
+async def test_a_scan_in_a_transaction_begun_before_close_raises_closed_error(
+    tmp_path: Path, write: bool
+) -> None:
+    env = aiolmdb.open(tmp_path / "e")
+    db = env.open_db("records")
+    await db.put_multi([(b"%05d" % i, b"v") for i in range(3000)])
+    with pytest.raises(aiolmdb.ClosedError, match="closed"):
+        async with env.transaction(write=write):
+            seen = []
+            async for key in db.keys():
+                seen.append(key)
+                if len(seen) == 1:
+                    await bounded(env.close())
+    assert len(seen) < 3000
+
+
+async def test_put_multi_in_a_transaction_closed_while_encoding_raises_closed_error(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "e"
+    env = aiolmdb.open(path)
+    db = env.open_db("records")
+    many = [(b"%05d" % i, b"v") for i in range(3000)]
+    with pytest.raises(aiolmdb.ClosedError, match="closed"):
+        async with env.transaction():
+            writing = asyncio.ensure_future(db.put_multi(many))
+            await asyncio.sleep(0)  # put_multi is encoding its records, in slices
+            closing = asyncio.ensure_future(env.close())
+            try:
+                await bounded(writing)
+            finally:
+                await bounded(closing)
+    assert raw_records(path, "records") == {}
+
+
+async def test_a_scan_of_large_values_resumed_after_close_raises_closed_error(
+    open_env: EnvFactory,
+) -> None:
+    env = open_env(inline_value_limit=16)
+    db = env.open_db("records")
+    await db.put_multi([(b"%05d" % i, b"v" * 100) for i in range(100)])
+    iterator = db.values().__aiter__()
+    assert await iterator.__anext__() == b"v" * 100
+    await bounded(env.close())
+    with pytest.raises(aiolmdb.ClosedError, match="closed"):
+        for _ in range(100):
+            await bounded(iterator.__anext__())
