@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import enum
 import logging
 import os
 import threading
@@ -56,6 +57,18 @@ logger = logging.getLogger("aiolmdb")
 
 _open_paths: dict[str, weakref.ReferenceType[AsyncEnvironment]] = {}
 _open_paths_lock = threading.Lock()
+
+
+class _State(enum.Enum):
+    """Where an environment is in its life."""
+
+    OPEN = enum.auto()
+    #: close() began: no new calls; its threads and handle are being released.
+    CLOSING = enum.auto()
+    #: Every thread and handle released.
+    CLOSED = enum.auto()
+    #: In the child of a fork: the parent's, never to be touched here.
+    FORKED = enum.auto()
 
 
 def version() -> tuple[int, int, int]:
@@ -151,8 +164,10 @@ class AsyncEnvironment:
         self._name = repr(key)
         self._max_map_size = max_map_size
         self._gate = ReadGate()
+        self._state = _State.OPEN
+        #: True unless open: the one flag the hot paths check.
         self._closed = False
-        self._forked = False
+        self._closing: asyncio.Future[None] | None = None
         self.inline_value_limit = inline_value_limit
         self._writer = Writer(
             self._begin_write,
@@ -183,7 +198,7 @@ class AsyncEnvironment:
 
     def _check(self) -> None:
         if self._closed:
-            if self._forked:
+            if self._state is _State.FORKED:
                 raise ClosedError(
                     f"environment {self._name} was opened before this process forked; "
                     "an LMDB environment must not be used after fork(): open it again in the child"
@@ -195,10 +210,24 @@ class AsyncEnvironment:
 
         Write transactions still open are aborted; read snapshots are ended.
         Closing twice is harmless; any call afterwards raises ``ClosedError``.
+        A cancelled close goes on without its caller, and a later ``close()``
+        waits for it (or finishes it, if its event loop is gone).
         """
-        if self._closed:
+        if self._state in (_State.CLOSED, _State.FORKED):
             return
         self._closed = True
+        self._state = _State.CLOSING
+        closing = self._closing
+        if (
+            closing is None
+            or closing.done()
+            or closing.get_loop() is not asyncio.get_running_loop()
+        ):
+            # A close whose loop ended before it finished is finished here.
+            closing = self._closing = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(closing)
+
+    async def _shut_down(self) -> None:
         for session in list(self._sessions):
             with contextlib.suppress(TransactionError):
                 await session.abort()
@@ -210,6 +239,7 @@ class AsyncEnvironment:
     def _release(self) -> None:
         """Free the handles once the writer thread has ended."""
         self._closed = True
+        self._state = _State.CLOSED
         self._pool.shutdown(wait=True)
         for snapshot in list(self._snapshots):
             snapshot.release_now()
@@ -220,9 +250,10 @@ class AsyncEnvironment:
         _live.discard(self)
 
     def _close_at_exit(self) -> None:
-        """Interpreter exit without ``close()``: commit what is queued, then release."""
-        if self._closed:
+        """Interpreter exit without a finished ``close()``: commit what is queued, then release."""
+        if self._state in (_State.CLOSED, _State.FORKED):
             return
+        self._closed = True
         thread = self._writer.stop()
         if thread is not None:
             thread.join(timeout=5.0)
@@ -736,7 +767,7 @@ def _after_fork_in_child() -> None:
     _open_paths_lock = threading.Lock()  # another thread may have held it at fork time
     _open_paths.clear()
     for env in list(_live):
-        env._forked = True
+        env._state = _State.FORKED
         env._closed = True
     _live.clear()
 

@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import asyncio
 import os
+import threading
 import time
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EnvFactory, bounded, raw_records
+from conftest import TIMEOUT, EnvFactory, WriterGate, bounded, raw_records
 
 import aiolmdb
 
@@ -177,3 +178,58 @@ async def test_a_scan_of_large_values_resumed_after_close_raises_closed_error(
     with pytest.raises(aiolmdb.ClosedError, match="closed"):
         for _ in range(100):
             await bounded(iterator.__anext__())
+
+
+# -- 18: a cancelled close can be completed ----------------------------------
+
+
+def _writer_threads(path: Path) -> list[threading.Thread]:
+    key = repr(os.path.realpath(path))
+    return [t for t in threading.enumerate() if t.name == f"aiolmdb-writer {key}" and t.is_alive()]
+
+
+async def _cancelled_close(path: Path) -> tuple[aiolmdb.AsyncEnvironment, WriterGate]:
+    """An environment whose close() was cancelled while the writer was busy."""
+    env = aiolmdb.open(path)
+    db = env.open_db("records")
+    await db.put(b"k", b"v")
+    gate = WriterGate(db)
+    await gate.hold()
+    closing = asyncio.ensure_future(env.close())
+    await asyncio.sleep(0.05)  # close() waits for the writer thread to end
+    assert not closing.done()
+    closing.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await closing
+    return env, gate
+
+
+async def test_close_after_a_cancelled_close_releases_everything(tmp_path: Path) -> None:
+    path = tmp_path / "e"
+    env, gate = await _cancelled_close(path)
+    await gate.release()
+    await bounded(env.close())
+    assert env.closed
+    assert _writer_threads(path) == []
+    # The path is free again: the handle and its registration were released.
+    async with aiolmdb.open(path) as again:
+        assert await again.open_db("records").get(b"k") == b"v"
+
+
+async def test_a_cancelled_close_goes_on_finishing_in_the_background(tmp_path: Path) -> None:
+    path = tmp_path / "e"
+    env, gate = await _cancelled_close(path)
+    await gate.release()
+    deadline = time.monotonic() + TIMEOUT
+    while True:  # nobody awaits the close any more: it finishes on its own
+        try:
+            again = aiolmdb.open(path)
+            break
+        except aiolmdb.AiolmdbError:
+            assert time.monotonic() < deadline, "the cancelled close never finished"
+            await asyncio.sleep(0.01)
+    try:
+        assert await again.open_db("records").get(b"k") == b"v"
+    finally:
+        await bounded(again.close())
+    await bounded(env.close())  # and closing again is harmless
