@@ -57,6 +57,8 @@ logger = logging.getLogger("aiolmdb")
 
 _open_paths: dict[str, weakref.ReferenceType[AsyncEnvironment]] = {}
 _open_paths_lock = threading.Lock()
+#: In the child of a fork: paths whose environment the parent had open.
+_inherited_paths: set[str] = set()
 
 
 class _State(enum.Enum):
@@ -150,6 +152,11 @@ class AsyncEnvironment:
             # LMDB creates the environment's directory, but not its parents.
             os.makedirs(os.path.dirname(key), exist_ok=True)
         with _open_paths_lock:
+            if key in _inherited_paths:
+                raise AiolmdbError(
+                    f"the environment at {key!r} was open when this process forked from its "
+                    f"parent, and cannot be opened again in this process: {_AFTER_FORK}"
+                )
             existing = _open_paths.get(key)
             if existing is not None and existing() is not None:
                 raise AiolmdbError(
@@ -200,8 +207,8 @@ class AsyncEnvironment:
         if self._closed:
             if self._state is _State.FORKED:
                 raise ClosedError(
-                    f"environment {self._name} was opened before this process forked; "
-                    "an LMDB environment must not be used after fork(): open it again in the child"
+                    f"environment {self._name} was opened before this process forked: "
+                    f"it belongs to the parent, and LMDB forbids using it here; {_AFTER_FORK}"
                 )
             raise ClosedError(f"environment {self._name} is closed")
 
@@ -527,6 +534,10 @@ class AsyncEnvironment:
             return fn()
 
     def _end_read(self, txn: lmdb.Transaction) -> None:
+        if self._state is _State.FORKED:
+            # The parent's transaction: ending it here would free the parent's
+            # slot in the reader table (shared through the lock file).
+            return
         txn.abort()
         self._gate.leave()
 
@@ -683,6 +694,20 @@ class AsyncEnvironment:
     def _end_session(self, session: WriteSession) -> None:
         self._sessions.discard(session)
 
+    def _abandon(self) -> None:
+        """In the child of a fork: mark everything dead, touching nothing LMDB shares.
+
+        The parent's transactions, threads and handle stay as they were: the
+        child never ends, commits or closes any of them (py-lmdb leaves them
+        alone too when the child lets go of them).
+        """
+        self._closed = True
+        self._state = _State.FORKED
+        for snapshot in self._snapshots:
+            snapshot.abandon()
+        for session in self._sessions:
+            session.abandon()
+
     # -- pass-throughs ---------------------------------------------------
 
     def path(self) -> str:
@@ -760,15 +785,26 @@ def _in_savepoint(
         return fn(child)
 
 
+#: What a process that forked may do instead of using its parent's environment.
+_AFTER_FORK = (
+    "py-lmdb still counts the parent's handle as open in this process. Open "
+    "environments after forking (with multiprocessing, use the 'spawn' or "
+    "'forkserver' start method), or close them before forking"
+)
+
+
 def _after_fork_in_child() -> None:
     # The child must not touch the parent's environments (their threads are gone
-    # and LMDB forbids it): every call fails clearly, and the path may be reopened.
+    # and LMDB forbids it): every call fails clearly. Closing the parent's handle
+    # here would end the parent's read transactions in the shared reader table
+    # (or wait forever for a write transaction of a thread that is gone), so
+    # py-lmdb keeps it registered, and the same environment cannot be opened again.
     global _open_paths_lock
     _open_paths_lock = threading.Lock()  # another thread may have held it at fork time
+    _inherited_paths.update(key for key, env in _open_paths.items() if env() is not None)
     _open_paths.clear()
     for env in list(_live):
-        env._state = _State.FORKED
-        env._closed = True
+        env._abandon()
     _live.clear()
 
 

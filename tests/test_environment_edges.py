@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, EnvFactory, WriterGate, bounded, raw_records
+from conftest import TIMEOUT, EnvFactory, WriterGate, bounded, detached, raw_records
 
 import aiolmdb
 
@@ -233,3 +233,148 @@ async def test_a_cancelled_close_goes_on_finishing_in_the_background(tmp_path: P
     finally:
         await bounded(again.close())
     await bounded(env.close())  # and closing again is harmless
+
+
+# -- 5: a forked child leaves the parent's transactions alone -----------------
+
+
+def _leave(snapshot: aiolmdb.Transaction, action: str) -> Awaitable[object]:
+    if action == "abort":
+        return snapshot.abort()
+    if action == "exit":
+        return snapshot.__aexit__(None, None, None)
+    return snapshot.__aexit__(ValueError, ValueError("child"), None)
+
+
+@pytest.mark.parametrize("action", ["abort", "exit", "exit_with_error"])
+async def test_a_forked_child_leaves_the_parents_read_snapshot_alone(
+    open_env: EnvFactory, action: str
+) -> None:
+    env = open_env()
+    db = env.open_db("data")
+    await db.put_multi([(b"k%03d" % i, b"before") for i in range(200)])
+    snapshot = env.transaction(write=False)
+    await snapshot.__aenter__()
+    try:
+        assert await db.get(b"k000") == b"before"
+        held = own_readers(env)
+        assert len(held) == 1
+
+        def child() -> list[str]:
+            return [
+                step("get", lambda: db.get(b"k000")),
+                step("scan", lambda: db.items().__anext__()),
+                step("leave", lambda: _leave(snapshot, action)),
+                step("abort", lambda: snapshot.abort()),
+            ]
+
+        report = await in_forked_child(child)
+        assert report == ["get:ClosedError", "scan:ClosedError", "leave:ok", "abort:ok"]
+        # The parent's reader slot is untouched: LMDB keeps the snapshot's pages.
+        assert own_readers(env) == held
+        for i in range(50):  # commits that would reuse the snapshot's pages were it gone
+            # From a task of its own: this one's calls join the snapshot.
+            await detached(db.put_multi([(b"k%03d" % j, b"after%d" % i) for j in range(200)]))
+        assert own_readers(env) == held
+        assert await db.get(b"k000") == b"before"
+        assert [value async for _, value in db.items()] == [b"before"] * 200
+    finally:
+        await snapshot.__aexit__(None, None, None)
+    assert own_readers(env) == []
+    assert await db.get(b"k000") == b"after49"
+
+
+async def test_a_forked_child_leaves_the_parents_write_transaction_alone(
+    open_env: EnvFactory,
+) -> None:
+    env = open_env()
+    db = env.open_db("data")
+    txn = env.transaction()
+    await txn.__aenter__()
+    try:
+        await db.put(b"k", b"parent")
+        savepoint = env.transaction()
+        await savepoint.__aenter__()
+        await db.put(b"s", b"parent")
+
+        def child() -> list[str]:
+            return [
+                step("put", lambda: db.put(b"k", b"child")),
+                step("savepoint_commit", lambda: savepoint.commit()),
+                step("savepoint_exit", lambda: savepoint.__aexit__(ValueError, ValueError(), None)),
+                step("commit", lambda: txn.commit()),
+                step("exit", lambda: txn.__aexit__(None, None, None)),
+                step("abort", lambda: txn.abort()),
+            ]
+
+        assert await in_forked_child(child) == [
+            "put:ClosedError",
+            "savepoint_commit:ClosedError",
+            "savepoint_exit:ok",
+            "commit:ClosedError",
+            "exit:ClosedError",
+            "abort:ok",
+        ]
+        await savepoint.__aexit__(None, None, None)
+        await db.put(b"k2", b"parent")  # the parent's transaction goes on
+    finally:
+        await txn.__aexit__(None, None, None)
+    assert await db.get_multi([b"k", b"s", b"k2"]) == {
+        b"k": b"parent",
+        b"s": b"parent",
+        b"k2": b"parent",
+    }
+
+
+# -- 15: what a forked child may open -----------------------------------------
+
+
+async def test_a_forked_child_is_told_it_cannot_reopen_an_inherited_environment(
+    open_env: EnvFactory, tmp_path: Path
+) -> None:
+    path = tmp_path / "shared"
+    env = open_env(path)
+    await env.open_db("data").put(b"k", b"v")
+
+    async def child() -> list[str]:
+        words: list[str] = []
+        try:
+            env.info()
+        except aiolmdb.ClosedError as exc:
+            words.append("info:ClosedError")
+            message = str(exc)
+            assert "open it again in the child" not in message, message
+            assert "spawn" in message, message
+        try:
+            aiolmdb.open(path)
+            words.append("open:ok")
+        except aiolmdb.AiolmdbError as exc:
+            words.append(f"open:{type(exc).__name__}")
+            message = str(exc)
+            assert path_key(path) in message, message
+            assert "fork" in message and "spawn" in message, message
+        except Exception as exc:
+            words.append(f"open:{type(exc).__module__}.{type(exc).__name__}")
+        other = aiolmdb.open(tmp_path / "other")  # any other environment opens
+        await other.open_db("x").put(b"k", b"child")
+        words.append(f"other:{(await other.open_db('x').get(b'k') or b'').decode()}")
+        await other.close()
+        return words
+
+    assert await in_forked_child(child) == ["info:ClosedError", "open:AiolmdbError", "other:child"]
+    assert await env.open_db("data").get(b"k") == b"v"
+
+
+async def test_an_environment_closed_before_fork_opens_in_the_child(tmp_path: Path) -> None:
+    path = tmp_path / "e"
+    async with aiolmdb.open(path) as env:
+        await env.open_db("data").put(b"k", b"parent")
+
+    async def child() -> list[str]:
+        async with aiolmdb.open(path) as again:
+            db = again.open_db("data")
+            await db.put(b"c", b"child")
+            return [(await db.get(b"k") or b"").decode()]
+
+    assert await in_forked_child(child) == ["parent"]
+    assert raw_records(path, "data") == {b"k": b"parent", b"c": b"child"}
