@@ -57,6 +57,9 @@ logger = logging.getLogger("aiolmdb")
 
 _open_paths: dict[str, weakref.ReferenceType[AsyncEnvironment]] = {}
 _open_paths_lock = threading.Lock()
+#: An open database's cache key: its raw name, reverse_key, integerkey.
+_HandleKey = tuple[bytes | None, bool, bool]
+
 #: In the child of a fork: paths whose environment the parent had open.
 _inherited_paths: set[str] = set()
 
@@ -187,7 +190,7 @@ class AsyncEnvironment:
             max_workers=read_workers, thread_name_prefix=f"aiolmdb-reader {key}"
         )
         # Open database handles by (name, flags): (handle, serial number of the open).
-        self._handles: dict[tuple[bytes | None, bool, bool], OpenedHandle] = {}
+        self._handles: dict[_HandleKey, OpenedHandle] = {}
         self._handle_serial = 0
         self._current: ContextVar[Transaction | None] = ContextVar(
             f"aiolmdb transaction {key}", default=None
@@ -365,25 +368,142 @@ class AsyncEnvironment:
         """The unnamed default database (which also lists the named databases' names)."""
         return self.open_db(None)
 
+    @overload
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[bytes, bytes]: ...
+
+    @overload
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[K],
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[K, bytes]: ...
+
+    @overload
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        value_coder: Coder[V],
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[bytes, V]: ...
+
+    @overload
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[K],
+        value_coder: Coder[V],
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[K, V]: ...
+
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[Any] | None = None,
+        value_coder: Coder[Any] | None = None,
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[Any, Any]:
+        """:meth:`open_db` for a running service: the event loop never waits for the writer.
+
+        A database this environment has not opened yet is opened (or created)
+        by the writer thread, after the job it is busy with; this awaits that,
+        while the loop goes on. Inside a write transaction of this task it
+        raises :class:`TransactionError` (the writer serves that transaction);
+        a transaction of another task is waited for.
+        """
+        flags = {"reverse_key": reverse_key, "integerkey": integerkey}
+        await self._open_handle_async(name, _label_of(name), create, flags)
+        # Opened now: open_db finds the handle and needs no writer.
+        return self.open_db(
+            name,
+            key_coder=key_coder if key_coder is not None else IdentityCoder(),
+            value_coder=value_coder if value_coder is not None else IdentityCoder(),
+            create=create,
+            reverse_key=reverse_key,
+            integerkey=integerkey,
+        )
+
     def _open_handle(
         self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
     ) -> OpenedHandle:
         """The LMDB handle of a database, opened (or created) by the writer thread.
 
         LMDB forbids opening handles from two transactions at once and keeps
-        a handle only if the transaction that opened it commits: the writer
-        thread does every open, once per database; later opens reuse it.
-        The handle records the serial number of its open: a transaction begun
-        before that cannot see the database.
+        a handle only if the transaction that opened it commits (py-lmdb ends
+        a read transaction by a reset, which forgets it): the writer thread
+        does every open, once per database; later opens reuse it. A first
+        open blocks the caller until the writer is free (see
+        :meth:`open_db_async`). The handle records the serial number of its
+        open: a transaction begun before that cannot see the database.
         """
+        key, known = self._known_handle(name, flags)
+        if known is not None:
+            return known
+        if self._sessions:
+            # The writer is serving a transaction that waits for this event loop.
+            current = self._current.get()
+            holder = (
+                "this write transaction"
+                if current is not None and current.active and current.sees_own_writes
+                else "a write transaction of another task"
+            )
+            raise TransactionError(
+                f"database {label} cannot be opened while {holder} is open in environment "
+                f"{self._name}: opening a database needs the writer, which serves that "
+                "transaction; open databases before (at start-up, for instance), "
+                "or await env.open_db_async() outside the transaction"
+            )
+        return self._remember(key, label, self._writer.run_now(self._opener(key, create)))
+
+    async def _open_handle_async(
+        self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
+    ) -> OpenedHandle:
+        """:meth:`_open_handle`, awaiting the writer instead of blocking on it."""
+        key, known = self._known_handle(name, flags)
+        if known is not None:
+            return known
+        current = self._current.get()
+        if current is not None and current.active and current.sees_own_writes:
+            raise TransactionError(
+                f"database {label} cannot be opened inside this write transaction of "
+                f"environment {self._name}: opening a database needs the writer, which "
+                "serves the transaction until it ends; open it before the transaction"
+            )
+        handle = await self._writer.submit_exclusive(self._opener(key, create))
+        return self._remember(key, label, handle)
+
+    def _known_handle(
+        self, name: str | bytes | None, flags: Mapping[str, bool]
+    ) -> tuple[_HandleKey, OpenedHandle | None]:
+        """The cache key of a database, and its handle if it is open (and not dropped)."""
         self._check()
         raw_name = name.encode() if isinstance(name, str) else name
-        reverse_key = flags.get("reverse_key", False)
-        integerkey = flags.get("integerkey", False)
-        cache_key = (raw_name, reverse_key, integerkey)
-        known = self._handles.get(cache_key)
-        if known is not None and not known.dropped:
-            return known
+        key = (raw_name, flags.get("reverse_key", False), flags.get("integerkey", False))
+        known = self._handles.get(key)
+        return key, (known if known is not None and not known.dropped else None)
+
+    def _opener(self, key: _HandleKey, create: bool) -> Callable[[], Any]:
+        """The writer's job opening a database: its handle, or None if it does not exist."""
+        raw_name, reverse_key, integerkey = key
 
         def open_on_writer() -> Any:
             for may_create in (False, True) if create else (False,):
@@ -400,26 +520,19 @@ class AsyncEnvironment:
                     continue
             return None
 
-        if self._sessions:
-            # The writer is serving a transaction that waits for this event loop.
-            current = self._current.get()
-            holder = (
-                "this write transaction"
-                if current is not None and current.active and current.sees_own_writes
-                else "a write transaction of another task"
-            )
-            raise TransactionError(
-                f"database {label} cannot be opened while {holder} is open in environment "
-                f"{self._name}: opening a database needs the writer, which serves that "
-                "transaction; open databases before (at start-up, for instance)"
-            )
-        handle = self._writer.run_now(open_on_writer)
+        return open_on_writer
+
+    def _remember(self, key: _HandleKey, label: str, handle: Any) -> OpenedHandle:
+        """Keep a handle the writer opened (None: the database does not exist)."""
         if handle is None:
             raise DatabaseNotFoundError(
                 f"database {label} does not exist in environment {self._name} (create=False)"
             )
+        known = self._handles.get(key)
+        if known is not None and not known.dropped:
+            return known  # two opens of one database raced: LMDB gave both the same handle
         self._handle_serial += 1
-        opened = self._handles[cache_key] = OpenedHandle(handle, self._handle_serial)
+        opened = self._handles[key] = OpenedHandle(handle, self._handle_serial)
         return opened
 
     def _forget_handle(self, opened: OpenedHandle) -> None:
@@ -776,6 +889,11 @@ _live: weakref.WeakSet[AsyncEnvironment] = weakref.WeakSet()
 def _close_forgotten_environments() -> None:
     for env in list(_live):
         env._close_at_exit()
+
+
+def _label_of(name: str | bytes | None) -> str:
+    """How errors name a database (as :class:`AsyncDatabase` does)."""
+    return "<default>" if name is None else repr(name)
 
 
 def _in_savepoint(

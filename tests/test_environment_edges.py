@@ -14,6 +14,7 @@ import pytest
 from conftest import TIMEOUT, EnvFactory, WriterGate, bounded, detached, raw_records
 
 import aiolmdb
+from aiolmdb.coders import StringCoder
 
 # -- helpers ------------------------------------------------------------------
 
@@ -378,3 +379,117 @@ async def test_an_environment_closed_before_fork_opens_in_the_child(tmp_path: Pa
 
     assert await in_forked_child(child) == ["parent"]
     assert raw_records(path, "data") == {b"k": b"parent", b"c": b"child"}
+
+
+# -- 17: opening a database never blocks the event loop on the writer --------
+
+
+class SlowJob:
+    """A write job that keeps the writer thread busy until released (or one second)."""
+
+    def __init__(self, db: aiolmdb.AsyncDatabase[Any, Any]) -> None:
+        self._started = threading.Event()
+        self._release = threading.Event()
+
+        def job(_: aiolmdb.DatabaseTxn[Any, Any]) -> bool:
+            self._started.set()
+            return self._release.wait(1.0)
+
+        self.task = asyncio.ensure_future(db.run(job, write=True))
+
+    async def started(self) -> None:
+        assert await bounded(asyncio.to_thread(self._started.wait, TIMEOUT))
+
+    async def release(self) -> None:
+        self._release.set()
+        assert await bounded(self.task) is True  # released, not timed out
+
+
+class Ticker:
+    """Counts 1 ms ticks of the event loop."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.001)
+            self.ticks += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
+async def test_open_db_async_keeps_the_loop_running_while_the_writer_is_busy(
+    tmp_path: Path,
+) -> None:
+    path = tmp_path / "e"
+    async with aiolmdb.open(path) as env:
+        await env.open_db("existing").put(b"k", b"v")
+        await env.open_db("flagged", integerkey=True).put((7).to_bytes(8, "little"), b"7")
+    async with aiolmdb.open(path) as env:
+        busy = env.open_db("busy")
+        job = SlowJob(busy)
+        await job.started()
+        ticker = Ticker()
+        try:
+            opening = asyncio.ensure_future(
+                asyncio.gather(
+                    env.open_db_async("existing", create=False),
+                    env.open_db_async("flagged", integerkey=True),
+                    env.open_db_async("created", value_coder=StringCoder()),
+                )
+            )
+            await asyncio.sleep(0.05)
+            # The opens wait for the writer, the loop does not.
+            assert not opening.done()
+            assert ticker.ticks > 10
+            await job.release()
+            existing, flagged, created = await bounded(opening)
+        finally:
+            ticker.stop()
+            await job.release()
+        assert await existing.get(b"k") == b"v"
+        assert await flagged.get((7).to_bytes(8, "little")) == b"7"
+        assert await created.put(b"k", "text")
+        assert await created.get(b"k") == "text"
+        # Once open, opening it again needs no writer at all.
+        assert await env.open_db("existing", create=False).get(b"k") == b"v"
+        with pytest.raises(aiolmdb.DatabaseNotFoundError, match="'missing'"):
+            await bounded(env.open_db_async("missing", create=False))
+    assert raw_records(path, "created") == {b"k": b"text"}
+
+
+async def test_open_db_async_in_a_transaction(tmp_path: Path) -> None:
+    path = tmp_path / "e"
+    async with aiolmdb.open(path) as env:
+        db = env.open_db("records")
+        async with env.transaction():
+            await db.put(b"a", b"1")
+            # The writer serves this very transaction: waiting for it would deadlock.
+            with pytest.raises(aiolmdb.TransactionError, match="'late'"):
+                await bounded(env.open_db_async("late"), timeout=3)
+            assert (await bounded(env.open_db_async("records"))).name == "records"
+            await db.put(b"b", b"2")
+        inside = asyncio.Event()
+        done = asyncio.Event()
+
+        async def hold() -> None:
+            async with env.transaction():
+                await db.put(b"c", b"3")
+                inside.set()
+                await done.wait()
+
+        holder = asyncio.ensure_future(hold())
+        await bounded(inside.wait())
+        # Another task's transaction: the open waits for it to end.
+        opening = asyncio.ensure_future(env.open_db_async("other"))
+        await asyncio.sleep(0.05)
+        assert not opening.done()
+        done.set()
+        other = await bounded(opening)
+        await bounded(holder)
+        assert await other.put(b"k", b"v")
+    assert raw_records(path, "records") == {b"a": b"1", b"b": b"2", b"c": b"3"}
+    assert raw_records(path, "other") == {b"k": b"v"}
