@@ -236,6 +236,44 @@ async def test_a_cancelled_close_goes_on_finishing_in_the_background(tmp_path: P
     await bounded(env.close())  # and closing again is harmless
 
 
+def test_close_finishes_a_close_whose_event_loop_ended(tmp_path: Path) -> None:
+    path = tmp_path / "e"
+    release = threading.Event()
+
+    async def cancel_a_close() -> aiolmdb.AsyncEnvironment:
+        env = aiolmdb.open(path)
+        db = env.open_db("records")
+        await db.put(b"k", b"v")
+        started = threading.Event()
+
+        def block(_: aiolmdb.DatabaseTxn[bytes, bytes]) -> bool:
+            started.set()
+            return release.wait(TIMEOUT)
+
+        blocking = asyncio.ensure_future(db.run(block, write=True))
+        assert await bounded(asyncio.to_thread(started.wait, TIMEOUT))
+        closing = asyncio.ensure_future(env.close())
+        await asyncio.sleep(0.05)
+        assert not blocking.done() and not closing.done()
+        closing.cancel()
+        # The loop ends, cancelling the close's work too (asyncio.run then
+        # waits for the thread joining the writer: let the writer finish soon).
+        threading.Timer(0.1, release.set).start()
+        return env
+
+    env = asyncio.run(cancel_a_close())
+    assert env.closed
+    asyncio.run(bounded(env.close()))
+    assert env.closed
+    assert _writer_threads(path) == []
+
+    async def reopen() -> bytes | None:
+        async with aiolmdb.open(path) as again:
+            return await again.open_db("records").get(b"k")
+
+    assert asyncio.run(reopen()) == b"v"
+
+
 # -- 5: a forked child leaves the parent's transactions alone -----------------
 
 
