@@ -242,6 +242,8 @@ class WriteSession:
         return await self._put(_Op(kind, fn, asyncio.get_running_loop(), savepoint, level))
 
     def _put(self, op: _Op) -> asyncio.Future[Any]:
+        if self._ended:  # checked before the lock too: an abandoned session's may be held
+            raise TransactionError(f"the write transaction on {self._name} has ended")
         with self._lock:
             if self._ended:
                 raise TransactionError(f"the write transaction on {self._name} has ended")
@@ -250,6 +252,8 @@ class WriteSession:
 
     def _send_later(self, kind: int, savepoint: int = 0) -> None:
         """Queue an op without waiting for it (for a caller that was cancelled)."""
+        if self._ended:
+            return
         op = _Op(kind, None, asyncio.get_running_loop(), savepoint)
         op.future.add_done_callback(_ignore_outcome)
         with self._lock:
@@ -320,6 +324,13 @@ class WriteSession:
     async def abort(self) -> None:
         """Abort the whole transaction, savepoints included, and end the session."""
         await self._send(_ABORT)
+
+    def abandon(self) -> None:
+        """In the child of a fork: the session is the parent's; never send it anything.
+
+        Its lock may have been held by a thread that did not survive the fork.
+        """
+        self._ended = True
 
     def abort_later(self) -> None:
         """Queue an abort without waiting for it (when the opener was cancelled)."""
@@ -511,11 +522,20 @@ class ReadSnapshot:
         If the caller is cancelled while waiting, that call ends it.
         """
         self._closing = True
-        if not self._lock.locked():
+        if self._txn is None or not self._lock.locked():
             self.release_now()
             return
         async with self._lock:
             self.release_now()
+
+    def abandon(self) -> None:
+        """In the child of a fork: let go of the parent's transaction without ending it.
+
+        Ending it here would free the parent's slot in the reader table, which
+        the lock file shares between processes.
+        """
+        self._closing = True
+        self._txn = None
 
     def release_now(self) -> None:
         """End the snapshot immediately (the caller knows nothing is in flight)."""

@@ -646,7 +646,7 @@ class AsyncDatabase(Generic[K, V]):
         env = self.env
 
         async def decode_large(key: bytes, value: bytes) -> Any:
-            return await asyncio.get_running_loop().run_in_executor(env._pool, decode, key, value)
+            return await env._offload(decode, key, value)
 
         return scan(
             lambda fn, offload: env._read(fn, ctx, offload=offload),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import atexit
 import contextlib
+import enum
 import logging
 import os
 import threading
@@ -56,6 +57,23 @@ logger = logging.getLogger("aiolmdb")
 
 _open_paths: dict[str, weakref.ReferenceType[AsyncEnvironment]] = {}
 _open_paths_lock = threading.Lock()
+#: An open database's cache key: its raw name, reverse_key, integerkey.
+_HandleKey = tuple[bytes | None, bool, bool]
+
+#: In the child of a fork: paths whose environment the parent had open.
+_inherited_paths: set[str] = set()
+
+
+class _State(enum.Enum):
+    """Where an environment is in its life."""
+
+    OPEN = enum.auto()
+    #: close() began: no new calls; its threads and handle are being released.
+    CLOSING = enum.auto()
+    #: Every thread and handle released.
+    CLOSED = enum.auto()
+    #: In the child of a fork: the parent's, never to be touched here.
+    FORKED = enum.auto()
 
 
 def version() -> tuple[int, int, int]:
@@ -137,6 +155,11 @@ class AsyncEnvironment:
             # LMDB creates the environment's directory, but not its parents.
             os.makedirs(os.path.dirname(key), exist_ok=True)
         with _open_paths_lock:
+            if key in _inherited_paths:
+                raise AiolmdbError(
+                    f"the environment at {key!r} was open when this process forked from its "
+                    f"parent, and cannot be opened again in this process: {_AFTER_FORK}"
+                )
             existing = _open_paths.get(key)
             if existing is not None and existing() is not None:
                 raise AiolmdbError(
@@ -151,8 +174,10 @@ class AsyncEnvironment:
         self._name = repr(key)
         self._max_map_size = max_map_size
         self._gate = ReadGate()
+        self._state = _State.OPEN
+        #: True unless open: the one flag the hot paths check.
         self._closed = False
-        self._forked = False
+        self._closing: asyncio.Future[None] | None = None
         self.inline_value_limit = inline_value_limit
         self._writer = Writer(
             self._begin_write,
@@ -165,7 +190,7 @@ class AsyncEnvironment:
             max_workers=read_workers, thread_name_prefix=f"aiolmdb-reader {key}"
         )
         # Open database handles by (name, flags): (handle, serial number of the open).
-        self._handles: dict[tuple[bytes | None, bool, bool], OpenedHandle] = {}
+        self._handles: dict[_HandleKey, OpenedHandle] = {}
         self._handle_serial = 0
         self._current: ContextVar[Transaction | None] = ContextVar(
             f"aiolmdb transaction {key}", default=None
@@ -183,10 +208,10 @@ class AsyncEnvironment:
 
     def _check(self) -> None:
         if self._closed:
-            if self._forked:
+            if self._state is _State.FORKED:
                 raise ClosedError(
-                    f"environment {self._name} was opened before this process forked; "
-                    "an LMDB environment must not be used after fork(): open it again in the child"
+                    f"environment {self._name} was opened before this process forked: "
+                    f"it belongs to the parent, and LMDB forbids using it here; {_AFTER_FORK}"
                 )
             raise ClosedError(f"environment {self._name} is closed")
 
@@ -195,10 +220,24 @@ class AsyncEnvironment:
 
         Write transactions still open are aborted; read snapshots are ended.
         Closing twice is harmless; any call afterwards raises ``ClosedError``.
+        A cancelled close goes on without its caller, and a later ``close()``
+        waits for it (or finishes it, if its event loop is gone).
         """
-        if self._closed:
+        if self._state in (_State.CLOSED, _State.FORKED):
             return
         self._closed = True
+        self._state = _State.CLOSING
+        closing = self._closing
+        if (
+            closing is None
+            or closing.done()
+            or closing.get_loop() is not asyncio.get_running_loop()
+        ):
+            # A close whose loop ended before it finished is finished here.
+            closing = self._closing = asyncio.ensure_future(self._shut_down())
+        await asyncio.shield(closing)
+
+    async def _shut_down(self) -> None:
         for session in list(self._sessions):
             with contextlib.suppress(TransactionError):
                 await session.abort()
@@ -210,6 +249,7 @@ class AsyncEnvironment:
     def _release(self) -> None:
         """Free the handles once the writer thread has ended."""
         self._closed = True
+        self._state = _State.CLOSED
         self._pool.shutdown(wait=True)
         for snapshot in list(self._snapshots):
             snapshot.release_now()
@@ -220,9 +260,10 @@ class AsyncEnvironment:
         _live.discard(self)
 
     def _close_at_exit(self) -> None:
-        """Interpreter exit without ``close()``: commit what is queued, then release."""
-        if self._closed:
+        """Interpreter exit without a finished ``close()``: commit what is queued, then release."""
+        if self._state in (_State.CLOSED, _State.FORKED):
             return
+        self._closed = True
         thread = self._writer.stop()
         if thread is not None:
             thread.join(timeout=5.0)
@@ -327,25 +368,142 @@ class AsyncEnvironment:
         """The unnamed default database (which also lists the named databases' names)."""
         return self.open_db(None)
 
+    @overload
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[bytes, bytes]: ...
+
+    @overload
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[K],
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[K, bytes]: ...
+
+    @overload
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        value_coder: Coder[V],
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[bytes, V]: ...
+
+    @overload
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[K],
+        value_coder: Coder[V],
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[K, V]: ...
+
+    async def open_db_async(
+        self,
+        name: str | bytes | None = None,
+        *,
+        key_coder: Coder[Any] | None = None,
+        value_coder: Coder[Any] | None = None,
+        create: bool = True,
+        reverse_key: bool = False,
+        integerkey: bool = False,
+    ) -> AsyncDatabase[Any, Any]:
+        """:meth:`open_db` for a running service: the event loop never waits for the writer.
+
+        A database this environment has not opened yet is opened (or created)
+        by the writer thread, after the job it is busy with; this awaits that,
+        while the loop goes on. Inside a write transaction of this task it
+        raises :class:`TransactionError` (the writer serves that transaction);
+        a transaction of another task is waited for.
+        """
+        flags = {"reverse_key": reverse_key, "integerkey": integerkey}
+        await self._open_handle_async(name, _label_of(name), create, flags)
+        # Opened now: open_db finds the handle and needs no writer.
+        return self.open_db(
+            name,
+            key_coder=key_coder if key_coder is not None else IdentityCoder(),
+            value_coder=value_coder if value_coder is not None else IdentityCoder(),
+            create=create,
+            reverse_key=reverse_key,
+            integerkey=integerkey,
+        )
+
     def _open_handle(
         self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
     ) -> OpenedHandle:
         """The LMDB handle of a database, opened (or created) by the writer thread.
 
         LMDB forbids opening handles from two transactions at once and keeps
-        a handle only if the transaction that opened it commits: the writer
-        thread does every open, once per database; later opens reuse it.
-        The handle records the serial number of its open: a transaction begun
-        before that cannot see the database.
+        a handle only if the transaction that opened it commits (py-lmdb ends
+        a read transaction by a reset, which forgets it): the writer thread
+        does every open, once per database; later opens reuse it. A first
+        open blocks the caller until the writer is free (see
+        :meth:`open_db_async`). The handle records the serial number of its
+        open: a transaction begun before that cannot see the database.
         """
+        key, known = self._known_handle(name, flags)
+        if known is not None:
+            return known
+        if self._sessions:
+            # The writer is serving a transaction that waits for this event loop.
+            current = self._current.get()
+            holder = (
+                "this write transaction"
+                if current is not None and current.active and current.sees_own_writes
+                else "a write transaction of another task"
+            )
+            raise TransactionError(
+                f"database {label} cannot be opened while {holder} is open in environment "
+                f"{self._name}: opening a database needs the writer, which serves that "
+                "transaction; open databases before (at start-up, for instance), "
+                "or await env.open_db_async() outside the transaction"
+            )
+        return self._remember(key, label, self._writer.run_now(self._opener(key, create)))
+
+    async def _open_handle_async(
+        self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
+    ) -> OpenedHandle:
+        """:meth:`_open_handle`, awaiting the writer instead of blocking on it."""
+        key, known = self._known_handle(name, flags)
+        if known is not None:
+            return known
+        current = self._current.get()
+        if current is not None and current.active and current.sees_own_writes:
+            raise TransactionError(
+                f"database {label} cannot be opened inside this write transaction of "
+                f"environment {self._name}: opening a database needs the writer, which "
+                "serves the transaction until it ends; open it before the transaction"
+            )
+        handle = await self._writer.submit_exclusive(self._opener(key, create))
+        return self._remember(key, label, handle)
+
+    def _known_handle(
+        self, name: str | bytes | None, flags: Mapping[str, bool]
+    ) -> tuple[_HandleKey, OpenedHandle | None]:
+        """The cache key of a database, and its handle if it is open (and not dropped)."""
         self._check()
         raw_name = name.encode() if isinstance(name, str) else name
-        reverse_key = flags.get("reverse_key", False)
-        integerkey = flags.get("integerkey", False)
-        cache_key = (raw_name, reverse_key, integerkey)
-        known = self._handles.get(cache_key)
-        if known is not None and not known.dropped:
-            return known
+        key = (raw_name, flags.get("reverse_key", False), flags.get("integerkey", False))
+        known = self._handles.get(key)
+        return key, (known if known is not None and not known.dropped else None)
+
+    def _opener(self, key: _HandleKey, create: bool) -> Callable[[], Any]:
+        """The writer's job opening a database: its handle, or None if it does not exist."""
+        raw_name, reverse_key, integerkey = key
 
         def open_on_writer() -> Any:
             for may_create in (False, True) if create else (False,):
@@ -362,26 +520,19 @@ class AsyncEnvironment:
                     continue
             return None
 
-        if self._sessions:
-            # The writer is serving a transaction that waits for this event loop.
-            current = self._current.get()
-            holder = (
-                "this write transaction"
-                if current is not None and current.active and current.sees_own_writes
-                else "a write transaction of another task"
-            )
-            raise TransactionError(
-                f"database {label} cannot be opened while {holder} is open in environment "
-                f"{self._name}: opening a database needs the writer, which serves that "
-                "transaction; open databases before (at start-up, for instance)"
-            )
-        handle = self._writer.run_now(open_on_writer)
+        return open_on_writer
+
+    def _remember(self, key: _HandleKey, label: str, handle: Any) -> OpenedHandle:
+        """Keep a handle the writer opened (None: the database does not exist)."""
         if handle is None:
             raise DatabaseNotFoundError(
                 f"database {label} does not exist in environment {self._name} (create=False)"
             )
+        known = self._handles.get(key)
+        if known is not None and not known.dropped:
+            return known  # two opens of one database raced: LMDB gave both the same handle
         self._handle_serial += 1
-        opened = self._handles[cache_key] = OpenedHandle(handle, self._handle_serial)
+        opened = self._handles[key] = OpenedHandle(handle, self._handle_serial)
         return opened
 
     def _forget_handle(self, opened: OpenedHandle) -> None:
@@ -437,11 +588,11 @@ class AsyncEnvironment:
 
         A read of its own runs inline, or on a reader thread when ``offload``.
         """
+        if self._closed:  # a scan may outlive its environment (or its transaction)
+            self._check()
         if ctx is not None:
             result: R = await ctx.run_read(fn, offload=offload)
             return result
-        if self._closed:  # a scan may outlive its environment
-            self._check()
         if not offload:
             try:
                 return self._call_in_read_txn(fn)
@@ -496,6 +647,10 @@ class AsyncEnvironment:
             return fn()
 
     def _end_read(self, txn: lmdb.Transaction) -> None:
+        if self._state is _State.FORKED:
+            # The parent's transaction: ending it here would free the parent's
+            # slot in the reader table (shared through the lock file).
+            return
         txn.abort()
         self._gate.leave()
 
@@ -574,6 +729,8 @@ class AsyncEnvironment:
             if self._sessions:  # it waits behind them: refused if one's owner awaits it
                 return submit_behind(self._sessions, self._writer.submit, fn)
             return self._writer.submit(fn)
+        if self._closed:  # the caller may have yielded since it found its transaction
+            self._check()
         if may_fail_midway:
             return ctx.run_write(lambda t: _in_savepoint(self._lmdb, t, fn))
         return ctx.run_write(fn)
@@ -618,6 +775,11 @@ class AsyncEnvironment:
         if not begun.cancelled() and begun.exception() is None:
             self._end_read(begun.result())
 
+    async def _offload(self, fn: Callable[..., R], *args: Any) -> R:
+        """Run ``fn(*args)`` on a reader thread (work that must not stall the loop)."""
+        self._check()
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn, *args)
+
     async def _end_snapshot(self, snapshot: ReadSnapshot) -> None:
         try:
             await snapshot.release()
@@ -653,6 +815,20 @@ class AsyncEnvironment:
 
     def _end_session(self, session: WriteSession) -> None:
         self._sessions.discard(session)
+
+    def _abandon(self) -> None:
+        """In the child of a fork: mark everything dead, touching nothing LMDB shares.
+
+        The parent's transactions, threads and handle stay as they were: the
+        child never ends, commits or closes any of them (py-lmdb leaves them
+        alone too when the child lets go of them).
+        """
+        self._closed = True
+        self._state = _State.FORKED
+        for snapshot in self._snapshots:
+            snapshot.abandon()
+        for session in self._sessions:
+            session.abandon()
 
     # -- pass-throughs ---------------------------------------------------
 
@@ -724,6 +900,11 @@ def _close_forgotten_environments() -> None:
         env._close_at_exit()
 
 
+def _label_of(name: str | bytes | None) -> str:
+    """How errors name a database (as :class:`AsyncDatabase` does)."""
+    return "<default>" if name is None else repr(name)
+
+
 def _in_savepoint(
     env: lmdb.Environment, parent: lmdb.Transaction, fn: Callable[[lmdb.Transaction], R]
 ) -> R:
@@ -731,15 +912,26 @@ def _in_savepoint(
         return fn(child)
 
 
+#: What a process that forked may do instead of using its parent's environment.
+_AFTER_FORK = (
+    "py-lmdb still counts the parent's handle as open in this process. Open "
+    "environments after forking (with multiprocessing, use the 'spawn' or "
+    "'forkserver' start method), or close them before forking"
+)
+
+
 def _after_fork_in_child() -> None:
     # The child must not touch the parent's environments (their threads are gone
-    # and LMDB forbids it): every call fails clearly, and the path may be reopened.
+    # and LMDB forbids it): every call fails clearly. Closing the parent's handle
+    # here would end the parent's read transactions in the shared reader table
+    # (or wait forever for a write transaction of a thread that is gone), so
+    # py-lmdb keeps it registered, and the same environment cannot be opened again.
     global _open_paths_lock
     _open_paths_lock = threading.Lock()  # another thread may have held it at fork time
+    _inherited_paths.update(key for key, env in _open_paths.items() if env() is not None)
     _open_paths.clear()
     for env in list(_live):
-        env._forked = True
-        env._closed = True
+        env._abandon()
     _live.clear()
 
 

@@ -192,6 +192,8 @@ class Transaction:
         if self._state == _ENDED:
             raise TransactionError(f"cannot {action}: the transaction has already ended")
         session = self._session
+        if session is not None:
+            self.env._check()  # closed (or forked) since: its writes cannot be committed
         if self._owner and session is not None and session.depth > self._depth:
             raise TransactionError(f"cannot {action}: a savepoint opened inside is still open")
         self.check_usable()
