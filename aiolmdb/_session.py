@@ -239,11 +239,16 @@ class WriteSession:
         savepoint: int = 0,
         level: int = 0,
     ) -> Any:
+        self._check_not_ended()  # before the op: an abandoned session's child has no loop
         return await self._put(_Op(kind, fn, asyncio.get_running_loop(), savepoint, level))
 
-    def _put(self, op: _Op) -> asyncio.Future[Any]:
-        if self._ended:  # checked before the lock too: an abandoned session's may be held
+    def _check_not_ended(self) -> None:
+        # Checked before taking the lock too: an abandoned session's lock may be held.
+        if self._ended:
             raise TransactionError(f"the write transaction on {self._name} has ended")
+
+    def _put(self, op: _Op) -> asyncio.Future[Any]:
+        self._check_not_ended()
         with self._lock:
             if self._ended:
                 raise TransactionError(f"the write transaction on {self._name} has ended")
