@@ -16,7 +16,7 @@ from typing_extensions import Self
 from ..coders import Coder, PydanticCoder
 from ..database import AsyncDatabase, OpenedHandle
 from ..environment import AsyncEnvironment
-from ..errors import AiolmdbError, DatabaseNotFoundError, EncodeError
+from ..errors import AiolmdbError, DatabaseNotFoundError, EncodeError, TransactionError
 from .index import BoundIndex, Index
 
 __all__ = ["Collection", "IndexProgress"]
@@ -151,7 +151,10 @@ class Collection(AsyncDatabase[K, M]):
     async def open(
         cls, env: AsyncEnvironment, *, create: bool = True, progress: IndexProgress | None = None
     ) -> Self:
-        """Open the collection and build any index that needs it before returning."""
+        """Open the collection and build any index that needs it before returning.
+
+        A build cannot run inside ``env.transaction()``: open collections before.
+        """
         collection = cls(env, create=create)
         await collection.build_indexes(progress=progress)
         return collection
@@ -244,11 +247,18 @@ class Collection(AsyncDatabase[K, M]):
         unique index raises :class:`~aiolmdb.UniqueViolationError` and nothing
         is built. ``progress(names, done, total)`` is called on the event loop
         every 10 000 records; progress is also logged to ``aiolmdb.models``.
+        A build needs a write transaction of its own: inside ``env.transaction()``
+        it raises :class:`~aiolmdb.TransactionError` (when there is one to do).
         """
-        self._resolve(None)
+        in_transaction = self._resolve(None)[1] is not None
         names = await self._indexes_to_build()
         if not names:
             return
+        if in_transaction:
+            raise self._needs_the_writer_alone(
+                f"build_indexes() (which {type(self).__name__}.open(env) calls, here to "
+                f"build {names})"
+            )
         for name in names:
             if self._bound_indexes[name]._opened.dropped:
                 self._bound_indexes[name]._reopen()
@@ -278,20 +288,33 @@ class Collection(AsyncDatabase[K, M]):
         return await self.env._read(to_build, None)
 
     async def rebuild_indexes(self, *, progress: IndexProgress | None = None) -> None:
-        """Rebuild every index of the collection from its records."""
+        """Rebuild every index of the collection from its records (not inside a transaction)."""
+        if self._indexes and self._resolve(None)[1] is not None:
+            raise self._needs_the_writer_alone("rebuild_indexes()")
         self._unbuilt = [index.index.name for index in self._indexes]
         await self.build_indexes(progress=progress)
 
     async def drop_removed_indexes(self) -> list[str]:
         """Delete the stored entries of indexes no longer declared; returns their names.
 
-        Their databases and declarations go in one transaction.
+        Their databases and declarations go in one transaction of its own (so
+        not inside ``env.transaction()``: that raises :class:`~aiolmdb.TransactionError`).
         """
         removed = list(self.removed_indexes)
         if removed:
-            self._resolve(None)
+            if self._resolve(None)[1] is not None:
+                raise self._needs_the_writer_alone("drop_removed_indexes()")
             await self._write_alone_then_forget(self._delete_removed, self._forget_removed)
         return removed
+
+    def _needs_the_writer_alone(self, call: str) -> TransactionError:
+        # The call's write transaction would queue behind the caller's own,
+        # which cannot end while the caller waits: a deadlock, refused instead.
+        return TransactionError(
+            f"collection {self._label}: {call} cannot run inside a transaction: it needs "
+            "a write transaction of its own, and the writer serves this one until it ends; "
+            "call it before or after the `async with env.transaction()` block"
+        )
 
     def _delete_removed(self, t: lmdb.Transaction) -> None:
         if self._meta is None:
