@@ -125,3 +125,87 @@ async def test_drop_removed_indexes_inside_a_transaction_is_refused(
             await bounded(plain.drop_removed_indexes(), timeout=3)
     assert plain.removed_indexes == ["by_bio", "by_email"]
     assert await bounded(plain.drop_removed_indexes()) == ["by_bio", "by_email"]
+
+
+# -- records that no longer decode ----------------------------------------------------
+
+
+@pytest.fixture
+async def strict(env: aiolmdb.AsyncEnvironment) -> StrictAccounts:
+    """Record 1 was stored before the e-mail validator was tightened: it no longer decodes."""
+    loose = Accounts(env)
+    await loose.put_multi([(1, account(1, "no-at-sign", "old")), (2, account(2, "b@x", "old"))])
+    collection = StrictAccounts(env)
+    with pytest.raises(aiolmdb.DecodeError):
+        await collection.get(1)
+    return collection
+
+
+async def test_an_undecodable_record_can_be_deleted_with_its_entries(
+    strict: StrictAccounts,
+) -> None:
+    assert await strict.delete(1) is True
+    assert await strict.get(1) is None
+    assert await strict.by_email.count() == 1
+    assert await strict.by_email.get("no-at-sign") is None
+    assert [key async for key in strict.by_bio.keys()] == [2]
+    assert await strict.delete(1) is False
+
+
+async def test_an_undecodable_record_can_be_overwritten_with_its_entries_moved(
+    strict: StrictAccounts,
+) -> None:
+    assert (
+        await strict.put(1, StrictAccount(id=1, email="a@x", bio="new"), overwrite=False) is False
+    )
+    await strict.put(1, StrictAccount(id=1, email="a@x", bio="new"))
+    assert await strict.get(1) == StrictAccount(id=1, email="a@x", bio="new")
+    assert await strict.by_email.count() == 2
+    assert await strict.by_email.get("no-at-sign") is None
+    assert await strict.by_email.get("a@x") == StrictAccount(id=1, email="a@x", bio="new")
+    assert [key async for key in strict.by_bio.keys()] == [1, 2]
+    assert await strict.by_bio.count("old") == 1
+    # The freed e-mail can be taken by another record.
+    await strict.put(3, StrictAccount(id=3, email="c@x"))
+    with pytest.raises(aiolmdb.UniqueViolationError):
+        await strict.put(4, StrictAccount(id=4, email="a@x"))
+
+
+async def test_deleting_an_undecodable_record_inside_a_transaction(
+    env: aiolmdb.AsyncEnvironment, strict: StrictAccounts
+) -> None:
+    async with env.transaction():
+        assert await strict.delete_multi([1, 2]) == {1: True, 2: True}
+    assert await strict.count() == 0
+    assert await strict.by_email.count() == 0
+    assert await strict.by_bio.count() == 0
+
+
+async def test_a_rebuild_names_the_record_that_does_not_decode_and_changes_nothing(
+    strict: StrictAccounts,
+) -> None:
+    with pytest.raises(aiolmdb.DecodeError, match=r"collection 'accounts'.*key 1\b"):
+        await strict.rebuild_indexes()
+    # The indexes on disk were current, and still are: writes and queries go on.
+    await strict.put(3, StrictAccount(id=3, email="c@x", bio="old"))
+    assert await strict.by_email.get("c@x") == StrictAccount(id=3, email="c@x", bio="old")
+    assert await strict.by_bio.count("old") == 3
+    await strict.delete(1)
+    await strict.rebuild_indexes()
+    assert [key async for key in strict.by_bio.keys()] == [2, 3]
+
+
+async def test_a_failed_first_build_keeps_only_its_own_indexes_unbuilt(tmp_path: Path) -> None:
+    await fill_without_indexes(tmp_path / "e", 2)
+
+    class Duplicates(Collection[int, Account]):
+        key_coder = UInt64Coder()
+        name = "accounts"
+        by_bio = Index(lambda a: a.bio, StringCoder(), unique=True)
+
+    async with aiolmdb.open(tmp_path / "e") as env:
+        collection = Duplicates(env)
+        with pytest.raises(aiolmdb.UniqueViolationError):
+            await collection.build_indexes()
+        with pytest.raises(aiolmdb.AiolmdbError, match="not built"):
+            await collection.put(3, account(3, "c@x", "other"))

@@ -16,7 +16,13 @@ from typing_extensions import Self
 from ..coders import Coder, PydanticCoder
 from ..database import AsyncDatabase, OpenedHandle
 from ..environment import AsyncEnvironment
-from ..errors import AiolmdbError, DatabaseNotFoundError, EncodeError, TransactionError
+from ..errors import (
+    AiolmdbError,
+    DatabaseNotFoundError,
+    DecodeError,
+    EncodeError,
+    TransactionError,
+)
 from .index import BoundIndex, Index
 
 __all__ = ["Collection", "IndexProgress"]
@@ -259,6 +265,13 @@ class Collection(AsyncDatabase[K, M]):
                 f"build_indexes() (which {type(self).__name__}.open(env) calls, here to "
                 f"build {names})"
             )
+        await self._build_indexes(names, progress)
+
+    async def _build_indexes(self, names: list[str], progress: IndexProgress | None) -> None:
+        """Build the indexes ``names`` in one write transaction, then trust them.
+
+        A build that fails changes nothing: the indexes that were current stay so.
+        """
         for name in names:
             if self._bound_indexes[name]._opened.dropped:
                 self._bound_indexes[name]._reopen()
@@ -289,10 +302,12 @@ class Collection(AsyncDatabase[K, M]):
 
     async def rebuild_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Rebuild every index of the collection from its records (not inside a transaction)."""
-        if self._indexes and self._resolve(None)[1] is not None:
+        in_transaction = self._resolve(None)[1] is not None
+        if not self._indexes:
+            return
+        if in_transaction:
             raise self._needs_the_writer_alone("rebuild_indexes()")
-        self._unbuilt = [index.index.name for index in self._indexes]
-        await self.build_indexes(progress=progress)
+        await self._build_indexes([index.index.name for index in self._indexes], progress)
 
     async def drop_removed_indexes(self) -> list[str]:
         """Delete the stored entries of indexes no longer declared; returns their names.
@@ -374,7 +389,15 @@ class Collection(AsyncDatabase[K, M]):
         with t.cursor(self._db) as cursor:
             for key, raw_value in cursor:
                 raw_key = bytes(key)
-                record = self._decode_value(raw_key, raw_value)
+                try:
+                    record = self.value_coder.deserialize(raw_value)
+                except Exception as exc:
+                    raise DecodeError(
+                        f"collection {self._label}: cannot build indexes {names}: the value "
+                        f"of key {self._show_raw_key(raw_key)} does not decode with "
+                        f"{self.value_coder!r} (delete or overwrite that record, then build "
+                        f"again): {exc}"
+                    ) from exc
                 for index in chosen:
                     keys = index._entry_keys(record, raw_key)
                     index._check_unique(t, raw_key, keys)
@@ -424,12 +447,11 @@ class Collection(AsyncDatabase[K, M]):
         old_buf = t.get(raw_key, db=self._db)
         if old_buf is not None and not overwrite:
             return False
-        old = None if old_buf is None else self._decode_value(raw_key, old_buf)
         new = self._read_back(raw_key, raw_value)
+        olds = self._stored_entries(t, raw_key, old_buf)
         # Every check before any write: a failure leaves the transaction as it was.
         changes = []
-        for index in self._indexes:
-            before = set() if old is None else index._entry_keys(old, raw_key)
+        for index, before in zip(self._indexes, olds, strict=True):
             after = index._entry_keys(new, raw_key)
             index._check_unique(t, raw_key, after - before)
             changes.append((index, before, after))
@@ -437,6 +459,28 @@ class Collection(AsyncDatabase[K, M]):
         for index, before, after in changes:
             index._update_entries(t, raw_key, before, after)
         return t.put(raw_key, raw_value, db=self._db)
+
+    def _stored_entries(
+        self, t: lmdb.Transaction, raw_key: bytes, old_buf: bytes | memoryview | None
+    ) -> list[set[bytes]]:
+        """The entries each index holds for the record stored under ``raw_key``."""
+        if old_buf is None:
+            return [set() for _ in self._indexes]
+        try:
+            old = self.value_coder.deserialize(old_buf)
+        except Exception as exc:
+            # It no longer decodes (its model was tightened since, say): its
+            # entries cannot be computed, so find them by where they point.
+            logger.warning(
+                "collection %s: the value of key %s does not decode with %r (%s); "
+                "finding its index entries by scanning the indexes",
+                self._label,
+                self._show_raw_key(raw_key),
+                self.value_coder,
+                exc,
+            )
+            return [index._entries_pointing_at(t, raw_key) for index in self._indexes]
+        return [index._entry_keys(old, raw_key) for index in self._indexes]
 
     def _read_back(self, raw_key: bytes, raw_value: bytes) -> M:
         """The record as it will be read: what its index entries are computed from.
@@ -460,10 +504,9 @@ class Collection(AsyncDatabase[K, M]):
         old_buf = t.get(raw_key, db=self._db)
         if old_buf is None:
             return False
-        old = self._decode_value(raw_key, old_buf)
-        entries = [(index, index._entry_keys(old, raw_key)) for index in self._indexes]
+        olds = self._stored_entries(t, raw_key, old_buf)
         self._mark_removed_stale(t)
-        for index, before in entries:
+        for index, before in zip(self._indexes, olds, strict=True):
             index._update_entries(t, raw_key, before, set())
         return t.delete(raw_key, db=self._db)
 

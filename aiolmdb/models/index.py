@@ -256,6 +256,27 @@ class BoundIndex(Generic[K, M, IK]):
         _, end = unescape_element(entry, 0)
         return entry[end:]
 
+    def _entries_pointing_at(self, t: lmdb.Transaction, raw_key: bytes) -> set[bytes]:
+        """The escaped index keys of record ``raw_key``'s entries, found by scanning the index.
+
+        For a record whose stored value no longer decodes, so that its entries
+        cannot be computed from it. Costs a pass over the whole index.
+        """
+        found = set()
+        with t.cursor(self._db) as cursor:
+            if self.index.unique:  # the entry's value is the record's key
+                for entry, holder in cursor.iternext():
+                    if holder == raw_key:
+                        found.add(bytes(entry))
+            else:  # the record's key follows the escaped index key
+                for stored in cursor.iternext(values=False):
+                    entry = bytes(stored)
+                    if entry.endswith(raw_key):
+                        _, end = unescape_element(entry, 0)
+                        if entry[end:] == raw_key:
+                            found.add(entry[:end])
+        return found
+
     def _check_unique(self, t: lmdb.Transaction, raw_key: bytes, added: set[bytes]) -> None:
         """Raise UniqueViolationError if another record already has one of ``added``."""
         if not self.index.unique:
