@@ -4,10 +4,11 @@ dropped index databases, and model instances that would not read back."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
-from conftest import bounded
+from conftest import WriterGate, bounded
 from pydantic import BaseModel, Field
 
 import aiolmdb
@@ -209,3 +210,45 @@ async def test_a_failed_first_build_keeps_only_its_own_indexes_unbuilt(tmp_path:
             await collection.build_indexes()
         with pytest.raises(aiolmdb.AiolmdbError, match="not built"):
             await collection.put(3, account(3, "c@x", "other"))
+
+
+# -- a cancelled rebuild ---------------------------------------------------------------
+
+
+async def test_a_cancelled_rebuild_leaves_the_collection_writable(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    accounts = await Accounts.open(env)
+    await accounts.put_multi([(i, account(i, f"u{i}@x", "hi")) for i in range(1, 11)])
+    gate = WriterGate(accounts)
+    await gate.hold()  # the rebuild queues behind it
+    rebuilding = asyncio.create_task(accounts.rebuild_indexes())
+    await asyncio.sleep(0.05)
+    rebuilding.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await rebuilding
+    await gate.release()
+    await bounded(accounts.put(11, account(11, "u11@x", "hi")))
+    assert await accounts.by_bio.count("hi") == 11
+    assert await accounts.by_email.get("u11@x") == account(11, "u11@x", "hi")
+
+
+async def test_a_cancelled_build_is_recorded_when_it_completes(tmp_path: Path) -> None:
+    await fill_without_indexes(tmp_path / "e", 10)
+    async with aiolmdb.open(tmp_path / "e") as env:
+        accounts = Accounts(env)
+        gate = WriterGate(PlainAccounts(env))
+        await gate.hold()
+        building = asyncio.create_task(accounts.build_indexes())
+        await asyncio.sleep(0.05)
+        building.cancel()
+        with pytest.raises(asyncio.CancelledError):
+            await building
+        await gate.release()
+        for _ in range(200):  # it goes on without its caller
+            try:
+                await accounts.put(11, account(11, "u11@x", "hi"))
+                break
+            except aiolmdb.AiolmdbError:
+                await asyncio.sleep(0.01)
+        assert await accounts.by_bio.count("hi") == 11

@@ -255,6 +255,8 @@ class Collection(AsyncDatabase[K, M]):
         every 10 000 records; progress is also logged to ``aiolmdb.models``.
         A build needs a write transaction of its own: inside ``env.transaction()``
         it raises :class:`~aiolmdb.TransactionError` (when there is one to do).
+        Cancelling the call does not stop the build: it completes (or fails,
+        changing nothing) without its caller.
         """
         in_transaction = self._resolve(None)[1] is not None
         names = await self._indexes_to_build()
@@ -271,6 +273,7 @@ class Collection(AsyncDatabase[K, M]):
         """Build the indexes ``names`` in one write transaction, then trust them.
 
         A build that fails changes nothing: the indexes that were current stay so.
+        A cancelled one goes on without its caller.
         """
         for name in names:
             if self._bound_indexes[name]._opened.dropped:
@@ -282,8 +285,13 @@ class Collection(AsyncDatabase[K, M]):
             if progress is not None:
                 loop.call_soon_threadsafe(progress, names, done, total)
 
-        await self.env._write_alone(lambda t: self._build(t, names, report))
-        self._unbuilt = [name for name in self._unbuilt if name not in names]
+        async def build_then_trust() -> None:
+            await self.env._write_alone(lambda t: self._build(t, names, report))
+            self._unbuilt = [name for name in self._unbuilt if name not in names]
+
+        # A cancelled caller does not stop a build the writer may already run:
+        # it goes on without the caller, and what it built is trusted.
+        await asyncio.shield(asyncio.ensure_future(build_then_trust()))
 
     async def _indexes_to_build(self) -> list[str]:
         """The indexes not built yet, or recorded stale since (by another declaration)."""
