@@ -252,3 +252,58 @@ async def test_a_cancelled_build_is_recorded_when_it_completes(tmp_path: Path) -
             except aiolmdb.AiolmdbError:
                 await asyncio.sleep(0.01)
         assert await accounts.by_bio.count("hi") == 11
+
+
+# -- dropped index databases: never read or written through a dead handle ----------
+
+
+async def test_an_index_scan_across_a_drop_and_rebuild_of_its_index_stops(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    accounts = await Accounts.open(env)
+    await accounts.put_multi([(i, account(i, f"u{i:04}@x")) for i in range(1, 1501)])
+    scan = accounts.by_email.keys()
+    assert await anext(scan) == 1  # the first batch is read; later ones follow
+    plain = PlainAccounts(env)
+    assert await plain.drop_removed_indexes() == ["by_bio", "by_email"]
+    other = env.open_db("other")  # LMDB may give it a deleted index's handle slot
+    await other.put_multi([(b"\xff" + bytes([i]), b"junk") for i in range(50)])
+    await accounts.build_indexes()  # the indexes are opened again, in other slots
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match=r"accounts'\.by_email"):
+        async for _ in scan:
+            pass
+    assert await accounts.by_email.count() == 1500
+    assert [key async for key in accounts.by_email.keys(limit=2)] == [1, 2]
+
+
+async def test_an_index_scan_across_a_drop_of_its_collection_stops(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    accounts = await Accounts.open(env)
+    await accounts.put_multi([(i, account(i, f"u{i:04}@x")) for i in range(1, 1501)])
+    scan = accounts.by_bio.items()
+    await anext(scan)
+    await accounts.drop(delete=True)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="'accounts'"):
+        async for _ in scan:
+            pass
+
+
+async def test_a_write_queued_behind_a_drop_of_its_collection_is_refused(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    accounts = await Accounts.open(env)
+    await accounts.put(1, account(1, "a@x"))
+    gate = WriterGate(env.open_db("gate"))
+    await gate.hold()
+    dropping = asyncio.create_task(accounts.drop(delete=True))
+    await asyncio.sleep(0.05)
+    putting = asyncio.create_task(accounts.put(2, account(2, "b@x")))
+    await asyncio.sleep(0.05)
+    await gate.release()
+    await bounded(dropping)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="collection 'accounts'"):
+        await bounded(putting)
+    again = await Accounts.open(env)
+    assert await again.count() == 0
+    assert await again.by_email.count() == 0

@@ -18,6 +18,7 @@ from ..database import AsyncDatabase, OpenedHandle
 from ..environment import AsyncEnvironment
 from ..errors import (
     AiolmdbError,
+    DatabaseDroppedError,
     DatabaseNotFoundError,
     DecodeError,
     EncodeError,
@@ -239,12 +240,26 @@ class Collection(AsyncDatabase[K, M]):
         index since this one was opened: it then recorded the index as stale.
         """
         self._require_indexes_built()
+        for index in self._indexes:  # a dead handle's slot may serve another database
+            index._require_open()
         last = self._checked_in
         if last is not None and last[0] is t and last[1] == Collection._stale_marks:
             return  # checked in this transaction, and nothing was marked stale since
         for index in self._indexes:
             index._require_current(t)
         self._checked_in = (t, Collection._stale_marks)
+
+    def _require_not_dropped(self) -> None:
+        """Raise if the collection's database was deleted: its handles are dead.
+
+        Checked where the handles are used (on the writer thread, in each scan
+        batch): a call queued before a drop runs after it.
+        """
+        if self._opened.dropped:
+            raise DatabaseDroppedError(
+                f"collection {self._label} was dropped (drop(delete=True)); "
+                "open it again to recreate it"
+            )
 
     async def build_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Build the indexes that are new or changed (no-op when there are none).
@@ -390,7 +405,9 @@ class Collection(AsyncDatabase[K, M]):
         assert self._meta is not None  # opened with the declared indexes
         meta_db = self._meta._db
         chosen = [self._bound_indexes[name] for name in names]
+        self._require_not_dropped()
         for index in chosen:
+            index._require_open()
             index._clear(t)
         total = int(t.stat(self._db)["entries"])
         done = 0
@@ -448,6 +465,7 @@ class Collection(AsyncDatabase[K, M]):
     def _store(
         self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
     ) -> bool:
+        self._require_not_dropped()
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._store(t, raw_key, raw_value, value, overwrite)
@@ -505,6 +523,7 @@ class Collection(AsyncDatabase[K, M]):
             ) from exc
 
     def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
+        self._require_not_dropped()
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._remove(t, raw_key)
