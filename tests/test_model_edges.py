@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import asyncio
 from pathlib import Path
+from typing import Any, Literal
 
 import pytest
 from conftest import WriterGate, bounded
 from pydantic import BaseModel, Field
 
 import aiolmdb
-from aiolmdb.coders import StringCoder, UInt64Coder
+from aiolmdb.coders import PydanticCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
 
 
@@ -307,3 +308,53 @@ async def test_a_write_queued_behind_a_drop_of_its_collection_is_refused(
     again = await Accounts.open(env)
     assert await again.count() == 0
     assert await again.by_email.count() == 0
+
+
+# -- pydantic instances that would not read back are refused -------------------------
+
+
+class Profile(BaseModel):
+    id: int
+    email: str
+    age: int = Field(default=0, ge=0)
+
+
+class Team(BaseModel):
+    lead: Profile
+
+
+def unreadable_profiles() -> dict[str, Any]:
+    assigned_badly = Profile(id=1, email="a@x")
+    assigned_badly.age = -1  # validate_assignment is off: pydantic lets it through
+    assigned_wrong_type = Profile(id=1, email="a@x")
+    assigned_wrong_type.email = 5  # type: ignore[assignment]
+    return {
+        "missing-field": Profile.model_construct(id=1),  # type: ignore[call-arg]
+        "wrong-type": Profile.model_construct(id="one", email="a@x"),  # type: ignore[arg-type]
+        "constraint": Profile.model_construct(id=1, email="a@x", age=-5),
+        "assigned-constraint": assigned_badly,
+        "assigned-type": assigned_wrong_type,
+    }
+
+
+@pytest.mark.parametrize("format", ["json", "msgpack"])
+@pytest.mark.parametrize("case", sorted(unreadable_profiles()))
+async def test_a_model_instance_that_would_not_read_back_is_refused(
+    env: aiolmdb.AsyncEnvironment, case: str, format: Literal["json", "msgpack"]
+) -> None:
+    coder = PydanticCoder(Profile, format=format)
+    db = env.open_db("profiles", key_coder=UInt64Coder(), value_coder=coder)
+    with pytest.raises(aiolmdb.EncodeError, match=r"'profiles'.*key 7.*PydanticCoder\(Profile"):
+        await db.put(7, unreadable_profiles()[case])
+    assert await db.count() == 0
+    await db.put(8, Profile(id=8, email="h@x", age=3))
+    assert await db.get(8) == Profile(id=8, email="h@x", age=3)
+
+
+def test_a_nested_instance_that_would_not_read_back_is_refused() -> None:
+    coder = PydanticCoder(Team)
+    with pytest.raises(aiolmdb.EncodeError, match=r"PydanticCoder\(Team\).*read back"):
+        coder.serialize(Team(lead=Profile.model_construct(id=1)))  # type: ignore[call-arg]
+    assert coder.deserialize(coder.serialize(Team(lead=Profile(id=1, email="a@x")))) == Team(
+        lead=Profile(id=1, email="a@x")
+    )
