@@ -6,7 +6,7 @@ import math
 from typing import Any, Literal, TypeVar
 
 import msgpack
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import EncodeError
 from .base import Buffer, Coder, decode_error, encode_error
@@ -65,7 +65,6 @@ class PydanticCoder(Coder[M]):
             )
         self.model = model
         self.format = format
-        self._adapter = TypeAdapter(model)
         self._by_alias = model.model_config.get("validate_by_alias", True) is not False
 
     def serialize(self, obj: M) -> bytes:
@@ -128,11 +127,15 @@ class PydanticCoder(Coder[M]):
     def deserialize(self, buf: Buffer) -> M:
         """Parse and validate ``buf`` into a model instance."""
         try:
+            # The model's core validator: model_validate_json and TypeAdapter
+            # each add a Python layer per call.
+            validator = self.model.__pydantic_validator__
             if self.format == "json":
-                # The model's own validator: TypeAdapter adds a Python layer per call.
-                return self.model.model_validate_json(buf if type(buf) is bytes else bytes(buf))
+                back: M = validator.validate_json(buf if type(buf) is bytes else bytes(buf))
+                return back
             data: Any = msgpack.unpackb(buf, raw=False, strict_map_key=False)
-            return self._adapter.validate_python(data, strict=False)
+            back = validator.validate_python(data, strict=False)
+            return back
         except ValidationError as e:
             raise decode_error(self, buf, str(e)) from None
         # msgpack may raise any exception on malformed input.
