@@ -358,3 +358,22 @@ def test_a_nested_instance_that_would_not_read_back_is_refused() -> None:
     assert coder.deserialize(coder.serialize(Team(lead=Profile(id=1, email="a@x")))) == Team(
         lead=Profile(id=1, email="a@x")
     )
+
+
+@pytest.mark.parametrize("delete", [False, True], ids=["empty", "delete"])
+async def test_a_drop_queued_behind_a_drop_of_its_collection_is_refused(
+    env: aiolmdb.AsyncEnvironment, delete: bool
+) -> None:
+    accounts = await Accounts.open(env)
+    await accounts.put(1, account(1, "a@x"))
+    gate = WriterGate(env.open_db("gate"))
+    await gate.hold()
+    dropping = asyncio.create_task(accounts.drop(delete=True))
+    await asyncio.sleep(0.05)
+    again = asyncio.create_task(accounts.drop(delete=delete))
+    await asyncio.sleep(0.05)
+    await gate.release()
+    await bounded(dropping)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="collection 'accounts' was dropped"):
+        await bounded(again)
+    assert [key async for key in env.get_default_database().keys()] == [b"__aiolmdb__", b"gate"]

@@ -438,6 +438,7 @@ class Collection(AsyncDatabase[K, M]):
     # -- drop() empties or deletes the indexes with the records ----------
 
     def _empty(self, t: lmdb.Transaction) -> None:
+        self._require_not_dropped()  # a drop queued behind a deletion
         for index in self._indexes:
             index._require_open()
         super()._empty(t)
@@ -446,6 +447,7 @@ class Collection(AsyncDatabase[K, M]):
         self._mark_removed_stale(t)
 
     def _delete(self, t: lmdb.Transaction) -> None:
+        self._require_not_dropped()  # a drop queued behind a deletion
         super()._delete(t)
         if self._meta is None:
             return  # no index, declared or removed
