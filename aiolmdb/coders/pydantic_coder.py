@@ -66,6 +66,19 @@ class PydanticCoder(Coder[M]):
         self.model = model
         self.format = format
         self._by_alias = model.model_config.get("validate_by_alias", True) is not False
+        self._core: tuple[Any, Any] | None = None
+
+    def _core_of_model(self) -> tuple[Any, Any]:
+        """The model's core serializer and validator, kept once the model is complete.
+
+        Looking them up on the class costs more than the rest of the Python
+        work of a small dump; a model with forward references not resolved
+        yet gets them at each call, until it is complete.
+        """
+        core = (self.model.__pydantic_serializer__, self.model.__pydantic_validator__)
+        if self.model.__pydantic_complete__:
+            self._core = core
+        return core
 
     def serialize(self, obj: M) -> bytes:
         """Dump ``obj``, which must be an instance of the model class, and check it reads back."""
@@ -74,8 +87,7 @@ class PydanticCoder(Coder[M]):
         # The model's own serializer and validator: TypeAdapter adds a Python
         # layer per call (about 1 us), which pays for much of the check below.
         # Serializer warnings are left out: the check says what is wrong.
-        serializer = self.model.__pydantic_serializer__
-        validator = self.model.__pydantic_validator__
+        serializer, validator = self._core or self._core_of_model()
         try:
             if self.format == "json":
                 dumped: bytes = serializer.to_json(
@@ -129,7 +141,7 @@ class PydanticCoder(Coder[M]):
         try:
             # The model's core validator: model_validate_json and TypeAdapter
             # each add a Python layer per call.
-            validator = self.model.__pydantic_validator__
+            validator = (self._core or self._core_of_model())[1]
             if self.format == "json":
                 back: M = validator.validate_json(buf if type(buf) is bytes else bytes(buf))
                 return back
