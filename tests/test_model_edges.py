@@ -103,6 +103,20 @@ async def test_collection_open_inside_a_transaction_works_when_nothing_is_to_bui
     assert await accounts.by_email.count() == 2
 
 
+async def test_index_maintenance_runs_inside_a_read_snapshot(tmp_path: Path) -> None:
+    await fill_without_indexes(tmp_path / "e", 3)
+    async with aiolmdb.open(tmp_path / "e") as env:
+        accounts = Accounts(env)
+        async with env.transaction(write=False):
+            await bounded(accounts.build_indexes())
+            await bounded(accounts.rebuild_indexes())
+        assert await accounts.by_bio.count("hi") == 3
+        plain = PlainAccounts(env)
+        async with env.transaction(write=False):
+            assert await bounded(plain.drop_removed_indexes()) == ["by_bio", "by_email"]
+        assert plain.removed_indexes == []
+
+
 async def test_rebuild_indexes_inside_a_transaction_is_refused(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:

@@ -160,7 +160,7 @@ class Collection(AsyncDatabase[K, M]):
     ) -> Self:
         """Open the collection and build any index that needs it before returning.
 
-        A build cannot run inside ``env.transaction()``: open collections before.
+        A build cannot run inside a write ``env.transaction()``: open collections before.
         """
         collection = cls(env, create=create)
         await collection.build_indexes(progress=progress)
@@ -268,12 +268,13 @@ class Collection(AsyncDatabase[K, M]):
         unique index raises :class:`~aiolmdb.UniqueViolationError` and nothing
         is built. ``progress(names, done, total)`` is called on the event loop
         every 10 000 records; progress is also logged to ``aiolmdb.models``.
-        A build needs a write transaction of its own: inside ``env.transaction()``
-        it raises :class:`~aiolmdb.TransactionError` (when there is one to do).
+        A build needs a write transaction of its own: inside a write
+        ``env.transaction()`` it raises :class:`~aiolmdb.TransactionError` (when
+        there is one to do); inside a read snapshot it runs.
         Cancelling the call does not stop the build: it completes (or fails,
         changing nothing) without its caller.
         """
-        in_transaction = self._resolve(None)[1] is not None
+        in_transaction = self._in_write_transaction()
         names = await self._indexes_to_build()
         if not names:
             return
@@ -324,8 +325,8 @@ class Collection(AsyncDatabase[K, M]):
         return await self.env._read(to_build, None)
 
     async def rebuild_indexes(self, *, progress: IndexProgress | None = None) -> None:
-        """Rebuild every index of the collection from its records (not inside a transaction)."""
-        in_transaction = self._resolve(None)[1] is not None
+        """Rebuild every index of the collection from its records (not in a write transaction)."""
+        in_transaction = self._in_write_transaction()
         if not self._indexes:
             return
         if in_transaction:
@@ -336,20 +337,26 @@ class Collection(AsyncDatabase[K, M]):
         """Delete the stored entries of indexes no longer declared; returns their names.
 
         Their databases and declarations go in one transaction of its own (so
-        not inside ``env.transaction()``: that raises :class:`~aiolmdb.TransactionError`).
+        not inside a write ``env.transaction()``: that raises
+        :class:`~aiolmdb.TransactionError`).
         """
         removed = list(self.removed_indexes)
         if removed:
-            if self._resolve(None)[1] is not None:
+            if self._in_write_transaction():
                 raise self._needs_the_writer_alone("drop_removed_indexes()")
             await self._write_alone_then_forget(self._delete_removed, self._forget_removed)
         return removed
+
+    def _in_write_transaction(self) -> bool:
+        """Whether this task's calls join a write transaction (checks the collection is usable)."""
+        ctx = self._resolve(None)[1]
+        return ctx is not None and ctx.sees_own_writes
 
     def _needs_the_writer_alone(self, call: str) -> TransactionError:
         # The call's write transaction would queue behind the caller's own,
         # which cannot end while the caller waits: a deadlock, refused instead.
         return TransactionError(
-            f"collection {self._label}: {call} cannot run inside a transaction: it needs "
+            f"collection {self._label}: {call} cannot run inside a write transaction: it needs "
             "a write transaction of its own, and the writer serves this one until it ends; "
             "call it before or after the `async with env.transaction()` block"
         )
