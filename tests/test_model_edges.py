@@ -93,6 +93,17 @@ async def test_collection_open_inside_a_transaction_is_refused_when_it_must_buil
         assert await accounts.by_bio.count("hi") == 3
 
 
+async def test_a_collection_first_opened_inside_a_transaction_is_refused(tmp_path: Path) -> None:
+    await fill_without_indexes(tmp_path / "e", 3)
+    async with aiolmdb.open(tmp_path / "e") as env:
+        PlainAccounts(env)  # the records' database is open, the indexes' are not
+        async with env.transaction():
+            with pytest.raises(aiolmdb.TransactionError, match=r"collection 'accounts': .*open"):
+                Accounts(env)
+        accounts = await bounded(Accounts.open(env))
+        assert await accounts.by_email.count() == 3
+
+
 async def test_collection_open_inside_a_transaction_works_when_nothing_is_to_build(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:

@@ -152,7 +152,10 @@ class Collection(AsyncDatabase[K, M]):
         # The write transaction (and count of stale marks) the indexes were last checked in.
         self._checked_in: tuple[lmdb.Transaction, int] | None = None
         if isinstance(self.name, str):  # a collection with indexes has a str name
-            self._open_indexes(self.name, create)
+            try:
+                self._open_indexes(self.name, create)
+            except TransactionError as exc:  # it names a database of the collection's own
+                raise TransactionError(f"collection {self._label}: {exc}") from exc
 
     @classmethod
     async def open(
