@@ -170,6 +170,11 @@ class BoundIndex(Generic[K, M, IK]):
                 "collection); await collection.build_indexes() to build it again"
             )
 
+    def _require_usable(self, opened: OpenedHandle | None = None) -> None:
+        """Raise if the collection or the index's database (``opened``, or the current) is gone."""
+        self.collection._require_not_dropped()
+        self._require_open(opened)
+
     def _reopen(self) -> None:
         """Open the index's database again after it was deleted."""
         self._opened = self.collection._open_index_db(self.index.name, True)
@@ -181,8 +186,7 @@ class BoundIndex(Generic[K, M, IK]):
         Also raises when the collection or the index's database (``opened``,
         by default the current one) was deleted.
         """
-        self.collection._require_not_dropped()
-        self._require_open(opened)
+        self._require_usable(opened)
         meta = self.collection._meta
         assert meta is not None  # opened with the declared indexes
         if not self._is_current(t, meta._db):
@@ -384,7 +388,7 @@ class BoundIndex(Generic[K, M, IK]):
                 buf = t.get(raw_key, db=main_db)
                 # A drop marks the handles before LMDB closes them: a read that
                 # went through a closed handle is caught here, after it.
-                self._require_scan_open(opened)
+                self._require_usable(opened)
                 if buf is None:  # pragma: no cover - entries are written with their records
                     raise AssertionError(f"{self._label} has an entry for a missing record")
                 return raw_key, bytes(buf)
@@ -405,17 +409,15 @@ class BoundIndex(Generic[K, M, IK]):
         try:
             async for item in stream:
                 yield item
+        except DatabaseDroppedError:
+            raise
         except Exception as exc:
             try:
-                self._require_scan_open(opened)
+                self._require_usable(opened)
             except DatabaseDroppedError as dropped:
                 raise dropped from exc
             raise
-        self._require_scan_open(opened)
-
-    def _require_scan_open(self, opened: OpenedHandle) -> None:
-        self.collection._require_not_dropped()
-        self._require_open(opened)
+        self._require_usable(opened)
 
     def items(
         self,
