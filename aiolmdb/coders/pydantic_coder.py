@@ -3,11 +3,10 @@
 from __future__ import annotations
 
 import math
-import typing
 from typing import Any, Literal, TypeVar
 
 import msgpack
-from pydantic import BaseModel, TypeAdapter, ValidationError
+from pydantic import BaseModel, ValidationError
 
 from ..errors import EncodeError
 from .base import Buffer, Coder, decode_error, encode_error
@@ -31,15 +30,18 @@ class PydanticCoder(Coder[M]):
     disables validation by alias) so that they validate back, and computed
     fields are left out.
 
-    What would not read back is refused with an error rather than stored:
+    Every dump is validated back before it is returned, and what would not
+    read back is refused with an error rather than stored: an instance
+    pydantic never validated (``model_construct``) or changed since (an
+    assignment while ``validate_assignment`` is off) may be missing fields or
+    hold values its model refuses. Also:
 
-    - a JSON dump holding ``null`` (a None, or what JSON cannot hold: pydantic
-      writes a NaN or infinite float as ``null`` unless the model sets
-      ``ser_json_inf_nan``) is checked to validate back with its NaNs and
-      infinities; ``format="msgpack"`` stores those floats as they are;
+    - a NaN or infinite float, which pydantic writes as ``null`` in JSON
+      unless the model sets ``ser_json_inf_nan``, is refused when it would
+      read back as None or not at all; ``format="msgpack"`` stores those
+      floats as they are;
     - a model with a required field excluded from dumps (``Field(exclude=True)``)
-      is refused when the coder is made; when a nested model excludes fields,
-      every dump is checked to validate back.
+      is refused when the coder is made.
 
     Not ordered.
     """
@@ -63,46 +65,68 @@ class PydanticCoder(Coder[M]):
             )
         self.model = model
         self.format = format
-        self._adapter = TypeAdapter(model)
-        self._check_every_dump = _excludes_nested_fields(model)
         self._by_alias = model.model_config.get("validate_by_alias", True) is not False
+        self._core: tuple[Any, Any] | None = None
+
+    def _core_of_model(self) -> tuple[Any, Any]:
+        """The model's core serializer and validator, kept once the model is complete.
+
+        Looking them up on the class costs more than the rest of the Python
+        work of a small dump; a model with forward references not resolved
+        yet gets them at each call, until it is complete.
+        """
+        core = (self.model.__pydantic_serializer__, self.model.__pydantic_validator__)
+        if self.model.__pydantic_complete__:
+            self._core = core
+        return core
 
     def serialize(self, obj: M) -> bytes:
-        """Dump ``obj``, which must be an instance of the model class."""
+        """Dump ``obj``, which must be an instance of the model class, and check it reads back."""
         if not isinstance(obj, self.model):
             raise encode_error(self, obj, f"expected an instance of {self.model.__qualname__}")
+        # The model's own serializer and validator: TypeAdapter adds a Python
+        # layer per call (about 1 us), which pays for much of the check below.
+        # Serializer warnings are left out: the check says what is wrong.
+        serializer, validator = self._core or self._core_of_model()
         try:
             if self.format == "json":
-                dumped = self._adapter.dump_json(
-                    obj, by_alias=self._by_alias, exclude_computed_fields=True
+                dumped: bytes = serializer.to_json(
+                    obj, by_alias=self._by_alias, exclude_computed_fields=True, warnings=False
                 )
             else:
-                data = self._adapter.dump_python(
-                    obj, mode="json", by_alias=self._by_alias, exclude_computed_fields=True
+                data = serializer.to_python(
+                    obj,
+                    mode="json",
+                    by_alias=self._by_alias,
+                    exclude_computed_fields=True,
+                    warnings=False,
                 )
-                return msgpack.packb(data, use_bin_type=True)
+                dumped = msgpack.packb(data, use_bin_type=True)
         # PydanticSerializationError is a ValueError; msgpack raises OverflowError
         # for ints beyond 64 bits.
         except (ValueError, TypeError, OverflowError) as e:
             raise encode_error(self, obj, str(e)) from None
-        # A null is a None, or what pydantic wrote for a value JSON cannot hold
-        # (a NaN, an infinity, a serializer's None): check it reads back.
-        if self._check_every_dump or b"null" in dumped:
-            self._check_reads_back(obj, dumped)
-        return dumped
-
-    def _check_reads_back(self, obj: M, dumped: bytes) -> None:
         try:
-            back = self.model.model_validate_json(dumped)
+            if self.format == "json":
+                back = validator.validate_json(dumped)
+            else:  # what unpacking gives back, validated as deserialize does
+                back = validator.validate_python(data, strict=False)
         except ValidationError as e:
-            if _non_finite_floats(obj):
+            if self.format == "json" and _non_finite_floats(obj):
                 raise self._non_finite_error(obj) from None
             first = str(e).splitlines()[1:3]
             raise encode_error(
                 self, obj, f"its dump would not read back ({'; '.join(first)})"
             ) from None
-        if _non_finite_floats(back) != _non_finite_floats(obj):  # NaN read back as None
+        # A null may be what pydantic wrote for a NaN or an infinity: it must
+        # not read back as None.
+        if (
+            self.format == "json"
+            and b"null" in dumped
+            and _non_finite_floats(back) != _non_finite_floats(obj)
+        ):
             raise self._non_finite_error(obj)
+        return dumped
 
     def _non_finite_error(self, obj: M) -> EncodeError:
         return encode_error(
@@ -115,11 +139,15 @@ class PydanticCoder(Coder[M]):
     def deserialize(self, buf: Buffer) -> M:
         """Parse and validate ``buf`` into a model instance."""
         try:
+            # The model's core validator: model_validate_json and TypeAdapter
+            # each add a Python layer per call.
+            validator = (self._core or self._core_of_model())[1]
             if self.format == "json":
-                # The model's own validator: TypeAdapter adds a Python layer per call.
-                return self.model.model_validate_json(buf if type(buf) is bytes else bytes(buf))
+                back: M = validator.validate_json(buf if type(buf) is bytes else bytes(buf))
+                return back
             data: Any = msgpack.unpackb(buf, raw=False, strict_map_key=False)
-            return self._adapter.validate_python(data, strict=False)
+            back = validator.validate_python(data, strict=False)
+            return back
         except ValidationError as e:
             raise decode_error(self, buf, str(e)) from None
         # msgpack may raise any exception on malformed input.
@@ -131,29 +159,6 @@ class PydanticCoder(Coder[M]):
         if self.format == "json":
             return f"PydanticCoder({name})"
         return f"PydanticCoder({name}, format={self.format!r})"
-
-
-def _excludes_nested_fields(model: type[BaseModel]) -> bool:
-    """True when a model nested in ``model``'s fields excludes fields from its dumps."""
-    seen: set[type[BaseModel]] = {model}
-    pending = [model]
-    while pending:
-        for field in pending.pop().model_fields.values():
-            for kind in _types_in(field.annotation):
-                if isinstance(kind, type) and issubclass(kind, BaseModel) and kind not in seen:
-                    if any(f.exclude is True for f in kind.model_fields.values()):
-                        return True
-                    seen.add(kind)
-                    pending.append(kind)
-    return False
-
-
-def _types_in(annotation: Any) -> list[Any]:
-    """``annotation`` and every type argument inside it."""
-    found = [annotation]
-    for argument in typing.get_args(annotation):
-        found.extend(_types_in(argument))
-    return found
 
 
 def _non_finite_floats(value: Any) -> int:

@@ -16,7 +16,14 @@ from typing_extensions import Self
 from ..coders import Coder, PydanticCoder
 from ..database import AsyncDatabase, OpenedHandle
 from ..environment import AsyncEnvironment
-from ..errors import AiolmdbError, DatabaseNotFoundError, EncodeError
+from ..errors import (
+    AiolmdbError,
+    DatabaseDroppedError,
+    DatabaseNotFoundError,
+    DecodeError,
+    EncodeError,
+    TransactionError,
+)
 from .index import BoundIndex, Index
 
 __all__ = ["Collection", "IndexProgress"]
@@ -145,13 +152,19 @@ class Collection(AsyncDatabase[K, M]):
         # The write transaction (and count of stale marks) the indexes were last checked in.
         self._checked_in: tuple[lmdb.Transaction, int] | None = None
         if isinstance(self.name, str):  # a collection with indexes has a str name
-            self._open_indexes(self.name, create)
+            try:
+                self._open_indexes(self.name, create)
+            except TransactionError as exc:  # it names a database of the collection's own
+                raise TransactionError(f"collection {self._label}: {exc}") from exc
 
     @classmethod
     async def open(
         cls, env: AsyncEnvironment, *, create: bool = True, progress: IndexProgress | None = None
     ) -> Self:
-        """Open the collection and build any index that needs it before returning."""
+        """Open the collection and build any index that needs it before returning.
+
+        A build cannot run inside a write ``env.transaction()``: open collections before.
+        """
         collection = cls(env, create=create)
         await collection.build_indexes(progress=progress)
         return collection
@@ -230,12 +243,26 @@ class Collection(AsyncDatabase[K, M]):
         index since this one was opened: it then recorded the index as stale.
         """
         self._require_indexes_built()
+        for index in self._indexes:  # a dead handle's slot may serve another database
+            index._require_open()
         last = self._checked_in
         if last is not None and last[0] is t and last[1] == Collection._stale_marks:
             return  # checked in this transaction, and nothing was marked stale since
         for index in self._indexes:
             index._require_current(t)
         self._checked_in = (t, Collection._stale_marks)
+
+    def _require_not_dropped(self) -> None:
+        """Raise if the collection's database was deleted: its handles are dead.
+
+        Checked where the handles are used (on the writer thread, in each scan
+        batch): a call queued before a drop runs after it.
+        """
+        if self._opened.dropped:
+            raise DatabaseDroppedError(
+                f"collection {self._label} was dropped (drop(delete=True)); "
+                "open it again to recreate it"
+            )
 
     async def build_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Build the indexes that are new or changed (no-op when there are none).
@@ -244,11 +271,29 @@ class Collection(AsyncDatabase[K, M]):
         unique index raises :class:`~aiolmdb.UniqueViolationError` and nothing
         is built. ``progress(names, done, total)`` is called on the event loop
         every 10 000 records; progress is also logged to ``aiolmdb.models``.
+        A build needs a write transaction of its own: inside a write
+        ``env.transaction()`` it raises :class:`~aiolmdb.TransactionError` (when
+        there is one to do); inside a read snapshot it runs.
+        Cancelling the call does not stop the build: it completes (or fails,
+        changing nothing) without its caller.
         """
-        self._resolve(None)
+        in_transaction = self._in_write_transaction()
         names = await self._indexes_to_build()
         if not names:
             return
+        if in_transaction:
+            raise self._needs_the_writer_alone(
+                f"build_indexes() (which {type(self).__name__}.open(env) calls, here to "
+                f"build {names})"
+            )
+        await self._build_indexes(names, progress)
+
+    async def _build_indexes(self, names: list[str], progress: IndexProgress | None) -> None:
+        """Build the indexes ``names`` in one write transaction, then trust them.
+
+        A build that fails changes nothing: the indexes that were current stay so.
+        A cancelled one goes on without its caller.
+        """
         for name in names:
             if self._bound_indexes[name]._opened.dropped:
                 self._bound_indexes[name]._reopen()
@@ -259,8 +304,13 @@ class Collection(AsyncDatabase[K, M]):
             if progress is not None:
                 loop.call_soon_threadsafe(progress, names, done, total)
 
-        await self.env._write_alone(lambda t: self._build(t, names, report))
-        self._unbuilt = [name for name in self._unbuilt if name not in names]
+        async def build_then_trust() -> None:
+            await self.env._write_alone(lambda t: self._build(t, names, report))
+            self._unbuilt = [name for name in self._unbuilt if name not in names]
+
+        # A cancelled caller does not stop a build the writer may already run:
+        # it goes on without the caller, and what it built is trusted.
+        await asyncio.shield(asyncio.ensure_future(build_then_trust()))
 
     async def _indexes_to_build(self) -> list[str]:
         """The indexes not built yet, or recorded stale since (by another declaration)."""
@@ -278,20 +328,41 @@ class Collection(AsyncDatabase[K, M]):
         return await self.env._read(to_build, None)
 
     async def rebuild_indexes(self, *, progress: IndexProgress | None = None) -> None:
-        """Rebuild every index of the collection from its records."""
-        self._unbuilt = [index.index.name for index in self._indexes]
-        await self.build_indexes(progress=progress)
+        """Rebuild every index of the collection from its records (not in a write transaction)."""
+        in_transaction = self._in_write_transaction()
+        if not self._indexes:
+            return
+        if in_transaction:
+            raise self._needs_the_writer_alone("rebuild_indexes()")
+        await self._build_indexes([index.index.name for index in self._indexes], progress)
 
     async def drop_removed_indexes(self) -> list[str]:
         """Delete the stored entries of indexes no longer declared; returns their names.
 
-        Their databases and declarations go in one transaction.
+        Their databases and declarations go in one transaction of its own (so
+        not inside a write ``env.transaction()``: that raises
+        :class:`~aiolmdb.TransactionError`).
         """
         removed = list(self.removed_indexes)
         if removed:
-            self._resolve(None)
+            if self._in_write_transaction():
+                raise self._needs_the_writer_alone("drop_removed_indexes()")
             await self._write_alone_then_forget(self._delete_removed, self._forget_removed)
         return removed
+
+    def _in_write_transaction(self) -> bool:
+        """Whether this task's calls join a write transaction (checks the collection is usable)."""
+        ctx = self._resolve(None)[1]
+        return ctx is not None and ctx.sees_own_writes
+
+    def _needs_the_writer_alone(self, call: str) -> TransactionError:
+        # The call's write transaction would queue behind the caller's own,
+        # which cannot end while the caller waits: a deadlock, refused instead.
+        return TransactionError(
+            f"collection {self._label}: {call} cannot run inside a write transaction: it needs "
+            "a write transaction of its own, and the writer serves this one until it ends; "
+            "call it before or after the `async with env.transaction()` block"
+        )
 
     def _delete_removed(self, t: lmdb.Transaction) -> None:
         if self._meta is None:
@@ -344,14 +415,24 @@ class Collection(AsyncDatabase[K, M]):
         assert self._meta is not None  # opened with the declared indexes
         meta_db = self._meta._db
         chosen = [self._bound_indexes[name] for name in names]
+        self._require_not_dropped()
         for index in chosen:
+            index._require_open()
             index._clear(t)
         total = int(t.stat(self._db)["entries"])
         done = 0
         with t.cursor(self._db) as cursor:
             for key, raw_value in cursor:
                 raw_key = bytes(key)
-                record = self._decode_value(raw_key, raw_value)
+                try:
+                    record = self.value_coder.deserialize(raw_value)
+                except Exception as exc:
+                    raise DecodeError(
+                        f"collection {self._label}: cannot build indexes {names}: the value "
+                        f"of key {self._show_raw_key(raw_key)} does not decode with "
+                        f"{self.value_coder!r} (delete or overwrite that record, then build "
+                        f"again): {exc}"
+                    ) from exc
                 for index in chosen:
                     keys = index._entry_keys(record, raw_key)
                     index._check_unique(t, raw_key, keys)
@@ -367,6 +448,7 @@ class Collection(AsyncDatabase[K, M]):
     # -- drop() empties or deletes the indexes with the records ----------
 
     def _empty(self, t: lmdb.Transaction) -> None:
+        self._require_not_dropped()  # a drop queued behind a deletion
         for index in self._indexes:
             index._require_open()
         super()._empty(t)
@@ -375,6 +457,7 @@ class Collection(AsyncDatabase[K, M]):
         self._mark_removed_stale(t)
 
     def _delete(self, t: lmdb.Transaction) -> None:
+        self._require_not_dropped()  # a drop queued behind a deletion
         super()._delete(t)
         if self._meta is None:
             return  # no index, declared or removed
@@ -394,6 +477,7 @@ class Collection(AsyncDatabase[K, M]):
     def _store(
         self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
     ) -> bool:
+        self._require_not_dropped()
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._store(t, raw_key, raw_value, value, overwrite)
@@ -401,12 +485,11 @@ class Collection(AsyncDatabase[K, M]):
         old_buf = t.get(raw_key, db=self._db)
         if old_buf is not None and not overwrite:
             return False
-        old = None if old_buf is None else self._decode_value(raw_key, old_buf)
         new = self._read_back(raw_key, raw_value)
+        olds = self._stored_entries(t, raw_key, old_buf)
         # Every check before any write: a failure leaves the transaction as it was.
         changes = []
-        for index in self._indexes:
-            before = set() if old is None else index._entry_keys(old, raw_key)
+        for index, before in zip(self._indexes, olds, strict=True):
             after = index._entry_keys(new, raw_key)
             index._check_unique(t, raw_key, after - before)
             changes.append((index, before, after))
@@ -414,6 +497,28 @@ class Collection(AsyncDatabase[K, M]):
         for index, before, after in changes:
             index._update_entries(t, raw_key, before, after)
         return t.put(raw_key, raw_value, db=self._db)
+
+    def _stored_entries(
+        self, t: lmdb.Transaction, raw_key: bytes, old_buf: bytes | memoryview | None
+    ) -> list[set[bytes]]:
+        """The entries each index holds for the record stored under ``raw_key``."""
+        if old_buf is None:
+            return [set() for _ in self._indexes]
+        try:
+            old = self.value_coder.deserialize(old_buf)
+        except Exception as exc:
+            # It no longer decodes (its model was tightened since, say): its
+            # entries cannot be computed, so find them by where they point.
+            logger.warning(
+                "collection %s: the value of key %s does not decode with %r (%s); "
+                "finding its index entries by scanning the indexes",
+                self._label,
+                self._show_raw_key(raw_key),
+                self.value_coder,
+                exc,
+            )
+            return [index._entries_pointing_at(t, raw_key) for index in self._indexes]
+        return [index._entry_keys(old, raw_key) for index in self._indexes]
 
     def _read_back(self, raw_key: bytes, raw_value: bytes) -> M:
         """The record as it will be read: what its index entries are computed from.
@@ -430,6 +535,7 @@ class Collection(AsyncDatabase[K, M]):
             ) from exc
 
     def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
+        self._require_not_dropped()
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._remove(t, raw_key)
@@ -437,10 +543,9 @@ class Collection(AsyncDatabase[K, M]):
         old_buf = t.get(raw_key, db=self._db)
         if old_buf is None:
             return False
-        old = self._decode_value(raw_key, old_buf)
-        entries = [(index, index._entry_keys(old, raw_key)) for index in self._indexes]
+        olds = self._stored_entries(t, raw_key, old_buf)
         self._mark_removed_stale(t)
-        for index, before in entries:
+        for index, before in zip(self._indexes, olds, strict=True):
             index._update_entries(t, raw_key, before, set())
         return t.delete(raw_key, db=self._db)
 

@@ -20,7 +20,13 @@ from .._scan import Fetch, prefix_end
 from ..coders import Coder
 from ..coders.base import escape_element, unescape_element
 from ..database import OpenedHandle, _show
-from ..errors import AiolmdbError, EncodeError, UniqueViolationError, UnorderedKeyError
+from ..errors import (
+    AiolmdbError,
+    DatabaseDroppedError,
+    EncodeError,
+    UniqueViolationError,
+    UnorderedKeyError,
+)
 
 if TYPE_CHECKING:
     from ..transaction import Transaction
@@ -152,22 +158,35 @@ class BoundIndex(Generic[K, M, IK]):
         self._signature = json.dumps(index.signature()).encode()
         self._label = f"index {collection._label}.{index.name}"
 
-    def _require_open(self) -> None:
-        """Raise if the index's database was deleted: its LMDB handle is dead."""
-        if self._opened.dropped:
-            raise AiolmdbError(
+    def _require_open(self, opened: OpenedHandle | None = None) -> None:
+        """Raise if the index's database (``opened``, by default the current one) was deleted.
+
+        Its LMDB handle is then dead, and LMDB may have given its slot to
+        another database: nothing may go through it.
+        """
+        if (self._opened if opened is None else opened).dropped:
+            raise DatabaseDroppedError(
                 f"{self._label}: its database was deleted (by another declaration of the "
                 "collection); await collection.build_indexes() to build it again"
             )
+
+    def _require_usable(self, opened: OpenedHandle | None = None) -> None:
+        """Raise if the collection or the index's database (``opened``, or the current) is gone."""
+        self.collection._require_not_dropped()
+        self._require_open(opened)
 
     def _reopen(self) -> None:
         """Open the index's database again after it was deleted."""
         self._opened = self.collection._open_index_db(self.index.name, True)
         self._db = self._opened.db
 
-    def _require_current(self, t: lmdb.Transaction) -> None:
-        """Raise unless ``t`` records this index as built for its declaration."""
-        self._require_open()
+    def _require_current(self, t: lmdb.Transaction, opened: OpenedHandle | None = None) -> None:
+        """Raise unless ``t`` records this index as built for its declaration.
+
+        Also raises when the collection or the index's database (``opened``,
+        by default the current one) was deleted.
+        """
+        self._require_usable(opened)
         meta = self.collection._meta
         assert meta is not None  # opened with the declared indexes
         if not self._is_current(t, meta._db):
@@ -256,6 +275,27 @@ class BoundIndex(Generic[K, M, IK]):
         _, end = unescape_element(entry, 0)
         return entry[end:]
 
+    def _entries_pointing_at(self, t: lmdb.Transaction, raw_key: bytes) -> set[bytes]:
+        """The escaped index keys of record ``raw_key``'s entries, found by scanning the index.
+
+        For a record whose stored value no longer decodes, so that its entries
+        cannot be computed from it. Costs a pass over the whole index.
+        """
+        found = set()
+        with t.cursor(self._db) as cursor:
+            if self.index.unique:  # the entry's value is the record's key
+                for entry, holder in cursor.iternext():
+                    if holder == raw_key:
+                        found.add(bytes(entry))
+            else:  # the record's key follows the escaped index key
+                for stored in cursor.iternext(values=False):
+                    entry = bytes(stored)
+                    if entry.endswith(raw_key):
+                        _, end = unescape_element(entry, 0)
+                        if entry[end:] == raw_key:
+                            found.add(entry[:end])
+        return found
+
     def _check_unique(self, t: lmdb.Transaction, raw_key: bytes, added: set[bytes]) -> None:
         """Raise UniqueViolationError if another record already has one of ``added``."""
         if not self.index.unique:
@@ -335,21 +375,49 @@ class BoundIndex(Generic[K, M, IK]):
         collection = self.collection
         main_db, ctx = collection._resolve(txn)
         collection._require_indexes_built()
+        # The scan reads this handle in every batch: each checks it is still open
+        # (the index may be deleted and opened again, in another slot, meanwhile).
+        opened = self._opened
 
         def fetcher(t: lmdb.Transaction) -> Fetch:
-            self._require_current(t)
+            self._require_current(t, opened)
 
             def record_of(entry: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
                 # The entry names the record; fetch it in the same transaction.
                 raw_key = self._record_key(entry, value)
                 buf = t.get(raw_key, db=main_db)
+                # A drop marks the handles before LMDB closes them: a read that
+                # went through a closed handle is caught here, after it.
+                self._require_usable(opened)
                 if buf is None:  # pragma: no cover - entries are written with their records
                     raise AssertionError(f"{self._label} has an entry for a missing record")
                 return raw_key, bytes(buf)
 
             return record_of
 
-        return collection._stream(ctx, self._db, low, high, reverse, limit, fetcher, make)
+        stream = collection._stream(ctx, opened.db, low, high, reverse, limit, fetcher, make)
+        return self._stopped_by_drops(stream, opened)
+
+    async def _stopped_by_drops(
+        self, stream: AsyncIterator[Any], opened: OpenedHandle
+    ) -> AsyncIterator[Any]:
+        """``stream``, ended by DatabaseDroppedError if the collection or index is deleted.
+
+        A batch read while the drop ran may fail on LMDB's closed handle, or
+        end early: the failure and the end are checked against the drop.
+        """
+        try:
+            async for item in stream:
+                yield item
+        except DatabaseDroppedError:
+            raise
+        except Exception as exc:
+            try:
+                self._require_usable(opened)
+            except DatabaseDroppedError as dropped:
+                raise dropped from exc
+            raise
+        self._require_usable(opened)
 
     def items(
         self,
