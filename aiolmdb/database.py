@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 import lmdb
@@ -11,7 +11,7 @@ import lmdb
 from ._scan import Fetch, copy_record, prefix_end, scan
 from .coders import Coder
 from .errors import (
-    AiolmdbError,
+    DatabaseDroppedError,
     DecodeError,
     EncodeError,
     KeyExistsError,
@@ -151,14 +151,64 @@ class AsyncDatabase(Generic[K, V]):
         dropped, and that the transaction can see it.
         """
         context = self.env._context(txn)
-        if self._opened.dropped:
-            raise AiolmdbError(f"database {self._label} was dropped; open it again to recreate it")
+        self._require_live()
         if context is not None and context.handles_known < self._opened.serial:
             raise TransactionError(
                 f"database {self._label} was opened after this transaction began, so LMDB "
                 "cannot see it inside it: open databases before env.transaction()"
             )
         return self._db, context
+
+    def _require_live(self) -> None:
+        """Raise :class:`DatabaseDroppedError` if the database was deleted."""
+        if self._opened.dropped:
+            raise DatabaseDroppedError(
+                f"database {self._label} was dropped (drop(delete=True)) before or while "
+                "this call ran: open the database again to recreate it"
+            )
+
+    def _read(
+        self, fn: Callable[[lmdb.Transaction], R], ctx: Transaction | None, *, offload: bool = False
+    ) -> Awaitable[R]:
+        """``env._read`` of ``fn``, refused if the database is dropped before or while it runs.
+
+        The check is made again after ``fn``: a read on a reader thread may
+        overlap a drop, after which LMDB gives the freed handle's slot to the
+        next database opened, and ``fn`` may have read that one.
+        """
+
+        def checked(t: lmdb.Transaction) -> R:
+            self._require_live()
+            result = fn(t)
+            self._require_live()
+            return result
+
+        return self.env._read(checked, ctx, offload=offload)
+
+    def _write(
+        self,
+        fn: Callable[[lmdb.Transaction], R],
+        ctx: Transaction | None,
+        *,
+        may_fail_midway: bool = False,
+    ) -> Awaitable[R]:
+        """``env._write`` of ``fn``, refused if the database was dropped when it runs.
+
+        A write queued behind a drop of its database passed the check made
+        when it was called; where it runs (on the writer thread, after the
+        drop) it would write through the freed handle, into whichever
+        database took its slot.
+        """
+        return self.env._write(self._when_live(fn), ctx, may_fail_midway=may_fail_midway)
+
+    def _when_live(self, fn: Callable[[lmdb.Transaction], R]) -> Callable[[lmdb.Transaction], R]:
+        """``fn``, checking first that the database was not dropped (for the writer thread)."""
+
+        def checked(t: lmdb.Transaction) -> R:
+            self._require_live()
+            return fn(t)
+
+        return checked
 
     async def _encode_many(self, encode: Callable[[T], R], items: list[T]) -> list[R]:
         """Encode many items on the loop, in slices, letting other tasks run in between.
@@ -211,7 +261,7 @@ class AsyncDatabase(Generic[K, V]):
 
         # Large values are decoded on a reader thread; inside a transaction
         # the read goes where the transaction lives.
-        value = await self.env._read(read, ctx, offload=True)
+        value = await self._read(read, ctx, offload=True)
         return default if value is _MISSING else value
 
     @overload
@@ -242,23 +292,23 @@ class AsyncDatabase(Generic[K, V]):
                 found[key] = default if buf is None else self._decode_value(raw_key, buf)
             return found
 
-        return await self.env._read(read, ctx, offload=len(wanted) > INLINE_MULTI_LIMIT)
+        return await self._read(read, ctx, offload=len(wanted) > INLINE_MULTI_LIMIT)
 
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""
         raw_key = self._encode_key(key)
         db, ctx = self._resolve(txn)
-        return await self.env._read(lambda t: t.get(raw_key, db=db) is not None, ctx)
+        return await self._read(lambda t: t.get(raw_key, db=db) is not None, ctx)
 
     async def count(self, *, txn: Transaction | None = None) -> int:
         """The number of records."""
         db, ctx = self._resolve(txn)
-        return await self.env._read(lambda t: int(t.stat(db)["entries"]), ctx)
+        return await self._read(lambda t: int(t.stat(db)["entries"]), ctx)
 
     async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:
         """LMDB's statistics of this database (``entries``, ``depth``, page counts...)."""
         db, ctx = self._resolve(txn)
-        return await self.env._read(lambda t: as_ints(t.stat(db)), ctx)
+        return await self._read(lambda t: as_ints(t.stat(db)), ctx)
 
     # -- writes ----------------------------------------------------------
 
@@ -273,7 +323,7 @@ class AsyncDatabase(Generic[K, V]):
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
         ctx = self._resolve(txn)[1]
-        return await self.env._write(
+        return await self._write(
             lambda t: self._store(t, raw_key, raw_value, value, overwrite), ctx
         )
 
@@ -305,13 +355,13 @@ class AsyncDatabase(Generic[K, V]):
                 for (raw_key, raw_value), (_, value) in zip(encoded, pairs, strict=True)
             )
 
-        return await self.env._write(write, ctx, may_fail_midway=not self._plain_writes)
+        return await self._write(write, ctx, may_fail_midway=not self._plain_writes)
 
     async def delete(self, key: K, *, txn: Transaction | None = None) -> bool:
         """Delete ``key``; returns whether it existed."""
         raw_key = self._encode_key(key)
         ctx = self._resolve(txn)[1]
-        return await self.env._write(lambda t: self._remove(t, raw_key), ctx)
+        return await self._write(lambda t: self._remove(t, raw_key), ctx)
 
     async def delete_multi(
         self, keys: Iterable[K], *, txn: Transaction | None = None
@@ -328,7 +378,7 @@ class AsyncDatabase(Generic[K, V]):
                 existed[key] = self._remove(t, raw_key) or existed.get(key, False)
             return existed
 
-        return await self.env._write(write, ctx, may_fail_midway=not self._plain_writes)
+        return await self._write(write, ctx, may_fail_midway=not self._plain_writes)
 
     @overload
     async def pop(
@@ -344,7 +394,7 @@ class AsyncDatabase(Generic[K, V]):
         ctx = self._resolve(txn)[1]
         # Decoding happens before the commit: a value that cannot be decoded
         # fails the call and stays stored.
-        value = await self.env._write(lambda t: self._pop_raw(t, raw_key), ctx)
+        value = await self._write(lambda t: self._pop_raw(t, raw_key), ctx)
         return default if value is _MISSING else value
 
     async def replace(self, key: K, value: V, *, txn: Transaction | None = None) -> V | None:
@@ -352,7 +402,7 @@ class AsyncDatabase(Generic[K, V]):
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
         ctx = self._resolve(txn)[1]
-        old: V | None = await self.env._write(
+        old: V | None = await self._write(
             lambda t: self._replace_raw(t, raw_key, raw_value, value), ctx
         )
         return old
@@ -367,7 +417,7 @@ class AsyncDatabase(Generic[K, V]):
             if not self._store(t, raw_key, raw_value, value, False):
                 raise KeyExistsError(f"database {self._label}: key {_show(key)} already exists")
 
-        await self.env._write(write, ctx)
+        await self._write(write, ctx)
 
     async def update(self, key: K, fn: Callable[[V], V], *, txn: Transaction | None = None) -> V:
         """Replace the value of ``key`` by ``fn(old)`` atomically; return the new value.
@@ -389,7 +439,7 @@ class AsyncDatabase(Generic[K, V]):
             self._store(t, raw_key, self._encode_value(key, new), new, True)
             return new
 
-        result: V = await self.env._write(write, ctx)
+        result: V = await self._write(write, ctx)
         return result
 
     # -- record writes: every write of a record goes through these two ---
@@ -434,10 +484,10 @@ class AsyncDatabase(Generic[K, V]):
         """
         ctx = self._resolve(txn)[1]
         if self.name is None:
-            await self.env._write(self._empty_default, ctx)
+            await self._write(self._empty_default, ctx)
             return
         if not delete:
-            await self.env._write(self._empty, ctx)
+            await self._write(self._empty, ctx)
             return
         if ctx is not None:
             raise TransactionError(
@@ -445,7 +495,9 @@ class AsyncDatabase(Generic[K, V]):
                 "use drop(delete=False) to empty it there"
             )
 
-        await self._write_alone_then_forget(self._delete, self._forget_deleted)
+        # A second drop queued behind this one would delete the database
+        # that takes the freed handle's slot: it is refused where it runs.
+        await self._write_alone_then_forget(self._when_live(self._delete), self._forget_deleted)
 
     async def _write_alone_then_forget(
         self, delete: Callable[[lmdb.Transaction], None], forget: Callable[[], None]
@@ -519,10 +571,10 @@ class AsyncDatabase(Generic[K, V]):
             return fn(DatabaseTxn(self, db, t))
 
         if not write:
-            return await self.env._read(call, ctx, offload=True)
+            return await self._read(call, ctx, offload=True)
         if ctx is not None:
-            return await self.env._write(call, ctx, may_fail_midway=True)
-        return await self.env._write_alone(call)
+            return await self._write(call, ctx, may_fail_midway=True)
+        return await self.env._write_alone(self._when_live(call))
 
     # -- queries ---------------------------------------------------------
 
@@ -649,7 +701,8 @@ class AsyncDatabase(Generic[K, V]):
             return await asyncio.get_running_loop().run_in_executor(env._pool, decode, key, value)
 
         return scan(
-            lambda fn, offload: env._read(fn, ctx, offload=offload),
+            # Every batch is checked: a drop may happen between two of them.
+            lambda fn, offload: self._read(fn, ctx, offload=offload),
             db,
             low,
             high,

@@ -1,0 +1,199 @@
+"""Edges of databases, scans and coders: drops racing calls, scan memory, key flags, coders."""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import pytest
+from conftest import TIMEOUT, EnvFactory, WriterGate, bounded
+from pydantic import BaseModel
+
+import aiolmdb
+from aiolmdb.coders import StringCoder, UInt64Coder
+from aiolmdb.models import Collection, Index
+
+Env = aiolmdb.AsyncEnvironment
+BytesDB = aiolmdb.AsyncDatabase[bytes, bytes]
+
+
+async def queued(env: Env, jobs: int) -> None:
+    """Wait until ``jobs`` jobs wait in the writer's queue."""
+    for _ in range(1000):
+        if len(env._writer._queue) >= jobs:
+            return
+        await asyncio.sleep(0.001)
+    raise AssertionError(f"{jobs} jobs never reached the writer's queue")
+
+
+# -- 1: a write queued behind a drop of its database ---------------------
+
+WRITES: dict[str, Callable[[BytesDB], Awaitable[Any]]] = {
+    "put": lambda db: db.put(b"k", b"stray"),
+    "put_multi": lambda db: db.put_multi([(b"k", b"stray"), (b"k2", b"stray")]),
+    "delete": lambda db: db.delete(b"b-record"),
+    "pop": lambda db: db.pop(b"b-record"),
+    "replace": lambda db: db.replace(b"k", b"stray"),
+    "insert": lambda db: db.insert(b"k", b"stray"),
+    "update": lambda db: db.update(b"b-record", lambda _: b"stray"),
+    "run": lambda db: db.run(lambda t: t.put(b"k", b"stray"), write=True),
+    "drop_empty": lambda db: db.drop(delete=False),
+    "drop_delete": lambda db: db.drop(delete=True),
+}
+
+
+@pytest.mark.parametrize("write", list(WRITES))
+async def test_a_write_queued_behind_a_drop_never_reaches_the_database_reusing_its_slot(
+    env: Env, write: str
+) -> None:
+    doomed = env.open_db("doomed")
+    holder = env.open_db("holder")
+    await doomed.put(b"b-record", b"old")
+    gate = WriterGate(holder)
+    await gate.hold()
+    drop = asyncio.create_task(doomed.drop(delete=True))
+    await queued(env, 1)
+
+    # After the drop, the writer waits for the event loop to open another
+    # database (which takes the freed LMDB slot) before it runs the write.
+    paused = threading.Event()
+
+    def wait_for_reopen(_: object) -> bool:
+        paused.set()
+        deadline = time.monotonic() + TIMEOUT
+        while not env._writer._urgent:  # the open_db below, asked of the writer
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.001)
+        return True
+
+    pause = asyncio.create_task(holder.run(wait_for_reopen, write=True))
+    await queued(env, 2)
+    late = asyncio.ensure_future(WRITES[write](doomed))
+    await queued(env, 3)
+    await gate.release()
+    await bounded(drop)
+    assert await bounded(asyncio.to_thread(paused.wait, TIMEOUT))
+    other = env.open_db("other")
+    assert await bounded(pause)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="'doomed'"):
+        await bounded(late)
+    await other.put(b"b-record", b"mine")
+    assert [item async for item in other.items()] == [(b"b-record", b"mine")]
+    assert await other.get(b"k") is None
+
+
+async def test_a_write_checks_the_drop_where_it_runs_not_only_when_called(env: Env) -> None:
+    doomed = env.open_db("doomed")
+    holder = env.open_db("holder")
+    gate = WriterGate(holder)
+    await gate.hold()
+    drop = asyncio.create_task(doomed.drop(delete=True))
+    await queued(env, 1)
+    late = asyncio.ensure_future(doomed.put(b"k", b"v"))
+    await queued(env, 2)
+    await gate.release()
+    await bounded(drop)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match=r"'doomed'.*dropped"):
+        await bounded(late)
+
+
+class Person(BaseModel):
+    name: str
+
+
+class People(Collection[int, Person]):
+    key_coder = UInt64Coder()
+    by_name = Index(lambda p: p.name, StringCoder())
+
+
+async def test_a_collection_write_queued_behind_its_drop_fails(env: Env) -> None:
+    people = People(env)
+    await people.put(1, Person(name="ada"))
+    holder = env.open_db("holder")
+    gate = WriterGate(holder)
+    await gate.hold()
+    drop = asyncio.create_task(people.drop(delete=True))
+    await queued(env, 1)
+    late = asyncio.ensure_future(people.put(2, Person(name="alan")))
+    await queued(env, 2)
+    await gate.release()
+    await bounded(drop)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="'People'"):
+        await bounded(late)
+
+
+# -- 2: a scan running across a drop of its database --------------------
+
+
+async def hold_readers(db: BytesDB) -> tuple[asyncio.Task[bool], threading.Event]:
+    """Keep the only reader thread busy until the returned event is set."""
+    started, release = threading.Event(), threading.Event()
+
+    def block(_: object) -> bool:
+        started.set()
+        return release.wait(TIMEOUT)
+
+    task = asyncio.create_task(db.run(block))
+    assert await bounded(asyncio.to_thread(started.wait, TIMEOUT))
+    return task, release
+
+
+async def test_a_scan_across_a_drop_stops_instead_of_reading_another_database(
+    open_env: EnvFactory,
+) -> None:
+    env = open_env(map_size=64 << 20, read_workers=1)
+    doomed = env.open_db("doomed")
+    holder = env.open_db("holder")
+    await doomed.put_multi([(b"k%04d" % i, b"doomed") for i in range(200)])
+    blocker, release = await hold_readers(holder)
+    scan = doomed.items()
+    seen = [await scan.__anext__()]  # the first batch; the next one waits for the reader
+    await doomed.drop(delete=True)
+    other = env.open_db("other")  # takes the dropped database's LMDB slot
+    await other.put_multi([(b"k%04d" % i, b"other") for i in range(1000, 1100)])
+    release.set()
+    assert await bounded(blocker)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="'doomed'"):
+        async for item in scan:
+            seen.append(item)
+    assert all(value == b"doomed" for _, value in seen)
+
+
+async def test_an_index_scan_across_a_drop_stops_with_a_clear_error(
+    open_env: EnvFactory,
+) -> None:
+    env = open_env(map_size=64 << 20, read_workers=1)
+    people = People(env)
+    await people.put_multi([(i, Person(name=f"n{i:04d}")) for i in range(200)])
+    holder = env.open_db("holder")
+    blocker, release = await hold_readers(holder)
+    scan = people.by_name.values()
+    seen = [await scan.__anext__()]
+    await people.drop(delete=True)
+    release.set()
+    assert await bounded(blocker)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="'People'"):
+        async for item in scan:
+            seen.append(item)
+    assert len(seen) < 200
+
+
+async def test_a_read_on_a_reader_thread_after_a_drop_fails(open_env: EnvFactory) -> None:
+    env = open_env(map_size=64 << 20, read_workers=1)
+    doomed = env.open_db("doomed")
+    holder = env.open_db("holder")
+    await doomed.put_multi([(b"k%04d" % i, b"doomed") for i in range(100)])
+    blocker, release = await hold_readers(holder)
+    read = asyncio.ensure_future(doomed.get_multi([b"k%04d" % i for i in range(100)]))
+    await asyncio.sleep(0.01)
+    await doomed.drop(delete=True)
+    other = env.open_db("other")
+    await other.put_multi([(b"k%04d" % i, b"other") for i in range(100)])
+    release.set()
+    assert await bounded(blocker)
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="'doomed'"):
+        await bounded(read)
