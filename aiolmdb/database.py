@@ -89,6 +89,8 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label}: cannot encode key {_show(key)} "
                 f"({type(key).__name__}) with {self.key_coder!r}: {exc}"
             ) from exc
+        if type(raw) is not bytes:
+            raw = self._as_bytes(raw, self.key_coder, f"key {_show(key)}", key)
         if not raw:
             raise EncodeError(
                 f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
@@ -103,12 +105,28 @@ class AsyncDatabase(Generic[K, V]):
 
     def _encode_value(self, key: K, value: V) -> bytes:
         try:
-            return self.value_coder.serialize(value)
+            raw = self.value_coder.serialize(value)
         except Exception as exc:
             raise EncodeError(
                 f"database {self._label}: cannot encode the value for key {_show(key)} "
                 f"({type(value).__name__}) with {self.value_coder!r}: {exc}"
             ) from exc
+        if type(raw) is not bytes:
+            raw = self._as_bytes(raw, self.value_coder, f"the value for key {_show(key)}", value)
+        return raw
+
+    def _as_bytes(self, raw: object, coder: Coder[Any], what: str, obj: object) -> bytes:
+        """What ``coder`` returned for ``obj`` as bytes, or EncodeError unless it is a buffer.
+
+        py-lmdb would store None as empty bytes, and fail on other types
+        with an error naming neither the database nor the coder.
+        """
+        if isinstance(raw, (bytearray, memoryview, bytes)):
+            return bytes(raw)
+        raise EncodeError(
+            f"database {self._label}: {coder!r} returned {type(raw).__name__} for {what} "
+            f"({type(obj).__name__}); a coder must return bytes (or a bytearray or memoryview)"
+        )
 
     def _encode_item(self, item: tuple[K, V]) -> tuple[bytes, bytes]:
         key, value = item
@@ -662,6 +680,10 @@ class AsyncDatabase(Generic[K, V]):
                     f"database {self._label}: cannot encode prefix {_show(prefix)} "
                     f"({type(prefix).__name__}) with {self.key_coder!r}: {exc}"
                 ) from exc
+            if type(raw_prefix) is not bytes:
+                raw_prefix = self._as_bytes(
+                    raw_prefix, self.key_coder, f"prefix {_show(prefix)}", prefix
+                )
             low = raw_prefix if low is None else max(low, raw_prefix)
             end = prefix_end(raw_prefix)
             if end is not None:

@@ -13,7 +13,7 @@ from conftest import TIMEOUT, EnvFactory, WriterGate, bounded
 from pydantic import BaseModel
 
 import aiolmdb
-from aiolmdb.coders import StringCoder, UInt64Coder
+from aiolmdb.coders import Buffer, Coder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
 
 Env = aiolmdb.AsyncEnvironment
@@ -197,3 +197,99 @@ async def test_a_read_on_a_reader_thread_after_a_drop_fails(open_env: EnvFactory
     assert await bounded(blocker)
     with pytest.raises(aiolmdb.DatabaseDroppedError, match="'doomed'"):
         await bounded(read)
+
+
+# -- 23: what a custom coder returns is checked --------------------------
+
+
+class Returning(Coder[Any]):
+    """A coder that returns whatever it was told to, for any object."""
+
+    def __init__(self, output: object) -> None:
+        self.output = output
+
+    def serialize(self, obj: Any) -> bytes:
+        return self.output  # type: ignore[return-value]
+
+    def deserialize(self, buf: Buffer) -> Any:
+        return bytes(buf)
+
+    def __repr__(self) -> str:
+        return f"Returning({type(self.output).__name__})"
+
+
+VALUE_WRITES: dict[str, Callable[[aiolmdb.AsyncDatabase[Any, Any]], Awaitable[Any]]] = {
+    "put": lambda db: db.put(b"k", "v"),
+    "put_multi": lambda db: db.put_multi([(b"k", "v")]),
+    "replace": lambda db: db.replace(b"k", "v"),
+    "insert": lambda db: db.insert(b"k", "v"),
+    "update": lambda db: db.update(b"old", lambda _: "v"),
+    "run": lambda db: db.run(lambda t: t.put(b"k", "v"), write=True),
+}
+
+
+@pytest.mark.parametrize("output", [None, "text", 7])
+@pytest.mark.parametrize("write", list(VALUE_WRITES))
+async def test_a_value_coder_returning_no_bytes_is_refused_naming_it(
+    env: Env, write: str, output: object
+) -> None:
+    raw = env.open_db("checked")
+    await raw.put(b"old", b"x")
+    db: aiolmdb.AsyncDatabase[Any, Any] = env.open_db("checked", value_coder=Returning(output))
+    with pytest.raises(aiolmdb.EncodeError) as caught:
+        await bounded(VALUE_WRITES[write](db))
+    message = str(caught.value)
+    assert "'checked'" in message
+    assert f"Returning({type(output).__name__})" in message
+    assert type(output).__name__ in message
+    assert [item async for item in raw.items()] == [(b"old", b"x")]
+
+
+KEY_CALLS: dict[str, Callable[[aiolmdb.AsyncDatabase[Any, Any]], Awaitable[Any]]] = {
+    "get": lambda db: db.get("k"),
+    "put": lambda db: db.put("k", b"v"),
+    "delete": lambda db: db.delete("k"),
+    "get_multi": lambda db: db.get_multi(["k"]),
+    "put_multi": lambda db: db.put_multi([("k", b"v")]),
+    "contains": lambda db: db.contains("k"),
+    "run": lambda db: db.run(lambda t: t.put("k", b"v"), write=True),
+}
+
+
+@pytest.mark.parametrize("output", [None, "text"])
+@pytest.mark.parametrize("call", list(KEY_CALLS))
+async def test_a_key_coder_returning_no_bytes_is_refused_naming_it(
+    env: Env, call: str, output: object
+) -> None:
+    db: aiolmdb.AsyncDatabase[Any, Any] = env.open_db("checked", key_coder=Returning(output))
+    with pytest.raises(aiolmdb.EncodeError) as caught:
+        await bounded(KEY_CALLS[call](db))
+    message = str(caught.value)
+    assert "'checked'" in message
+    assert f"Returning({type(output).__name__})" in message
+    assert "returned" in message
+    assert await env.open_db("checked").count() == 0
+
+
+@pytest.mark.parametrize("output", [bytearray(b"made"), memoryview(b"made")])
+async def test_a_coder_may_return_bytearray_or_memoryview(env: Env, output: object) -> None:
+    db: aiolmdb.AsyncDatabase[Any, Any] = env.open_db(
+        "buffers", key_coder=Returning(output), value_coder=Returning(output)
+    )
+    assert await db.put("anything", "anything")
+    assert await db.put_multi([("a", "b")]) == 1
+    assert [item async for item in env.open_db("buffers").items()] == [(b"made", b"made")]
+    assert await db.get("anything") == b"made"
+
+
+class OrderedReturning(Returning):
+    ordered = True
+
+    def serialize_prefix(self, prefix: object) -> bytes:
+        return self.output  # type: ignore[return-value]
+
+
+async def test_a_prefix_coder_returning_no_bytes_is_refused_naming_it(env: Env) -> None:
+    db: aiolmdb.AsyncDatabase[Any, Any] = env.open_db("checked", key_coder=OrderedReturning(None))
+    with pytest.raises(aiolmdb.EncodeError, match=r"'checked'.*Returning\(NoneType\) returned"):
+        db.items(prefix="p")
