@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import enum
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
@@ -40,6 +41,20 @@ ENCODE_SLICE = 256
 
 _MISSING: Any = object()
 
+#: The sizes LMDB's integerkey databases compare keys as (native unsigned int, size_t).
+INTEGER_KEY_SIZES = (4, 8)
+
+
+class KeyOrder(enum.Enum):
+    """How LMDB orders the keys of a database (its ``integerkey``/``reverse_key`` flags)."""
+
+    #: Byte by byte, as ordered key coders assume: ranges and prefixes work.
+    BYTES = "bytes"
+    #: As native unsigned integers of 4 or 8 bytes, every key one size.
+    INTEGER = "integerkey"
+    #: Byte by byte from the last byte.
+    REVERSE = "reverse_key"
+
 
 class AsyncDatabase(Generic[K, V]):
     """One LMDB database, read and written through coroutines.
@@ -69,7 +84,17 @@ class AsyncDatabase(Generic[K, V]):
         self.key_coder = key_coder
         self.value_coder = value_coder
         self._label = "<default>" if name is None else repr(name)
-        self._opened = env._open_handle(name, self._label, create, flags or {})
+        flags = flags or {}
+        self._opened = env._open_handle(name, self._label, create, flags)
+        self._key_order = (
+            KeyOrder.INTEGER
+            if flags.get("integerkey", False)
+            else KeyOrder.REVERSE
+            if flags.get("reverse_key", False)
+            else KeyOrder.BYTES
+        )
+        #: integerkey: the size of the keys, once one was encoded (LMDB compares one size only).
+        self._integer_key_size: int | None = None
         self._db = self._opened.db
         self._max_key_size = env.max_key_size()
 
@@ -101,7 +126,29 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
                 f"{len(raw)} bytes with {self.key_coder!r}; the limit is {self._max_key_size}"
             )
+        if self._key_order is KeyOrder.INTEGER and len(raw) != self._integer_key_size:
+            self._check_integer_key(raw, key)
         return raw
+
+    def _check_integer_key(self, raw: bytes, key: K) -> None:
+        """Refuse a key LMDB cannot compare in an integerkey database.
+
+        LMDB reads such keys as native unsigned ints of 4 or 8 bytes, taking
+        the size from one of the two keys compared: other sizes, or keys of
+        both sizes in one database, are silently misordered.
+        """
+        expected = self._integer_key_size
+        if len(raw) not in INTEGER_KEY_SIZES or expected is not None:
+            rule = (
+                "keys of 4 or 8 bytes"
+                if expected is None
+                else f"keys of one size, and its keys are {expected} bytes"
+            )
+            raise EncodeError(
+                f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"{len(raw)} bytes with {self.key_coder!r}; an integerkey database needs {rule}"
+            )
+        self._integer_key_size = len(raw)
 
     def _encode_value(self, key: K, value: V) -> bytes:
         try:
@@ -665,11 +712,22 @@ class AsyncDatabase(Generic[K, V]):
     def _bounds(
         self, start: K | None, stop: K | None, prefix: object
     ) -> tuple[bytes | None, bytes | None]:
-        if (start, stop, prefix) != (None, None, None) and not self.key_coder.ordered:
-            raise UnorderedKeyError(
-                f"database {self._label}: range and prefix queries need an ordered key coder, "
-                f"and {self.key_coder!r} is not ordered (its byte order is not its value order)"
-            )
+        if (start, stop, prefix) != (None, None, None):
+            if not self.key_coder.ordered:
+                raise UnorderedKeyError(
+                    f"database {self._label}: range and prefix queries need an ordered key "
+                    f"coder, and {self.key_coder!r} is not ordered (its byte order is not its "
+                    "value order)"
+                )
+            if self._key_order is not KeyOrder.BYTES:
+                # No coder's byte order is LMDB's order there: bounds would cut
+                # LMDB's sequence at arbitrary places.
+                raise UnorderedKeyError(
+                    f"database {self._label}: range and prefix queries are not supported with "
+                    f"{self._key_order.value}=True, where LMDB does not order keys by their "
+                    "bytes (the order ordered coders keep); scan it whole (reverse= and "
+                    "limit= work) or use a database without the flag"
+                )
         low = None if start is None else self._encode_key(start)
         high = None if stop is None else self._encode_key(stop)
         if prefix is not None:

@@ -13,7 +13,7 @@ from conftest import TIMEOUT, EnvFactory, WriterGate, bounded
 from pydantic import BaseModel
 
 import aiolmdb
-from aiolmdb.coders import Buffer, Coder, StringCoder, UInt64Coder
+from aiolmdb.coders import Buffer, Coder, StringCoder, UInt32Coder, UInt64Coder
 from aiolmdb.models import Collection, Index
 
 Env = aiolmdb.AsyncEnvironment
@@ -293,3 +293,71 @@ async def test_a_prefix_coder_returning_no_bytes_is_refused_naming_it(env: Env) 
     db: aiolmdb.AsyncDatabase[Any, Any] = env.open_db("checked", key_coder=OrderedReturning(None))
     with pytest.raises(aiolmdb.EncodeError, match=r"'checked'.*Returning\(NoneType\) returned"):
         db.items(prefix="p")
+
+
+# -- 14: integerkey and reverse_key databases ------------------------------
+
+
+def lmdb_order(env: Env, name: str, integerkey: bool, reverse_key: bool) -> list[bytes]:
+    """The keys of a database in the order LMDB itself returns them."""
+    handle = env.lmdb_env.open_db(
+        name.encode(), create=False, integerkey=integerkey, reverse_key=reverse_key
+    )
+    with env.lmdb_env.begin() as txn:
+        return [bytes(key) for key in txn.cursor(db=handle).iternext(values=False)]
+
+
+FLAGS = [{"integerkey": True}, {"reverse_key": True}]
+
+
+@pytest.mark.parametrize("flags", FLAGS, ids=lambda f: next(iter(f)))
+async def test_ranges_on_a_database_lmdb_orders_its_own_way_are_refused(
+    env: Env, flags: dict[str, bool]
+) -> None:
+    db = env.open_db("flagged", key_coder=UInt32Coder(), **flags)
+    keys = [1, 2, 255, 256, 300, 70000, 1 << 24]
+    await db.put_multi([(key, b"v") for key in keys])
+    flag = next(iter(flags))
+    for query in (
+        lambda: db.items(start=2),
+        lambda: db.keys(stop=300),
+        lambda: db.values(start=1, stop=70000, reverse=True),
+        lambda: db.items(prefix=b"\x00"),
+    ):
+        with pytest.raises(aiolmdb.UnorderedKeyError, match=rf"'flagged'.*{flag}"):
+            query()
+    # Whole scans come in LMDB's own order, both ways.
+    stored = [
+        UInt32Coder().deserialize(raw)
+        for raw in lmdb_order(
+            env, "flagged", flags.get("integerkey", False), flags.get("reverse_key", False)
+        )
+    ]
+    assert [key async for key in db.keys()] == stored
+    assert [key async for key in db.keys(reverse=True)] == stored[::-1]
+    assert [key async for key in db.keys(limit=3)] == stored[:3]
+    assert await db.first() == (stored[0], b"v")
+    assert await db.last() == (stored[-1], b"v")
+
+
+@pytest.mark.parametrize("raw_key", [b"abc", b"\x01", b"12345", b"123456789"])
+async def test_an_integerkey_database_refuses_keys_of_other_sizes(env: Env, raw_key: bytes) -> None:
+    db = env.open_db("ints", integerkey=True)
+    for call in (
+        lambda: db.put(raw_key, b"v"),
+        lambda: db.get(raw_key),
+        lambda: db.put_multi([(raw_key, b"v")]),
+    ):
+        with pytest.raises(aiolmdb.EncodeError, match=rf"'ints'.*{len(raw_key)} bytes.*4 or 8"):
+            await bounded(call())
+    assert await db.count() == 0
+
+
+async def test_an_integerkey_database_keeps_its_keys_one_size(env: Env) -> None:
+    db = env.open_db("ints", integerkey=True)
+    assert await db.put(b"\x01\x00\x00\x00", b"four")
+    with pytest.raises(aiolmdb.EncodeError, match=r"'ints'.*8 bytes.*4 bytes"):
+        await db.put(b"\x01\x00\x00\x00\x00\x00\x00\x00", b"eight")
+    longs = env.open_db("longs", key_coder=UInt64Coder(), integerkey=True)
+    assert await longs.put_multi([(i, b"v") for i in (1, 256, 1 << 40)]) == 3
+    assert sorted([key async for key in longs.keys()]) == [1, 256, 1 << 40]
