@@ -13,6 +13,7 @@ from conftest import TIMEOUT, EnvFactory, WriterGate, bounded
 from pydantic import BaseModel
 
 import aiolmdb
+import aiolmdb._scan as scan_module
 from aiolmdb.coders import Buffer, Coder, StringCoder, UInt32Coder, UInt64Coder
 from aiolmdb.models import Collection, Index
 
@@ -361,3 +362,63 @@ async def test_an_integerkey_database_keeps_its_keys_one_size(env: Env) -> None:
     longs = env.open_db("longs", key_coder=UInt64Coder(), integerkey=True)
     assert await longs.put_multi([(i, b"v") for i in (1, 256, 1 << 40)]) == 3
     assert sorted([key async for key in longs.keys()]) == [1, 256, 1 << 40]
+
+
+# -- 12: scan batches are bounded in bytes ---------------------------------
+
+
+@pytest.fixture
+def batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int, int]]:
+    """Every batch a scan reads: (on the loop thread?, records, bytes)."""
+    seen: list[tuple[bool, int, int]] = []
+    real = scan_module.fetch_batch
+
+    def recording(*args: Any, **kwargs: Any) -> scan_module.Batch:
+        batch = real(*args, **kwargs)
+        size = sum(len(key) + len(value) for key, value in batch[0])
+        seen.append((threading.current_thread() is threading.main_thread(), len(batch[0]), size))
+        return batch
+
+    monkeypatch.setattr(scan_module, "fetch_batch", recording)
+    return seen
+
+
+BIG = 256 * 1024
+
+
+@pytest.mark.parametrize("limit", [None, 30, 100])
+async def test_a_scan_of_large_values_reads_batches_bounded_in_bytes_off_the_loop(
+    env: Env, batches: list[tuple[bool, int, int]], limit: int | None
+) -> None:
+    db = env.open_db("big")
+    stored = [(b"k%03d" % i, bytes([i]) * BIG) for i in range(40)]
+    await db.put_multi(stored)
+    assert [item async for item in db.items(limit=limit)] == stored[:limit]
+    assert batches
+    for on_loop, _, size in batches:
+        # On the loop, no value as large as these is even copied.
+        assert size <= (64 * 1024 if on_loop else 2 * 1024 * 1024 + BIG), batches
+    assert sum(count for _, count, _ in batches) == len(stored[:limit])
+
+
+async def test_a_scan_of_small_values_still_starts_on_the_loop(
+    env: Env, batches: list[tuple[bool, int, int]]
+) -> None:
+    db = env.open_db("small")
+    stored = [(b"k%04d" % i, b"v" * 100) for i in range(3000)]
+    await db.put_multi(stored)
+    assert [item async for item in db.items()] == stored
+    assert batches[0][:2] == (True, 64)  # a short query costs no thread hop
+    assert [item async for item in db.items(reverse=True, limit=10)] == stored[::-1][:10]
+    assert [key async for key in db.keys(start=b"k0100", stop=b"k2500")] == [
+        key for key, _ in stored[100:2500]
+    ]
+
+
+async def test_a_key_scan_of_large_values_is_not_bounded_by_the_values(
+    env: Env, batches: list[tuple[bool, int, int]]
+) -> None:
+    db = env.open_db("big")
+    await db.put_multi([(b"k%03d" % i, b"x" * BIG) for i in range(40)])
+    assert len([key async for key in db.keys()]) == 40
+    assert len(batches) <= 2
