@@ -38,6 +38,25 @@ R = TypeVar("R")
 INLINE_MULTI_LIMIT = 32
 #: Items encoded between two yields to the event loop by multi-key calls.
 ENCODE_SLICE = 256
+#: Reads done on the event loop (which never suspend) between two yields to other tasks.
+INLINE_READS_PER_YIELD = 256
+
+_inline_reads = 0
+
+
+def _yield_due() -> bool:
+    """Count one read done on the event loop; True when it is time to let other tasks run.
+
+    Such a read returns without suspending, so a loop of them would
+    otherwise starve every other task. Counting is cheaper than a clock.
+    """
+    global _inline_reads
+    _inline_reads += 1
+    if _inline_reads < INLINE_READS_PER_YIELD:
+        return False
+    _inline_reads = 0
+    return True
+
 
 _MISSING: Any = object()
 
@@ -232,14 +251,15 @@ class AsyncDatabase(Generic[K, V]):
                 "this call ran: open the database again to recreate it"
             )
 
-    def _read(
+    async def _read(
         self, fn: Callable[[lmdb.Transaction], R], ctx: Transaction | None, *, offload: bool = False
-    ) -> Awaitable[R]:
+    ) -> R:
         """``env._read`` of ``fn``, refused if the database is dropped before or while it runs.
 
         The check is made again after ``fn``: a read on a reader thread may
         overlap a drop, after which LMDB gives the freed handle's slot to the
-        next database opened, and ``fn`` may have read that one.
+        next database opened, and ``fn`` may have read that one. A read done
+        on the event loop now and then lets other tasks run.
         """
 
         def checked(t: lmdb.Transaction) -> R:
@@ -248,7 +268,10 @@ class AsyncDatabase(Generic[K, V]):
             self._require_live()
             return result
 
-        return self.env._read(checked, ctx, offload=offload)
+        result = await self.env._read(checked, ctx, offload=offload)
+        if ctx is None and not offload and _yield_due():
+            await asyncio.sleep(0)
+        return result
 
     def _write(
         self,
@@ -314,11 +337,17 @@ class AsyncDatabase(Generic[K, V]):
                 try:
                     buf = t.get(raw_key, db=db)
                     if buf is None:
-                        return default
-                    if len(buf) <= env.inline_value_limit:
-                        return self._decode_value(raw_key, buf)
+                        value = default
+                    elif len(buf) <= env.inline_value_limit:
+                        value = self._decode_value(raw_key, buf)
+                    else:
+                        value = _MISSING  # large: decoded on a reader thread
                 finally:
                     env._end_read(t)
+                if value is not _MISSING:
+                    if _yield_due():
+                        await asyncio.sleep(0)
+                    return value
 
         def read(t: lmdb.Transaction) -> Any:
             buf = t.get(raw_key, db=db)

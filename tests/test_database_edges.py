@@ -422,3 +422,39 @@ async def test_a_key_scan_of_large_values_is_not_bounded_by_the_values(
     await db.put_multi([(b"k%03d" % i, b"x" * BIG) for i in range(40)])
     assert len([key async for key in db.keys()]) == 40
     assert len(batches) <= 2
+
+
+# -- 20: a loop of inline reads lets other tasks run -----------------------
+
+READS: dict[str, Callable[[BytesDB], Awaitable[Any]]] = {
+    "get": lambda db: db.get(b"k"),
+    "get missing": lambda db: db.get(b"missing"),
+    "contains": lambda db: db.contains(b"k"),
+    "get_multi": lambda db: db.get_multi([b"k", b"missing"]),
+    "count": lambda db: db.count(),
+    "first": lambda db: db.first(),
+}
+
+
+@pytest.mark.parametrize("read", list(READS))
+async def test_a_loop_of_inline_reads_lets_other_tasks_run(env: Env, read: str) -> None:
+    db = env.open_db("hot")
+    await db.put(b"k", b"v")
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    before = ticks
+    for _ in range(5000):
+        await READS[read](db)
+    during = ticks - before
+    stop = True
+    await bounded(task)
+    assert during >= 5000 // 1024, f"the other task ran {during} times during 5000 reads"
