@@ -338,7 +338,7 @@ class AsyncDatabase(Generic[K, V]):
                     buf = t.get(raw_key, db=db)
                     if buf is None:
                         value = default
-                    elif len(buf) <= env.inline_value_limit:
+                    elif len(buf) * self.value_coder.max_expansion <= env.inline_value_limit:
                         value = self._decode_value(raw_key, buf)
                     else:
                         value = _MISSING  # large: decoded on a reader thread
@@ -820,7 +820,8 @@ class AsyncDatabase(Generic[K, V]):
             fetcher,
             decode,
             decode_large,
-            env.inline_value_limit,
+            # A value that may expand when decoded (decompressed) is large sooner.
+            env.inline_value_limit // self.value_coder.max_expansion,
             # A batch read ahead would miss the writes made while the one before is consumed.
             prefetch=ctx is None or not ctx.sees_own_writes,
         )

@@ -458,3 +458,61 @@ async def test_a_loop_of_inline_reads_lets_other_tasks_run(env: Env, read: str) 
     stop = True
     await bounded(task)
     assert during >= 5000 // 1024, f"the other task ran {during} times during 5000 reads"
+
+
+# -- 21: values that expand when decoded are decoded off the loop --------
+
+
+class WhereDecoded(Coder[bytes]):
+    """Bytes as they are, recording on which threads they were decoded."""
+
+    def __init__(self) -> None:
+        self.on_loop: list[bool] = []
+
+    def serialize(self, obj: bytes) -> bytes:
+        return obj
+
+    def deserialize(self, buf: Buffer) -> bytes:
+        self.on_loop.append(threading.current_thread() is threading.main_thread())
+        return bytes(buf)
+
+
+async def first_value(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> bytes | None:
+    first = await db.first()
+    return None if first is None else first[1]
+
+
+SCANS: dict[str, Callable[[aiolmdb.AsyncDatabase[bytes, bytes]], Awaitable[bytes | None]]] = {
+    "get": lambda db: db.get(b"k"),
+    "items": first_value,
+    "values": lambda db: anext(aiter(db.values())),
+}
+
+
+@pytest.mark.parametrize("read", list(SCANS))
+async def test_a_small_compressed_value_that_expands_is_decoded_off_the_loop(
+    env: Env, read: str
+) -> None:
+    inner = WhereDecoded()
+    db = env.open_db("zipped", value_coder=inner.compressed())
+    expanded = b"x" * (4 << 20)
+    await db.put(b"k", expanded)
+    stored = await env.open_db("zipped").get(b"k")
+    assert stored is not None and len(stored) < env.inline_value_limit  # small as stored
+    assert await bounded(SCANS[read](db)) == expanded
+    assert inner.on_loop == [False]
+
+
+@pytest.mark.parametrize("read", list(SCANS))
+async def test_a_small_plain_value_is_still_decoded_on_the_loop(env: Env, read: str) -> None:
+    inner = WhereDecoded()
+    db = env.open_db("plain", value_coder=inner)
+    await db.put(b"k", b"x" * 1000)
+    await bounded(SCANS[read](db))
+    assert inner.on_loop == [True]
+
+
+def test_compressed_coders_say_how_much_they_may_expand() -> None:
+    assert StringCoder().max_expansion == 1
+    assert StringCoder().compressed().max_expansion >= 1000  # zlib's ratio is at most 1032
+    assert StringCoder().compressed().compressed().max_expansion >= 1000 * 1000
