@@ -210,6 +210,13 @@ class AsyncDatabase(Generic[K, V]):
                 f"{self._show_raw_key(raw_key)} with {self.value_coder!r}: {exc}"
             ) from exc
 
+    def _decodes_inline(self, size: int) -> bool:
+        """True when a value stored in ``size`` bytes may be decoded on the event loop.
+
+        Decided by what the value coder may produce (see ``Coder.max_expansion``).
+        """
+        return size * self.value_coder.max_expansion <= self.env.inline_value_limit
+
     def _decode_item(self, raw_key: bytes, raw_value: bytes) -> tuple[K, V]:
         return self._decode_key(raw_key), self._decode_value(raw_key, raw_value)
 
@@ -338,6 +345,7 @@ class AsyncDatabase(Generic[K, V]):
                     buf = t.get(raw_key, db=db)
                     if buf is None:
                         value = default
+                    # _decodes_inline(len(buf)), spelt out on the hottest path
                     elif len(buf) * self.value_coder.max_expansion <= env.inline_value_limit:
                         value = self._decode_value(raw_key, buf)
                     else:
@@ -379,14 +387,26 @@ class AsyncDatabase(Generic[K, V]):
         wanted = list(keys)
         raw_keys = await self._encode_many(self._encode_key, wanted)
 
-        def read(t: lmdb.Transaction) -> dict[K, Any]:
+        def read(t: lmdb.Transaction, small_only: bool) -> dict[K, Any] | None:
+            # None: a value is too large to decode here, read them all off the loop.
             found: dict[K, Any] = {}
             for key, raw_key in zip(wanted, raw_keys, strict=True):
                 buf = t.get(raw_key, db=db)
-                found[key] = default if buf is None else self._decode_value(raw_key, buf)
+                if buf is None:
+                    found[key] = default
+                elif small_only and not self._decodes_inline(len(buf)):
+                    return None
+                else:
+                    found[key] = self._decode_value(raw_key, buf)
             return found
 
-        return await self._read(read, ctx, offload=len(wanted) > INLINE_MULTI_LIMIT)
+        if len(wanted) <= INLINE_MULTI_LIMIT:
+            small = await self._read(lambda t: read(t, True), ctx)
+            if small is not None:
+                return small
+        found = await self._read(lambda t: read(t, False), ctx, offload=True)
+        assert found is not None  # only a read of small values gives up
+        return found
 
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""

@@ -516,3 +516,25 @@ def test_compressed_coders_say_how_much_they_may_expand() -> None:
     assert StringCoder().max_expansion == 1
     assert StringCoder().compressed().max_expansion >= 1000  # zlib's ratio is at most 1032
     assert StringCoder().compressed().compressed().max_expansion >= 1000 * 1000
+
+
+@pytest.mark.parametrize("coder", ["plain", "compressed"])
+async def test_a_small_get_multi_of_large_values_decodes_them_off_the_loop(
+    env: Env, coder: str
+) -> None:
+    inner = WhereDecoded()
+    value_coder = inner if coder == "plain" else inner.compressed()
+    db = env.open_db("large", value_coder=value_coder)
+    small, large = b"s" * 10, b"x" * (1 << 20)
+    await db.put_multi([(b"a", small), (b"b", large), (b"c", small)])
+    found = await bounded(db.get_multi([b"a", b"b", b"c", b"missing"]))
+    assert found == {b"a": small, b"b": large, b"c": small, b"missing": None}
+    assert not any(inner.on_loop[-3:]), inner.on_loop
+
+
+async def test_a_small_get_multi_of_small_values_stays_on_the_loop(env: Env) -> None:
+    inner = WhereDecoded()
+    db = env.open_db("small", value_coder=inner)
+    await db.put_multi([(b"a", b"1"), (b"b", b"2")])
+    assert await db.get_multi([b"a", b"b"]) == {b"a": b"1", b"b": b"2"}
+    assert inner.on_loop == [True, True]
