@@ -5,6 +5,7 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+import tracemalloc
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -538,3 +539,24 @@ async def test_a_small_get_multi_of_small_values_stays_on_the_loop(env: Env) -> 
     await db.put_multi([(b"a", b"1"), (b"b", b"2")])
     assert await db.get_multi([b"a", b"b"]) == {b"a": b"1", b"b": b"2"}
     assert inner.on_loop == [True, True]
+
+
+async def test_scanning_large_values_one_at_a_time_holds_a_few_of_them_at_most(
+    env: Env,
+) -> None:
+    db = env.open_db("big")
+    mib = 1 << 20
+    await db.put_multi([(b"k%03d" % i, bytes([i]) * mib) for i in range(40)])
+    tracemalloc.start()
+    try:
+        count = 0
+        async for _, value in db.items():
+            assert len(value) == mib
+            count += 1
+            del value
+        peak = tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+    assert count == 40
+    # Two batches (one consumed, one read ahead) of about 1 MiB each, and the value decoded.
+    assert peak < 8 * mib, f"peak {peak / mib:.1f} MiB"
