@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import enum
+import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
@@ -41,21 +42,10 @@ ENCODE_SLICE = 256
 #: Reads done on the event loop (which never suspend) between two yields to other tasks.
 INLINE_READS_PER_YIELD = 256
 
-_inline_reads = 0
-
-
-def _yield_due() -> bool:
-    """Count one read done on the event loop; True when it is time to let other tasks run.
-
-    Such a read returns without suspending, so a loop of them would
-    otherwise starve every other task. Counting is cheaper than a clock.
-    """
-    global _inline_reads
-    _inline_reads += 1
-    if _inline_reads < INLINE_READS_PER_YIELD:
-        return False
-    _inline_reads = 0
-    return True
+#: ``next()`` of it is True once every INLINE_READS_PER_YIELD reads done on the event
+#: loop: such a read returns without suspending, so a loop of them would otherwise
+#: starve every other task. Cheaper than a clock, and than a counter in Python.
+_yield_due = itertools.cycle([True] + [False] * (INLINE_READS_PER_YIELD - 1))
 
 
 _MISSING: Any = object()
@@ -112,6 +102,8 @@ class AsyncDatabase(Generic[K, V]):
             if flags.get("reverse_key", False)
             else KeyOrder.BYTES
         )
+        # Checked for every key: a bool costs less than comparing enum members.
+        self._integer_keys = self._key_order is KeyOrder.INTEGER
         #: integerkey: the size of the keys, once one was encoded (LMDB compares one size only).
         self._integer_key_size: int | None = None
         self._db = self._opened.db
@@ -145,7 +137,7 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
                 f"{len(raw)} bytes with {self.key_coder!r}; the limit is {self._max_key_size}"
             )
-        if self._key_order is KeyOrder.INTEGER and len(raw) != self._integer_key_size:
+        if self._integer_keys and len(raw) != self._integer_key_size:
             self._check_integer_key(raw, key)
         return raw
 
@@ -242,7 +234,8 @@ class AsyncDatabase(Generic[K, V]):
         dropped, and that the transaction can see it.
         """
         context = self.env._context(txn)
-        self._require_live()
+        if self._opened.dropped:
+            self._require_live()
         if context is not None and context.handles_known < self._opened.serial:
             raise TransactionError(
                 f"database {self._label} was opened after this transaction began, so LMDB "
@@ -275,10 +268,9 @@ class AsyncDatabase(Generic[K, V]):
             self._require_live()
             return result
 
-        result = await self.env._read(checked, ctx, offload=offload)
-        if ctx is None and not offload and _yield_due():
+        if ctx is None and not offload and next(_yield_due):
             await asyncio.sleep(0)
-        return result
+        return await self.env._read(checked, ctx, offload=offload)
 
     def _write(
         self,
@@ -335,6 +327,8 @@ class AsyncDatabase(Generic[K, V]):
         db, ctx = self._resolve(txn)
         if ctx is None:
             # The hot path: a read transaction of its own, on the loop thread.
+            if next(_yield_due):
+                await asyncio.sleep(0)
             env = self.env
             try:
                 t = env._begin_read()
@@ -344,18 +338,12 @@ class AsyncDatabase(Generic[K, V]):
                 try:
                     buf = t.get(raw_key, db=db)
                     if buf is None:
-                        value = default
+                        return default
                     # _decodes_inline(len(buf)), spelt out on the hottest path
-                    elif len(buf) * self.value_coder.max_expansion <= env.inline_value_limit:
-                        value = self._decode_value(raw_key, buf)
-                    else:
-                        value = _MISSING  # large: decoded on a reader thread
+                    if len(buf) * self.value_coder.max_expansion <= env.inline_value_limit:
+                        return self._decode_value(raw_key, buf)
                 finally:
                     env._end_read(t)
-                if value is not _MISSING:
-                    if _yield_due():
-                        await asyncio.sleep(0)
-                    return value
 
         def read(t: lmdb.Transaction) -> Any:
             buf = t.get(raw_key, db=db)
