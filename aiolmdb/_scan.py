@@ -19,8 +19,12 @@ __all__ = ["Batch", "Fetch", "fetch_batch", "prefix_end", "scan"]
 
 #: Records read by the first batch of a scan, on the loop thread (fast small queries).
 FIRST_SCAN_BATCH = 64
+#: Bytes (keys and values as stored) the first batch reads at most, on the loop thread.
+FIRST_SCAN_BATCH_BYTES = 64 * 1024
 #: Records read by each later batch of a scan, on a reader thread.
 SCAN_BATCH = 1024
+#: Bytes a later batch reads before it stops (it always holds one record at least).
+SCAN_BATCH_BYTES = 1024 * 1024
 
 #: Turns a record as stored (raw key, buffer) into the raw (key, value) pair to decode.
 Fetch = Callable[[bytes, memoryview | bytes], tuple[bytes, bytes]]
@@ -50,15 +54,22 @@ def fetch_batch(
     reverse: bool,
     count: int,
     fetch: Fetch,
+    max_bytes: int = SCAN_BATCH_BYTES,
+    within_budget: bool = False,
 ) -> Batch:
     """Read up to ``count`` records of ``[low, high)`` in key order (or reversed).
 
     ``resume_after`` is the raw key of the last record of the previous batch:
     the batch starts strictly after it (before it, reversed). ``fetch(key,
     buffer)`` copies out what is to be decoded, while the buffer is valid.
+    The batch stops once it holds ``max_bytes`` of fetched keys and values;
+    with ``within_budget`` it also leaves out a record whose stored size
+    would take it over, even the first one (the batch may then be empty
+    without the range being exhausted).
     """
     out: list[tuple[bytes, bytes]] = []
     last: bytes | None = None
+    used = 0
     with txn.cursor(db) as cursor:
         if reverse:
             found = _seek_below(cursor, resume_after if resume_after is not None else high)
@@ -68,13 +79,17 @@ def fetch_batch(
             return out, last, True
         # iternext/iterprev yield the current record first, then move on.
         for view, value in cursor.iterprev() if reverse else cursor.iternext():
-            if len(out) == count:
+            if len(out) == count or used >= max_bytes:
                 return out, last, False
             key = bytes(view)  # memoryviews do not compare by order
             bound = low if reverse else high
             if bound is not None and ((key < bound) if reverse else (key >= bound)):
                 return out, last, True
-            out.append(fetch(key, value))
+            if within_budget and used + len(key) + len(value) > max_bytes:
+                return out, last, False
+            record = fetch(key, value)
+            out.append(record)
+            used += len(record[0]) + len(record[1])
             last = key
     return out, last, True
 
@@ -116,35 +131,45 @@ async def scan(
 
     ``read(fn, offload)`` runs ``fn`` in a read transaction (on a reader
     thread when ``offload``); ``fetcher(txn)`` gives the :data:`Fetch` of
-    that transaction. The first batch is small and read inline, so short
-    queries cost no thread hop; later batches are large, read on a reader
-    thread, and each is fetched while the previous one is consumed, unless
-    ``prefetch`` is off: inside a write transaction, where the consumer's own
-    writes must be seen by the next batch. Values longer than ``large`` bytes
-    are decoded by ``decode_large`` (off the loop).
+    that transaction. The first batch is small, in records and in bytes, and
+    read inline, so short queries cost no thread hop; later batches are
+    large (bounded in bytes too), read on a reader thread, and each is
+    fetched while the previous one is consumed, unless ``prefetch`` is off:
+    inside a write transaction, where the consumer's own writes must be seen
+    by the next batch. Values longer than ``large`` bytes are decoded by
+    ``decode_large`` (off the loop).
     """
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
 
-    def fetch(after: bytes | None, count: int) -> Awaitable[Batch]:
-        def batch(t: lmdb.Transaction) -> Batch:
-            return fetch_batch(t, db, low, high, after, reverse, count, fetcher(t))
+    def fetch(after: bytes | None, count: int, inline: bool) -> Awaitable[Batch]:
+        # A batch read on the loop leaves a large record to a reader thread.
+        max_bytes = FIRST_SCAN_BATCH_BYTES if inline else SCAN_BATCH_BYTES
 
-        return read(batch, count > FIRST_SCAN_BATCH)
+        def batch(t: lmdb.Transaction) -> Batch:
+            return fetch_batch(
+                t, db, low, high, after, reverse, count, fetcher(t), max_bytes, inline
+            )
+
+        return read(batch, not inline)
 
     remaining = limit
-    size = FIRST_SCAN_BATCH
+    size = FIRST_SCAN_BATCH if remaining is None else min(FIRST_SCAN_BATCH, remaining)
+    resume: bytes | None = None
     upcoming: asyncio.Future[Batch] | None = None
     try:
-        current: Awaitable[Batch] = fetch(None, size if remaining is None else min(size, remaining))
+        current: Awaitable[Batch] = fetch(None, size, True)
         while True:
-            records, resume, done = await current
+            records, last, done = await current
+            resume = resume if last is None else last
             if remaining is not None:
                 remaining -= len(records)
             done = done or remaining == 0
             size = SCAN_BATCH if remaining is None else min(SCAN_BATCH, remaining)
+            # Small batches stay on the loop, unless the last one left a large record out.
+            inline = size <= FIRST_SCAN_BATCH and bool(records)
             if not done and prefetch:
-                upcoming = asyncio.ensure_future(fetch(resume, size))
+                upcoming = asyncio.ensure_future(fetch(resume, size, inline))
             for key, value in records:
                 if len(value) > large:
                     yield await decode_large(key, value)
@@ -153,7 +178,7 @@ async def scan(
             if done:
                 return
             if upcoming is None:
-                current = fetch(resume, size)
+                current = fetch(resume, size, inline)
             else:
                 current, upcoming = upcoming, None
     finally:

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+import enum
+import itertools
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 import lmdb
@@ -11,7 +13,7 @@ import lmdb
 from ._scan import Fetch, copy_record, prefix_end, scan
 from .coders import Coder
 from .errors import (
-    AiolmdbError,
+    DatabaseDroppedError,
     DecodeError,
     EncodeError,
     KeyExistsError,
@@ -37,8 +39,30 @@ R = TypeVar("R")
 INLINE_MULTI_LIMIT = 32
 #: Items encoded between two yields to the event loop by multi-key calls.
 ENCODE_SLICE = 256
+#: Reads done on the event loop (which never suspend) between two yields to other tasks.
+INLINE_READS_PER_YIELD = 256
+
+#: ``next()`` of it is True once every INLINE_READS_PER_YIELD reads done on the event
+#: loop: such a read returns without suspending, so a loop of them would otherwise
+#: starve every other task. Cheaper than a clock, and than a counter in Python.
+_yield_due = itertools.cycle([True] + [False] * (INLINE_READS_PER_YIELD - 1))
+
 
 _MISSING: Any = object()
+
+#: The sizes LMDB's integerkey databases compare keys as (native unsigned int, size_t).
+INTEGER_KEY_SIZES = (4, 8)
+
+
+class KeyOrder(enum.Enum):
+    """How LMDB orders the keys of a database (its ``integerkey``/``reverse_key`` flags)."""
+
+    #: Byte by byte, as ordered key coders assume: ranges and prefixes work.
+    BYTES = "bytes"
+    #: As native unsigned integers of 4 or 8 bytes, every key one size.
+    INTEGER = "integerkey"
+    #: Byte by byte from the last byte.
+    REVERSE = "reverse_key"
 
 
 class AsyncDatabase(Generic[K, V]):
@@ -69,7 +93,19 @@ class AsyncDatabase(Generic[K, V]):
         self.key_coder = key_coder
         self.value_coder = value_coder
         self._label = "<default>" if name is None else repr(name)
-        self._opened = env._open_handle(name, self._label, create, flags or {})
+        flags = flags or {}
+        self._opened = env._open_handle(name, self._label, create, flags)
+        self._key_order = (
+            KeyOrder.INTEGER
+            if flags.get("integerkey", False)
+            else KeyOrder.REVERSE
+            if flags.get("reverse_key", False)
+            else KeyOrder.BYTES
+        )
+        # Checked for every key: a bool costs less than comparing enum members.
+        self._integer_keys = self._key_order is KeyOrder.INTEGER
+        #: integerkey: the size of the keys, once one was encoded (LMDB compares one size only).
+        self._integer_key_size: int | None = None
         self._db = self._opened.db
         self._max_key_size = env.max_key_size()
 
@@ -89,6 +125,8 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label}: cannot encode key {_show(key)} "
                 f"({type(key).__name__}) with {self.key_coder!r}: {exc}"
             ) from exc
+        if type(raw) is not bytes:
+            raw = self._as_bytes(raw, self.key_coder, f"key {_show(key)}", key)
         if not raw:
             raise EncodeError(
                 f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
@@ -99,16 +137,54 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
                 f"{len(raw)} bytes with {self.key_coder!r}; the limit is {self._max_key_size}"
             )
+        if self._integer_keys and len(raw) != self._integer_key_size:
+            self._check_integer_key(raw, key)
         return raw
+
+    def _check_integer_key(self, raw: bytes, key: K) -> None:
+        """Refuse a key LMDB cannot compare in an integerkey database.
+
+        LMDB reads such keys as native unsigned ints of 4 or 8 bytes, taking
+        the size from one of the two keys compared: other sizes, or keys of
+        both sizes in one database, are silently misordered.
+        """
+        expected = self._integer_key_size
+        if len(raw) not in INTEGER_KEY_SIZES or expected is not None:
+            rule = (
+                "keys of 4 or 8 bytes"
+                if expected is None
+                else f"keys of one size, and its keys are {expected} bytes"
+            )
+            raise EncodeError(
+                f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"{len(raw)} bytes with {self.key_coder!r}; an integerkey database needs {rule}"
+            )
+        self._integer_key_size = len(raw)
 
     def _encode_value(self, key: K, value: V) -> bytes:
         try:
-            return self.value_coder.serialize(value)
+            raw = self.value_coder.serialize(value)
         except Exception as exc:
             raise EncodeError(
                 f"database {self._label}: cannot encode the value for key {_show(key)} "
                 f"({type(value).__name__}) with {self.value_coder!r}: {exc}"
             ) from exc
+        if type(raw) is not bytes:
+            raw = self._as_bytes(raw, self.value_coder, f"the value for key {_show(key)}", value)
+        return raw
+
+    def _as_bytes(self, raw: object, coder: Coder[Any], what: str, obj: object) -> bytes:
+        """What ``coder`` returned for ``obj`` as bytes, or EncodeError unless it is a buffer.
+
+        py-lmdb would store None as empty bytes, and fail on other types
+        with an error naming neither the database nor the coder.
+        """
+        if isinstance(raw, (bytearray, memoryview, bytes)):
+            return bytes(raw)
+        raise EncodeError(
+            f"database {self._label}: {coder!r} returned {type(raw).__name__} for {what} "
+            f"({type(obj).__name__}); a coder must return bytes (or a bytearray or memoryview)"
+        )
 
     def _encode_item(self, item: tuple[K, V]) -> tuple[bytes, bytes]:
         key, value = item
@@ -125,6 +201,13 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label}: cannot decode the value of key "
                 f"{self._show_raw_key(raw_key)} with {self.value_coder!r}: {exc}"
             ) from exc
+
+    def _decodes_inline(self, size: int) -> bool:
+        """True when a value stored in ``size`` bytes may be decoded on the event loop.
+
+        Decided by what the value coder may produce (see ``Coder.max_expansion``).
+        """
+        return size * self.value_coder.max_expansion <= self.env.inline_value_limit
 
     def _decode_item(self, raw_key: bytes, raw_value: bytes) -> tuple[K, V]:
         return self._decode_key(raw_key), self._decode_value(raw_key, raw_value)
@@ -152,13 +235,67 @@ class AsyncDatabase(Generic[K, V]):
         """
         context = self.env._context(txn)
         if self._opened.dropped:
-            raise AiolmdbError(f"database {self._label} was dropped; open it again to recreate it")
+            self._require_live()
         if context is not None and context.handles_known < self._opened.serial:
             raise TransactionError(
                 f"database {self._label} was opened after this transaction began, so LMDB "
                 "cannot see it inside it: open databases before env.transaction()"
             )
         return self._db, context
+
+    def _require_live(self) -> None:
+        """Raise :class:`DatabaseDroppedError` if the database was deleted."""
+        if self._opened.dropped:
+            raise DatabaseDroppedError(
+                f"database {self._label} was dropped (drop(delete=True)) before or while "
+                "this call ran: open the database again to recreate it"
+            )
+
+    async def _read(
+        self, fn: Callable[[lmdb.Transaction], R], ctx: Transaction | None, *, offload: bool = False
+    ) -> R:
+        """``env._read`` of ``fn``, refused if the database is dropped before or while it runs.
+
+        The check is made again after ``fn``: a read on a reader thread may
+        overlap a drop, after which LMDB gives the freed handle's slot to the
+        next database opened, and ``fn`` may have read that one. A read done
+        on the event loop now and then lets other tasks run.
+        """
+
+        def checked(t: lmdb.Transaction) -> R:
+            self._require_live()
+            result = fn(t)
+            self._require_live()
+            return result
+
+        if ctx is None and not offload and next(_yield_due):
+            await asyncio.sleep(0)
+        return await self.env._read(checked, ctx, offload=offload)
+
+    def _write(
+        self,
+        fn: Callable[[lmdb.Transaction], R],
+        ctx: Transaction | None,
+        *,
+        may_fail_midway: bool = False,
+    ) -> Awaitable[R]:
+        """``env._write`` of ``fn``, refused if the database was dropped when it runs.
+
+        A write queued behind a drop of its database passed the check made
+        when it was called; where it runs (on the writer thread, after the
+        drop) it would write through the freed handle, into whichever
+        database took its slot.
+        """
+        return self.env._write(self._when_live(fn), ctx, may_fail_midway=may_fail_midway)
+
+    def _when_live(self, fn: Callable[[lmdb.Transaction], R]) -> Callable[[lmdb.Transaction], R]:
+        """``fn``, checking first that the database was not dropped (for the writer thread)."""
+
+        def checked(t: lmdb.Transaction) -> R:
+            self._require_live()
+            return fn(t)
+
+        return checked
 
     async def _encode_many(self, encode: Callable[[T], R], items: list[T]) -> list[R]:
         """Encode many items on the loop, in slices, letting other tasks run in between.
@@ -190,6 +327,8 @@ class AsyncDatabase(Generic[K, V]):
         db, ctx = self._resolve(txn)
         if ctx is None:
             # The hot path: a read transaction of its own, on the loop thread.
+            if next(_yield_due):
+                await asyncio.sleep(0)
             env = self.env
             try:
                 t = env._begin_read()
@@ -200,7 +339,8 @@ class AsyncDatabase(Generic[K, V]):
                     buf = t.get(raw_key, db=db)
                     if buf is None:
                         return default
-                    if len(buf) <= env.inline_value_limit:
+                    # _decodes_inline(len(buf)), spelt out on the hottest path
+                    if len(buf) * self.value_coder.max_expansion <= env.inline_value_limit:
                         return self._decode_value(raw_key, buf)
                 finally:
                     env._end_read(t)
@@ -211,7 +351,7 @@ class AsyncDatabase(Generic[K, V]):
 
         # Large values are decoded on a reader thread; inside a transaction
         # the read goes where the transaction lives.
-        value = await self.env._read(read, ctx, offload=True)
+        value = await self._read(read, ctx, offload=True)
         return default if value is _MISSING else value
 
     @overload
@@ -235,30 +375,42 @@ class AsyncDatabase(Generic[K, V]):
         wanted = list(keys)
         raw_keys = await self._encode_many(self._encode_key, wanted)
 
-        def read(t: lmdb.Transaction) -> dict[K, Any]:
+        def read(t: lmdb.Transaction, small_only: bool) -> dict[K, Any] | None:
+            # None: a value is too large to decode here, read them all off the loop.
             found: dict[K, Any] = {}
             for key, raw_key in zip(wanted, raw_keys, strict=True):
                 buf = t.get(raw_key, db=db)
-                found[key] = default if buf is None else self._decode_value(raw_key, buf)
+                if buf is None:
+                    found[key] = default
+                elif small_only and not self._decodes_inline(len(buf)):
+                    return None
+                else:
+                    found[key] = self._decode_value(raw_key, buf)
             return found
 
-        return await self.env._read(read, ctx, offload=len(wanted) > INLINE_MULTI_LIMIT)
+        if len(wanted) <= INLINE_MULTI_LIMIT:
+            small = await self._read(lambda t: read(t, True), ctx)
+            if small is not None:
+                return small
+        found = await self._read(lambda t: read(t, False), ctx, offload=True)
+        assert found is not None  # only a read of small values gives up
+        return found
 
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""
         raw_key = self._encode_key(key)
         db, ctx = self._resolve(txn)
-        return await self.env._read(lambda t: t.get(raw_key, db=db) is not None, ctx)
+        return await self._read(lambda t: t.get(raw_key, db=db) is not None, ctx)
 
     async def count(self, *, txn: Transaction | None = None) -> int:
         """The number of records."""
         db, ctx = self._resolve(txn)
-        return await self.env._read(lambda t: int(t.stat(db)["entries"]), ctx)
+        return await self._read(lambda t: int(t.stat(db)["entries"]), ctx)
 
     async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:
         """LMDB's statistics of this database (``entries``, ``depth``, page counts...)."""
         db, ctx = self._resolve(txn)
-        return await self.env._read(lambda t: as_ints(t.stat(db)), ctx)
+        return await self._read(lambda t: as_ints(t.stat(db)), ctx)
 
     # -- writes ----------------------------------------------------------
 
@@ -273,7 +425,7 @@ class AsyncDatabase(Generic[K, V]):
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
         ctx = self._resolve(txn)[1]
-        return await self.env._write(
+        return await self._write(
             lambda t: self._store(t, raw_key, raw_value, value, overwrite), ctx
         )
 
@@ -305,13 +457,13 @@ class AsyncDatabase(Generic[K, V]):
                 for (raw_key, raw_value), (_, value) in zip(encoded, pairs, strict=True)
             )
 
-        return await self.env._write(write, ctx, may_fail_midway=not self._plain_writes)
+        return await self._write(write, ctx, may_fail_midway=not self._plain_writes)
 
     async def delete(self, key: K, *, txn: Transaction | None = None) -> bool:
         """Delete ``key``; returns whether it existed."""
         raw_key = self._encode_key(key)
         ctx = self._resolve(txn)[1]
-        return await self.env._write(lambda t: self._remove(t, raw_key), ctx)
+        return await self._write(lambda t: self._remove(t, raw_key), ctx)
 
     async def delete_multi(
         self, keys: Iterable[K], *, txn: Transaction | None = None
@@ -328,7 +480,7 @@ class AsyncDatabase(Generic[K, V]):
                 existed[key] = self._remove(t, raw_key) or existed.get(key, False)
             return existed
 
-        return await self.env._write(write, ctx, may_fail_midway=not self._plain_writes)
+        return await self._write(write, ctx, may_fail_midway=not self._plain_writes)
 
     @overload
     async def pop(
@@ -344,7 +496,7 @@ class AsyncDatabase(Generic[K, V]):
         ctx = self._resolve(txn)[1]
         # Decoding happens before the commit: a value that cannot be decoded
         # fails the call and stays stored.
-        value = await self.env._write(lambda t: self._pop_raw(t, raw_key), ctx)
+        value = await self._write(lambda t: self._pop_raw(t, raw_key), ctx)
         return default if value is _MISSING else value
 
     async def replace(self, key: K, value: V, *, txn: Transaction | None = None) -> V | None:
@@ -352,7 +504,7 @@ class AsyncDatabase(Generic[K, V]):
         raw_key = self._encode_key(key)
         raw_value = self._encode_value(key, value)
         ctx = self._resolve(txn)[1]
-        old: V | None = await self.env._write(
+        old: V | None = await self._write(
             lambda t: self._replace_raw(t, raw_key, raw_value, value), ctx
         )
         return old
@@ -367,7 +519,7 @@ class AsyncDatabase(Generic[K, V]):
             if not self._store(t, raw_key, raw_value, value, False):
                 raise KeyExistsError(f"database {self._label}: key {_show(key)} already exists")
 
-        await self.env._write(write, ctx)
+        await self._write(write, ctx)
 
     async def update(self, key: K, fn: Callable[[V], V], *, txn: Transaction | None = None) -> V:
         """Replace the value of ``key`` by ``fn(old)`` atomically; return the new value.
@@ -389,7 +541,7 @@ class AsyncDatabase(Generic[K, V]):
             self._store(t, raw_key, self._encode_value(key, new), new, True)
             return new
 
-        result: V = await self.env._write(write, ctx)
+        result: V = await self._write(write, ctx)
         return result
 
     # -- record writes: every write of a record goes through these two ---
@@ -434,10 +586,10 @@ class AsyncDatabase(Generic[K, V]):
         """
         ctx = self._resolve(txn)[1]
         if self.name is None:
-            await self.env._write(self._empty_default, ctx)
+            await self._write(self._empty_default, ctx)
             return
         if not delete:
-            await self.env._write(self._empty, ctx)
+            await self._write(self._empty, ctx)
             return
         if ctx is not None:
             raise TransactionError(
@@ -445,7 +597,9 @@ class AsyncDatabase(Generic[K, V]):
                 "use drop(delete=False) to empty it there"
             )
 
-        await self._write_alone_then_forget(self._delete, self._forget_deleted)
+        # A second drop queued behind this one would delete the database
+        # that takes the freed handle's slot: it is refused where it runs.
+        await self._write_alone_then_forget(self._when_live(self._delete), self._forget_deleted)
 
     async def _write_alone_then_forget(
         self, delete: Callable[[lmdb.Transaction], None], forget: Callable[[], None]
@@ -519,10 +673,10 @@ class AsyncDatabase(Generic[K, V]):
             return fn(DatabaseTxn(self, db, t))
 
         if not write:
-            return await self.env._read(call, ctx, offload=True)
+            return await self._read(call, ctx, offload=True)
         if ctx is not None:
-            return await self.env._write(call, ctx, may_fail_midway=True)
-        return await self.env._write_alone(call)
+            return await self._write(call, ctx, may_fail_midway=True)
+        return await self.env._write_alone(self._when_live(call))
 
     # -- queries ---------------------------------------------------------
 
@@ -595,11 +749,22 @@ class AsyncDatabase(Generic[K, V]):
     def _bounds(
         self, start: K | None, stop: K | None, prefix: object
     ) -> tuple[bytes | None, bytes | None]:
-        if (start, stop, prefix) != (None, None, None) and not self.key_coder.ordered:
-            raise UnorderedKeyError(
-                f"database {self._label}: range and prefix queries need an ordered key coder, "
-                f"and {self.key_coder!r} is not ordered (its byte order is not its value order)"
-            )
+        if (start, stop, prefix) != (None, None, None):
+            if not self.key_coder.ordered:
+                raise UnorderedKeyError(
+                    f"database {self._label}: range and prefix queries need an ordered key "
+                    f"coder, and {self.key_coder!r} is not ordered (its byte order is not its "
+                    "value order)"
+                )
+            if self._key_order is not KeyOrder.BYTES:
+                # No coder's byte order is LMDB's order there: bounds would cut
+                # LMDB's sequence at arbitrary places.
+                raise UnorderedKeyError(
+                    f"database {self._label}: range and prefix queries are not supported with "
+                    f"{self._key_order.value}=True, where LMDB does not order keys by their "
+                    "bytes (the order ordered coders keep); scan it whole (reverse= and "
+                    "limit= work) or use a database without the flag"
+                )
         low = None if start is None else self._encode_key(start)
         high = None if stop is None else self._encode_key(stop)
         if prefix is not None:
@@ -610,6 +775,10 @@ class AsyncDatabase(Generic[K, V]):
                     f"database {self._label}: cannot encode prefix {_show(prefix)} "
                     f"({type(prefix).__name__}) with {self.key_coder!r}: {exc}"
                 ) from exc
+            if type(raw_prefix) is not bytes:
+                raw_prefix = self._as_bytes(
+                    raw_prefix, self.key_coder, f"prefix {_show(prefix)}", prefix
+                )
             low = raw_prefix if low is None else max(low, raw_prefix)
             end = prefix_end(raw_prefix)
             if end is not None:
@@ -649,7 +818,8 @@ class AsyncDatabase(Generic[K, V]):
             return await env._offload(decode, key, value)
 
         return scan(
-            lambda fn, offload: env._read(fn, ctx, offload=offload),
+            # Every batch is checked: a drop may happen between two of them.
+            lambda fn, offload: self._read(fn, ctx, offload=offload),
             db,
             low,
             high,
@@ -658,7 +828,8 @@ class AsyncDatabase(Generic[K, V]):
             fetcher,
             decode,
             decode_large,
-            env.inline_value_limit,
+            # A value that may expand when decoded (decompressed) is large sooner.
+            env.inline_value_limit // self.value_coder.max_expansion,
             # A batch read ahead would miss the writes made while the one before is consumed.
             prefetch=ctx is None or not ctx.sees_own_writes,
         )

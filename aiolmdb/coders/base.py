@@ -32,6 +32,9 @@ Buffer = bytes | memoryview
 _ESCAPE = b"\x00\xff"
 _TERMINATOR = b"\x00\x00"
 
+#: The largest ratio of decompressed to compressed size zlib's format allows.
+ZLIB_MAX_EXPANSION = 1032
+
 _short_repr = reprlib.Repr()
 _short_repr.maxstring = 60
 _short_repr.maxother = 100
@@ -112,6 +115,12 @@ class Coder(ABC, Generic[T]):
     #: The length of every encoding when it is constant, else ``None``.
     fixed_width: int | None = None
 
+    #: How many times its stored size a decoded value may be, at most. The
+    #: engine decodes a value on the event loop only while its stored size
+    #: times this stays within the environment's ``inline_value_limit``; a
+    #: coder whose input can expand a lot (decompression) raises it.
+    max_expansion: int = 1
+
     @abstractmethod
     def serialize(self, obj: T) -> bytes:
         """Encode ``obj``; raise :class:`EncodeError` (a ``TypeError``) if it cannot be.
@@ -183,6 +192,9 @@ class CompressedCoder(Coder[T]):
     """Wraps another coder, compressing its bytes with zlib.
 
     Compression destroys byte order, so a compressed coder is never ordered.
+    zlib does not record the decompressed size, so :attr:`max_expansion` is
+    zlib's worst case: only tiny compressed values are decoded on the event
+    loop.
     """
 
     def __init__(self, inner: Coder[T], level: int = 6) -> None:
@@ -193,6 +205,7 @@ class CompressedCoder(Coder[T]):
             raise ValueError(f"zlib compression level must be -1..9, got {level!r}")
         self.inner = inner
         self.level = level
+        self.max_expansion = ZLIB_MAX_EXPANSION * inner.max_expansion
 
     def serialize(self, obj: T) -> bytes:
         """Encode ``obj`` with the inner coder and compress the result."""
