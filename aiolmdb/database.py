@@ -78,6 +78,9 @@ class AsyncDatabase(Generic[K, V]):
     Obtain one with :meth:`AsyncEnvironment.open_db`.
     """
 
+    #: How messages name this kind of database.
+    _kind = "database"
+
     def __init__(
         self,
         env: AsyncEnvironment,
@@ -247,8 +250,8 @@ class AsyncDatabase(Generic[K, V]):
         """Raise :class:`DatabaseDroppedError` if the database was deleted."""
         if self._opened.dropped:
             raise DatabaseDroppedError(
-                f"database {self._label} was dropped (drop(delete=True)) before or while "
-                "this call ran: open the database again to recreate it"
+                f"{self._kind} {self._label} was dropped (drop(delete=True)) before or while "
+                "this call ran: open it again to recreate it"
             )
 
     async def _read(

@@ -81,6 +81,7 @@ class Collection(AsyncDatabase[K, M]):
     key_coder: Coder[K]
     value_coder: Coder[M]
     name: str | bytes | None
+    _kind = "collection"
     _declared_coders: ClassVar[tuple[Coder[Any], Coder[Any]] | None] = None
     _declared_indexes: ClassVar[tuple[Index[Any], ...]] = ()
     #: How many times an index was marked stale in this process.
@@ -252,18 +253,6 @@ class Collection(AsyncDatabase[K, M]):
             index._require_current(t)
         self._checked_in = (t, Collection._stale_marks)
 
-    def _require_not_dropped(self) -> None:
-        """Raise if the collection's database was deleted: its handles are dead.
-
-        Checked where the handles are used (on the writer thread, in each scan
-        batch): a call queued before a drop runs after it.
-        """
-        if self._opened.dropped:
-            raise DatabaseDroppedError(
-                f"collection {self._label} was dropped (drop(delete=True)); "
-                "open it again to recreate it"
-            )
-
     async def build_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Build the indexes that are new or changed (no-op when there are none).
 
@@ -415,7 +404,7 @@ class Collection(AsyncDatabase[K, M]):
         assert self._meta is not None  # opened with the declared indexes
         meta_db = self._meta._db
         chosen = [self._bound_indexes[name] for name in names]
-        self._require_not_dropped()
+        self._require_live()
         for index in chosen:
             index._require_open()
             index._clear(t)
@@ -448,7 +437,7 @@ class Collection(AsyncDatabase[K, M]):
     # -- drop() empties or deletes the indexes with the records ----------
 
     def _empty(self, t: lmdb.Transaction) -> None:
-        self._require_not_dropped()  # a drop queued behind a deletion
+        self._require_live()  # a drop queued behind a deletion
         for index in self._indexes:
             index._require_open()
         super()._empty(t)
@@ -457,7 +446,7 @@ class Collection(AsyncDatabase[K, M]):
         self._mark_removed_stale(t)
 
     def _delete(self, t: lmdb.Transaction) -> None:
-        self._require_not_dropped()  # a drop queued behind a deletion
+        self._require_live()  # a drop queued behind a deletion
         super()._delete(t)
         if self._meta is None:
             return  # no index, declared or removed
@@ -477,7 +466,7 @@ class Collection(AsyncDatabase[K, M]):
     def _store(
         self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
     ) -> bool:
-        self._require_not_dropped()
+        self._require_live()
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._store(t, raw_key, raw_value, value, overwrite)
@@ -535,7 +524,7 @@ class Collection(AsyncDatabase[K, M]):
             ) from exc
 
     def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
-        self._require_not_dropped()
+        self._require_live()
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._remove(t, raw_key)

@@ -172,7 +172,7 @@ class BoundIndex(Generic[K, M, IK]):
 
     def _require_usable(self, opened: OpenedHandle | None = None) -> None:
         """Raise if the collection or the index's database (``opened``, or the current) is gone."""
-        self.collection._require_not_dropped()
+        self.collection._require_live()
         self._require_open(opened)
 
     def _reopen(self) -> None:
