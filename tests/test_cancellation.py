@@ -9,11 +9,11 @@ import random
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import pytest
 from conftest import EnvFactory, WriterGate, abort_orphans, bounded, raw_records
+from helpers.forking import in_forked_child
 
 import aiolmdb
 from aiolmdb._session import WriteSession
@@ -351,69 +351,38 @@ def test_interpreter_exit_with_a_transaction_left_open(tmp_path: Path) -> None:
     assert b"in-transaction" not in records
 
 
-def reap(pid: int, block: bool = False) -> int | None:
-    """The wait status of the child ``pid`` once it ended, else None."""
-    waited, status = os.waitpid(pid, 0 if block else os.WNOHANG)
-    return status if waited else None
-
-
 async def test_environment_used_in_a_forked_child_raises_closed_error(
     open_env: EnvFactory,
 ) -> None:
     env = open_env()
     db = env.open_db("data")
     await db.put(b"k", b"parent")
-    read_fd, write_fd = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: report what each call raised, then leave at once
-        code = 1
+
+    async def child() -> list[str]:
+        report: list[str] = []
+        for name, call in (
+            ("get", lambda: db.get(b"k")),
+            ("put", lambda: db.put(b"k", b"child")),
+            ("transaction", lambda: env.transaction().__aenter__()),
+        ):
+            try:
+                await asyncio.wait_for(call(), 5)
+                report.append(f"{name}:no error")
+            except BaseException as exc:
+                report.append(f"{name}:{type(exc).__name__}")
         try:
-            os.close(read_fd)
-            report: list[str] = []
+            env.info()
+            report.append("info:no error")
+        except BaseException as exc:
+            report.append(f"info:{type(exc).__name__}")
+        return report
 
-            async def child() -> None:
-                for name, call in (
-                    ("get", lambda: db.get(b"k")),
-                    ("put", lambda: db.put(b"k", b"child")),
-                    ("transaction", lambda: env.transaction().__aenter__()),
-                ):
-                    try:
-                        await asyncio.wait_for(call(), 5)
-                        report.append(f"{name}:no error")
-                    except BaseException as exc:
-                        report.append(f"{name}:{type(exc).__name__}")
-                try:
-                    env.info()
-                    report.append("info:no error")
-                except BaseException as exc:
-                    report.append(f"info:{type(exc).__name__}")
-
-            asyncio.run(child())
-            os.write(write_fd, " ".join(report).encode())
-            code = 0
-        finally:
-            os._exit(code)
-    os.close(write_fd)
-    status: int | None = None
-    try:
-        deadline = time.monotonic() + 20
-        while status is None and time.monotonic() < deadline:
-            status = reap(pid)
-            await asyncio.sleep(0.02)
-        assert status is not None, "the forked child did not finish"
-        with os.fdopen(read_fd, "rb") as reader:
-            report = reader.read().decode().split()
-        assert os.waitstatus_to_exitcode(status) == 0
-        assert report == [
-            "get:ClosedError",
-            "put:ClosedError",
-            "transaction:ClosedError",
-            "info:ClosedError",
-        ]
-    finally:
-        if status is None:
-            os.kill(pid, 9)
-            reap(pid, block=True)
+    assert await in_forked_child(child) == [
+        "get:ClosedError",
+        "put:ClosedError",
+        "transaction:ClosedError",
+        "info:ClosedError",
+    ]
     # The parent keeps working.
     assert await bounded(db.put(b"k2", b"parent"))
     assert await db.get(b"k") == b"parent"
