@@ -1,1 +1,2 @@
-"""Child-process programs for the reliability tests (run with ``sys.executable``)."""
+"""Helpers of the reliability tests: child-process programs (run with ``sys.executable``)
+and running code in a forked child."""
