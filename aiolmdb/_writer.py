@@ -31,7 +31,14 @@ import lmdb
 
 from .errors import ClosedError
 
-__all__ = ["Waiting", "Writer", "deliver", "grown_or_error", "map_full_error"]
+__all__ = [
+    "Waiting",
+    "Writer",
+    "call_awaitably",
+    "deliver",
+    "grown_or_error",
+    "map_full_error",
+]
 
 R = TypeVar("R")
 
@@ -79,7 +86,32 @@ def _settle(outcomes: list[_Outcome]) -> None:
         if ok:
             future.set_result(value)
         else:
-            future.set_exception(value)
+            future.set_exception(_awaitable_error(value))
+
+
+def _awaitable_error(exc: BaseException) -> BaseException:
+    """``exc`` as an awaiting task can receive it.
+
+    asyncio refuses ``StopIteration`` as a future's exception (the future
+    would never resolve): like PEP 479 in a generator, it becomes a
+    ``RuntimeError`` caused by it.
+    """
+    if not isinstance(exc, StopIteration):
+        return exc
+    error = RuntimeError(f"a function run by aiolmdb raised StopIteration: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def call_awaitably(fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)`` for a worker thread whose outcome an asyncio future receives.
+
+    A ``StopIteration`` it raises is raised as a ``RuntimeError`` instead.
+    """
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        raise _awaitable_error(exc) from exc
 
 
 class Waiting(Protocol):
