@@ -19,7 +19,7 @@ import lmdb
 
 from ._gate import ReadGate
 from ._session import ReadSnapshot, WriteSession
-from ._writer import Writer, grown_or_error
+from ._writer import Writer, call_awaitably, grown_or_error
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, OpenedHandle, as_ints
 from .errors import (
@@ -448,7 +448,7 @@ class AsyncEnvironment:
             except MapNotAdoptedError:
                 pass  # on a reader thread, which may wait for this process's readers
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._call_in_read_txn, fn, MAP_RESIZE_WAIT
+            self._pool, call_awaitably, self._call_in_read_txn, fn, MAP_RESIZE_WAIT
         )
 
     def _call_in_read_txn(self, fn: Callable[[lmdb.Transaction], R], wait: float = 0.0) -> R:

@@ -40,7 +40,7 @@ async def test_stop_iteration_in_update_becomes_runtime_error(
     assert await bounded(db.put(b"after", b"ok"), timeout=3)
 
 
-@pytest.mark.parametrize("write", [True])
+@pytest.mark.parametrize("write", [True, False])
 async def test_stop_iteration_in_run_becomes_runtime_error(
     env: aiolmdb.AsyncEnvironment, write: bool
 ) -> None:
