@@ -23,7 +23,7 @@ from typing import Any
 
 import lmdb
 
-from ._writer import deliver, map_full_error
+from ._writer import call_awaitably, deliver, map_full_error
 from .errors import TransactionError
 
 __all__ = ["ReadSnapshot", "WriteSession"]
@@ -260,7 +260,7 @@ class ReadSnapshot:
                 loop = asyncio.get_running_loop()
                 # Hold the lock until the worker is done: the transaction is not
                 # to be used by two threads at once, even if our caller is cancelled.
-                work = loop.run_in_executor(self._executor, fn, txn)
+                work = loop.run_in_executor(self._executor, call_awaitably, fn, txn)
                 try:
                     return await asyncio.shield(work)
                 except asyncio.CancelledError:

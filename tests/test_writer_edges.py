@@ -4,6 +4,9 @@ failing writes, a full disk."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -49,6 +52,32 @@ async def test_stop_iteration_in_run_becomes_runtime_error(
         await bounded(db.run(stop, write=write), timeout=3)
     assert_from_stop_iteration(info.value)
     assert await bounded(db.put(b"after", b"ok"), timeout=3)
+
+
+def test_stop_iteration_in_a_snapshot_read_becomes_runtime_error(tmp_path: Path) -> None:
+    # A snapshot call outlasts its caller's cancellation (the worker must be
+    # done before the snapshot moves on), so a call that never resolves cannot
+    # be bounded by wait_for: the scenario runs on a loop of its own in a
+    # thread, which the test stops waiting for.
+    errors: list[BaseException] = []
+
+    async def scenario() -> None:
+        async with aiolmdb.open(tmp_path / "env") as env:
+            db = env.open_db("data")
+            await db.put(b"k", b"v")
+            async with env.transaction(write=False):
+                try:
+                    await db.run(stop)
+                except RuntimeError as exc:
+                    errors.append(exc)
+                assert await db.get(b"k") == b"v"  # the snapshot is usable
+
+    thread = threading.Thread(target=asyncio.run, args=(scenario(),), daemon=True)
+    thread.start()
+    thread.join(timeout=5)
+    assert not thread.is_alive(), "the snapshot call never returned"
+    assert len(errors) == 1
+    assert_from_stop_iteration(errors[0])
 
 
 async def test_stop_iteration_inside_a_transaction_stalls_no_writer(
