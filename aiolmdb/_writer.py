@@ -11,7 +11,9 @@ Two kinds of work go through the queue:
 
 - batched writes: functions of the batch's ``lmdb.Transaction`` that only read
   and write through it, so they can be replayed. If one raises, the batch is
-  aborted and replayed without it: a failing write fails alone.
+  aborted and replayed without it, each write then in a nested transaction of
+  its own (so that a further failure aborts only itself): a failing write
+  fails alone, and many failures cost no more than one replay.
 - exclusive work: functions run on their own (a user's ``run(fn, write=True)``,
   an explicit ``env.transaction()`` session, creating a database). They manage
   their own transaction and are never replayed.
@@ -46,7 +48,6 @@ BatchFn = Callable[[lmdb.Transaction], Any]
 ExclusiveFn = Callable[[], Any]
 
 _DONE = object()
-_RETRY = object()
 
 # (future, ok, value): what the writer hands back to an event loop.
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
@@ -149,6 +150,7 @@ class Writer:
 
     def __init__(
         self,
+        env: lmdb.Environment,
         begin: Callable[[], lmdb.Transaction],
         *,
         name: str,
@@ -156,7 +158,8 @@ class Writer:
         max_batch: int,
         grow_map: Callable[[], str | None],
     ) -> None:
-        self._begin = begin  # begins a write transaction
+        self._env = env  # for nested transactions
+        self._begin = begin  # begins a (root) write transaction
         self._name = name
         self._max_pending = max_pending
         self._max_batch = max_batch
@@ -347,25 +350,34 @@ class Writer:
         """
         # A write whose caller was cancelled before it began is not applied.
         pending = [job for job in jobs if not job.future.cancelled()]
+        isolated = False
         while pending:
-            outcome = self._try_batch(pending, held)
+            outcome = self._try_batch(pending, held, isolated)
             held = []  # _try_batch delivered them, whatever happened
             if isinstance(outcome, list):
                 return outcome
             if outcome is _DONE:
                 return []
-            if isinstance(outcome, _Job):
-                pending.remove(outcome)
+            assert isinstance(outcome, _Replay)
+            if outcome.told:
+                told = set(outcome.told)
+                pending = [job for job in pending if job not in told]
+                # Replaying the whole batch once per failing write would cost
+                # time quadratic in the failures: from now on each write runs
+                # in a nested transaction, and a failure aborts only its own.
+                isolated = True
         deliver(held)
         return []
 
-    def _try_batch(self, jobs: list[_Job], held: list[Outcome]) -> object:
+    def _try_batch(self, jobs: list[_Job], held: list[Outcome], isolated: bool) -> object:
         """Apply and commit ``jobs``, delivering ``held`` once they are applied.
 
-        Returns the outcomes to deliver after a commit (a list), ``_DONE``
-        when every waiter was told (the batch failed as a whole), ``_RETRY``
-        when the map was grown and the whole batch must run again, or the job
-        that failed (already told), for the batch to run again without it.
+        ``isolated``: each job runs in a nested transaction of its own, so one
+        that fails is aborted alone and the others go on. Returns the outcomes
+        to deliver after a commit (a list), ``_DONE`` when every waiter was told
+        (the batch failed as a whole), or a :class:`_Replay` when the batch must
+        run again without the jobs whose failure was told (after a job failed
+        outside a nested transaction, or the map was grown).
         """
         try:
             txn = self._begin()
@@ -373,25 +385,45 @@ class Writer:
             deliver(held + [(job, False, exc) for job in jobs])
             return _DONE
         results: list[Outcome] = []
+        failed: list[Outcome] = []  # jobs that failed alone, in their nested transaction
         for job in jobs:
             try:
-                results.append((job, True, job.fn(txn)))
+                if isolated:
+                    with self._env.begin(write=True, parent=txn) as child:
+                        value = job.fn(child)  # committed into txn on return
+                else:
+                    value = job.fn(txn)
             except BaseException as exc:
+                if isolated and not isinstance(exc, lmdb.MapFullError):
+                    failed.append((job, False, exc))
+                    continue
+                # Outside a nested transaction the job may have written part
+                # of its work, and a full map may grow only with no write
+                # transaction open: the batch runs again.
                 txn.abort()
-                if (error := grown_or_error(exc, self._grow_map)) is None:
-                    deliver(held)
-                    return _RETRY
-                deliver([*held, (job, False, error)])
-                return job
-        deliver(held)
+                if (error := grown_or_error(exc, self._grow_map)) is not None:
+                    failed.append((job, False, error))
+                deliver([*held, *failed])
+                return _Replay([failed_job for failed_job, _, _ in failed])
+            results.append((job, True, value))
+        deliver([*held, *failed])
         try:
             txn.commit()
         except BaseException as exc:
             if (error := grown_or_error(exc, self._grow_map)) is None:
-                return _RETRY
-            deliver([(job, False, error) for job in jobs])
+                return _Replay([failed_job for failed_job, _, _ in failed])
+            deliver([(job, False, error) for job, _, _ in results])
             return _DONE
         return results
+
+
+class _Replay:
+    """A batch to run again, without the jobs whose failure was told (``told``)."""
+
+    __slots__ = ("told",)
+
+    def __init__(self, told: list[Waiting]) -> None:
+        self.told = told
 
 
 def grown_or_error(exc: BaseException, grow_map: Callable[[], str | None]) -> BaseException | None:

@@ -155,6 +155,7 @@ class AsyncEnvironment:
         self._forked = False
         self.inline_value_limit = inline_value_limit
         self._writer = Writer(
+            self._lmdb,
             self._begin_write,
             name=self._name,
             max_pending=max_pending_writes,

@@ -10,10 +10,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import abort_orphans, bounded, detached
+from conftest import WriterGate, abort_orphans, bounded, detached
+from pydantic import BaseModel
 
 import aiolmdb
 from aiolmdb._session import WriteSession
+from aiolmdb.coders import StringCoder, UInt32Coder, UInt64Coder
+from aiolmdb.models import Collection, Index
 
 MiB = 1024 * 1024
 
@@ -103,3 +106,80 @@ async def test_stop_iteration_inside_a_transaction_stalls_no_writer(
         await abort_orphans(sessions)
         if outside is not None and not outside.done():
             outside.cancel()
+
+
+# -- a batch with many failing writes is replayed in linear time ---------------
+
+
+async def test_a_batch_with_many_failures_calls_each_write_at_most_twice(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    db = env.open_db("data", key_coder=UInt32Coder())
+    count = 300
+    await db.put_multi({i: b"old" for i in range(2 * count)})
+    calls = [0] * (2 * count)
+
+    def bump(i: int) -> Any:
+        def fn(old: bytes) -> bytes:
+            calls[i] += 1
+            if i % 2:
+                raise ValueError(f"refused {i}")
+            return old + b"+"
+
+        return fn
+
+    gate = WriterGate(env.open_db("gate"))
+    await gate.hold()
+    tasks = [asyncio.ensure_future(db.update(i, bump(i))) for i in range(2 * count)]
+    await asyncio.sleep(0.05)  # every update is queued behind the gate: one batch
+    await gate.release()
+    outcomes = await bounded(asyncio.gather(*tasks, return_exceptions=True), timeout=20)
+    for i, outcome in enumerate(outcomes):
+        if i % 2:
+            assert isinstance(outcome, ValueError) and str(outcome) == f"refused {i}"
+        else:
+            assert outcome == b"old+"
+    assert max(calls) <= 2, f"{sum(calls)} calls for {2 * count} writes"
+    stored = await db.get_multi(range(2 * count))
+    assert stored == {i: b"old" if i % 2 else b"old+" for i in range(2 * count)}
+
+
+class Account(BaseModel):
+    id: int
+    email: str
+
+
+class Accounts(Collection[int, Account]):
+    key_coder = UInt64Coder()
+    name = "accounts"
+    by_email = Index(lambda a: a.email, StringCoder(), unique=True)
+
+
+async def test_a_write_failing_half_way_after_an_earlier_failure_leaves_nothing(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    # Once a batch has seen a failure, a later write that fails half way
+    # (after storing part of its records) must still leave nothing behind.
+    accounts = await Accounts.open(env)
+    gate = WriterGate(env.open_db("gate"))
+    await gate.hold()
+    first = asyncio.ensure_future(accounts.put(1, Account(id=1, email="a@x")))
+    taken = asyncio.ensure_future(accounts.put(2, Account(id=2, email="a@x")))
+    good = [
+        asyncio.ensure_future(accounts.put(i, Account(id=i, email=f"{i}@x"))) for i in range(3, 9)
+    ]
+    half_way = asyncio.ensure_future(
+        accounts.put_multi([(10, Account(id=10, email="p@x")), (11, Account(id=11, email="a@x"))])
+    )
+    last = asyncio.ensure_future(accounts.put(12, Account(id=12, email="12@x")))
+    await asyncio.sleep(0.05)
+    await gate.release()
+    await bounded(asyncio.gather(first, *good, last))
+    with pytest.raises(aiolmdb.UniqueViolationError, match="a@x"):
+        await bounded(taken)
+    with pytest.raises(aiolmdb.UniqueViolationError, match="a@x"):
+        await bounded(half_way)
+    assert await accounts.get(10) is None
+    assert await accounts.by_email.get("p@x") is None
+    assert await accounts.count() == 8
+    assert (await accounts.by_email.get("a@x")) == Account(id=1, email="a@x")
