@@ -9,11 +9,15 @@ the count at zero.
 
 from __future__ import annotations
 
+import mmap
 import threading
 import time
 from collections.abc import Callable
 
-__all__ = ["ReadGate"]
+__all__ = ["ReadGate", "map_refusal"]
+
+#: No access at all (POSIX's PROT_NONE, which the mmap module does not name).
+_PROT_NONE = 0
 
 #: Seconds between two looks at the reader count while a resize waits.
 _POLL = 0.001
@@ -56,3 +60,22 @@ class ReadGate:
             if idle is not None:
                 idle()
             time.sleep(_POLL)
+
+
+def map_refusal(size: int) -> str | None:
+    """Why a map of ``size`` bytes cannot be mapped in this process now; None if it can.
+
+    LMDB unmaps the old map before it maps the new one, and when that fails
+    the environment is lost (py-lmdb closes it): so ask the system first,
+    with an inaccessible anonymous mapping of the new size, which costs no
+    memory. The old map is still in place meanwhile: the test is strict.
+    """
+    try:
+        probe = mmap.mmap(-1, size, flags=mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS, prot=_PROT_NONE)
+    except OSError as exc:
+        return (
+            f"the map cannot grow to {size} bytes: no room for it in this process's "
+            f"address space ({exc.strerror})"
+        )
+    probe.close()
+    return None

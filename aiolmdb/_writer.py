@@ -24,6 +24,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import logging
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -43,6 +44,8 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+logger = logging.getLogger("aiolmdb")
 
 BatchFn = Callable[[lmdb.Transaction], Any]
 ExclusiveFn = Callable[[], Any]
@@ -327,12 +330,20 @@ class Writer:
             jobs = self._take()
             if not jobs:
                 break
-            if jobs[0].exclusive:
-                deliver(held)
+            try:
+                if jobs[0].exclusive:
+                    deliver(held)
+                    held = []
+                    self._run_exclusive(jobs[0])
+                else:
+                    held = self._commit_batch(jobs, held)
+            except BaseException as exc:
+                # Unforeseen: the thread must go on serving, and no caller may
+                # wait forever. Whoever was told already keeps that outcome (a
+                # future is settled once, in the order of deliveries).
+                logger.exception("environment %s: the writer failed", self._name)
+                deliver([*held, *((job, False, exc) for job in jobs)])
                 held = []
-                self._run_exclusive(jobs[0])
-            else:
-                held = self._commit_batch(jobs, held)
         deliver(held)
 
     def _run_exclusive(self, job: _Job) -> None:
@@ -432,7 +443,10 @@ def grown_or_error(exc: BaseException, grow_map: Callable[[], str | None]) -> Ba
     """
     if not isinstance(exc, lmdb.MapFullError):
         return exc
-    refusal = grow_map()
+    try:
+        refusal = grow_map()
+    except Exception as failure:  # e.g. lmdb.MemoryError: no address space for the new map
+        refusal = f"growing the map failed: {type(failure).__name__}: {failure}"
     return None if refusal is None else map_full_error(exc, refusal)
 
 

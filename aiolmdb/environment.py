@@ -17,7 +17,7 @@ from typing import Any, TypeVar, overload
 
 import lmdb
 
-from ._gate import ReadGate
+from ._gate import ReadGate, map_refusal
 from ._session import ReadSnapshot, WriteSession
 from ._writer import Writer, call_awaitably, grown_or_error
 from .coders import Coder, IdentityCoder
@@ -536,6 +536,8 @@ class AsyncEnvironment:
         if size >= self._max_map_size:
             return f"the map is at max_map_size ({self._max_map_size} bytes)"
         new_size = min(size * 2, self._max_map_size)
+        if (refusal := map_refusal(new_size)) is not None:
+            return refusal
 
         def resize() -> None:
             self._lmdb.set_mapsize(new_size)

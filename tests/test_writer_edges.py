@@ -5,6 +5,10 @@ failing writes, a full disk."""
 from __future__ import annotations
 
 import asyncio
+import os
+import subprocess
+import sys
+import textwrap
 import threading
 from pathlib import Path
 from typing import Any
@@ -183,3 +187,75 @@ async def test_a_write_failing_half_way_after_an_earlier_failure_leaves_nothing(
     assert await accounts.by_email.get("p@x") is None
     assert await accounts.count() == 8
     assert (await accounts.by_email.get("a@x")) == Account(id=1, email="a@x")
+
+
+# -- growing the map fails -----------------------------------------------------
+
+GROWTH_FAILS = textwrap.dedent(
+    """
+    import asyncio, resource, sys
+    import lmdb
+    import aiolmdb
+
+    def vm_size() -> int:
+        with open("/proc/self/status") as status:
+            for line in status:
+                if line.startswith("VmSize:"):
+                    return int(line.split()[1]) * 1024
+        raise RuntimeError("no VmSize")
+
+    async def main() -> None:
+        env = aiolmdb.open(sys.argv[1], map_size=1 << 20, read_workers=1)
+        db = env.open_db("data")
+        await db.put(b"seed", b"0")
+        await db.run(lambda txn: None)  # the reader thread exists
+        # Little address space left: the map cannot grow far.
+        limit = vm_size() + 48 * (1 << 20)
+        resource.setrlimit(resource.RLIMIT_AS, (limit, resource.RLIM_INFINITY))
+        value = b"v" * (256 * 1024)
+        for i in range(400):
+            try:
+                await asyncio.wait_for(db.put(b"%04d" % i, value), 5)
+            except TimeoutError:
+                print("HANG", i, flush=True)
+                return
+            except lmdb.MapFullError as exc:
+                print("REFUSED", i, exc, flush=True)
+                break
+        else:
+            print("NEVER FULL", flush=True)
+            return
+        for step in ("small write", "read"):
+            try:
+                if step == "small write":
+                    ok = await asyncio.wait_for(db.put(b"small", b"s"), 5)
+                else:
+                    ok = await asyncio.wait_for(db.get(b"small"), 5) == b"s"
+                print(step.upper(), "OK" if ok else "WRONG", flush=True)
+            except TimeoutError:
+                print(step.upper(), "HANG", flush=True)
+            except Exception as exc:
+                print(step.upper(), "FAILED", type(exc).__name__, exc, flush=True)
+        await asyncio.wait_for(env.close(), 5)
+        print("CLOSED", flush=True)
+
+    asyncio.run(main())
+    """
+)
+
+
+def test_growth_that_fails_fails_the_write_and_the_writer_serves_on(tmp_path: Path) -> None:
+    script = tmp_path / "grow.py"
+    script.write_text(GROWTH_FAILS)
+    done = subprocess.run(
+        [sys.executable, str(script), str(tmp_path / "env")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env={**os.environ, "PYTHONPATH": os.pathsep.join(sys.path)},
+    )
+    lines = done.stdout.splitlines()
+    assert lines, done.stderr
+    assert lines[0].startswith("REFUSED"), done.stdout + done.stderr
+    assert "grow" in lines[0] and "memory" in lines[0].lower(), lines[0]
+    assert lines[1:] == ["SMALL WRITE OK", "READ OK", "CLOSED"], done.stdout + done.stderr
