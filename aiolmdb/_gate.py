@@ -4,7 +4,10 @@ LMDB may only resize its map (``mdb_env_set_mapsize``) while no transaction is
 active in the process: the map moves, and live transactions would point into
 the old one. Readers only count themselves in and out (a plain lock, never
 waited on for long); a resize holds the lock while it runs, once it has seen
-the count at zero.
+the count at zero. While a resize waits for that, new readers do not enter
+(readers coming and going would keep the count above zero for ever): they
+wait for the resize to be done, or, on a thread that must not block, are
+turned away to read elsewhere.
 """
 
 from __future__ import annotations
@@ -28,12 +31,23 @@ class ReadGate:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
+        self._resized = threading.Condition(self._lock)
         self._readers = 0
+        self._resizes = 0  # resizes waiting for the readers inside to leave
 
-    def enter(self) -> None:
-        """A read transaction is about to begin (waits only while a resize runs)."""
+    def enter(self, *, wait: bool = True) -> bool:
+        """A read transaction is about to begin: count it in; True when it may begin.
+
+        While a resize is waiting, waits until it is done, or returns False
+        at once (not counted in) when ``wait`` is false.
+        """
         with self._lock:
+            while self._resizes:
+                if not wait:
+                    return False
+                self._resized.wait()
             self._readers += 1
+            return True
 
     def leave(self) -> None:
         """A read transaction has ended."""
@@ -45,21 +59,28 @@ class ReadGate:
     ) -> bool:
         """Run ``fn`` once no reader is inside; False if that took longer than ``timeout``.
 
-        Resizes are rare, so polling keeps the readers' side free of any
-        signalling. ``idle()`` is called between two looks (other work the
-        waiting thread owes).
+        No new reader enters meanwhile. Resizes are rare, so polling keeps the
+        readers' side free of any signalling. ``idle()`` is called between two
+        looks (other work the waiting thread owes).
         """
         deadline = time.monotonic() + timeout
-        while True:
+        with self._lock:
+            self._resizes += 1
+        try:
+            while True:
+                with self._lock:
+                    if self._readers == 0:
+                        fn()
+                        return True
+                if time.monotonic() >= deadline:
+                    return False
+                if idle is not None:
+                    idle()
+                time.sleep(_POLL)
+        finally:
             with self._lock:
-                if self._readers == 0:
-                    fn()
-                    return True
-            if time.monotonic() >= deadline:
-                return False
-            if idle is not None:
-                idle()
-            time.sleep(_POLL)
+                self._resizes -= 1
+                self._resized.notify_all()
 
 
 def map_refusal(size: int) -> str | None:

@@ -465,8 +465,10 @@ class AsyncEnvironment:
         If another process grew the map, adopt its size first, waiting up to
         ``wait`` seconds for this process's other readers to end: 0 on the
         event loop, which must not stall (raises :class:`MapNotAdoptedError`).
+        While this process resizes the map, waits for it to be done; on the
+        event loop raises :class:`MapNotAdoptedError` instead (read elsewhere).
         """
-        self._gate.enter()
+        self._enter_gate(wait)
         try:
             return self._lmdb.begin(buffers=True)
         except lmdb.MapResizedError:
@@ -475,12 +477,20 @@ class AsyncEnvironment:
             self._gate.leave()
             raise
         self._adopt_map_size(wait)
-        self._gate.enter()
+        self._enter_gate(wait)
         try:
             return self._lmdb.begin(buffers=True)
         except BaseException:
             self._gate.leave()
             raise
+
+    def _enter_gate(self, wait: float) -> None:
+        if not self._gate.enter(wait=wait > 0):
+            raise MapNotAdoptedError(
+                f"environment {self._name}: the map is being resized, which waits for this "
+                "process's read transactions to end; a read on the event loop does not wait "
+                "for it: retry it on a reader thread"
+            )
 
     def _begin_write(self) -> lmdb.Transaction:
         """Begin a write transaction (on the writer thread), adopting another process's growth."""

@@ -14,10 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import WriterGate, abort_orphans, bounded, detached
+from conftest import EnvFactory, WriterGate, abort_orphans, bounded, detached
 from pydantic import BaseModel
 
 import aiolmdb
+import aiolmdb.environment as environment_module
 from aiolmdb._session import WriteSession
 from aiolmdb.coders import StringCoder, UInt32Coder, UInt64Coder
 from aiolmdb.models import Collection, Index
@@ -187,6 +188,66 @@ async def test_a_write_failing_half_way_after_an_earlier_failure_leaves_nothing(
     assert await accounts.by_email.get("p@x") is None
     assert await accounts.count() == 8
     assert (await accounts.by_email.get("a@x")) == Account(id=1, email="a@x")
+
+
+# -- scans do not starve map growth --------------------------------------------
+
+
+async def test_scanning_tasks_do_not_starve_map_growth(
+    open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 1.0)
+    env = open_env(map_size=MiB)
+    scanned = env.open_db("scanned", key_coder=UInt32Coder())
+    await scanned.put_multi({i: b"x" * 100 for i in range(3000)})
+    data = env.open_db("data", key_coder=UInt32Coder())
+    stopping = asyncio.Event()
+    rounds = [0]
+
+    async def scanner() -> None:
+        while not stopping.is_set():
+            async for _ in scanned.items():
+                pass
+            rounds[0] += 1
+
+    scanners = [asyncio.create_task(scanner()) for _ in range(6)]
+    try:
+        await asyncio.sleep(0.1)
+        for start in range(0, 40, 10):
+            written = await bounded(
+                data.put_multi({i: b"v" * 100_000 for i in range(start, start + 10)}), timeout=20
+            )
+            assert written == 10
+        assert rounds[0] > 0
+    finally:
+        stopping.set()
+        await bounded(asyncio.gather(*scanners))
+    assert env.info()["map_size"] >= 4 * MiB
+    assert await data.count() == 40
+    assert await scanned.count() == 3000
+
+
+async def test_a_read_on_the_loop_during_a_pending_resize_still_answers(
+    open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A snapshot holds the resize back; a plain get meanwhile goes to a reader
+    # thread (the loop never blocks) and answers once the resize is done.
+    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 3.0)
+    env = open_env(map_size=MiB)
+    db = env.open_db("data", key_coder=UInt32Coder())
+    await db.put(0, b"zero")
+    async with env.transaction(write=False):
+        await db.get(0)
+        writing = detached(db.put_multi({i: b"v" * 100_000 for i in range(1, 40)}))
+        await asyncio.sleep(0.3)  # the writer now waits for the snapshot to end
+        reading = detached(db.get(0))
+        ticks = 0
+        for _ in range(5):
+            await asyncio.sleep(0.01)
+            ticks += 1
+        assert ticks == 5  # the loop is not blocked
+    assert await bounded(writing, timeout=20) == 39
+    assert await bounded(reading) == b"zero"
 
 
 # -- growing the map fails -----------------------------------------------------
