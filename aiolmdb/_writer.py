@@ -24,7 +24,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
 import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -32,13 +34,14 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
-from .errors import ClosedError
+from .errors import ClosedError, DiskFullError
 
 __all__ = [
     "Waiting",
     "Writer",
     "call_awaitably",
     "deliver",
+    "disk_full_error",
     "grown_or_error",
     "map_full_error",
 ]
@@ -46,6 +49,9 @@ __all__ = [
 R = TypeVar("R")
 
 logger = logging.getLogger("aiolmdb")
+
+#: Free bytes below which a file system that failed a write is taken to be full.
+_NEARLY_FULL = 1 << 20
 
 BatchFn = Callable[[lmdb.Transaction], Any]
 ExclusiveFn = Callable[[], Any]
@@ -352,7 +358,7 @@ class Writer:
         try:
             deliver([(job, True, job.fn())])
         except BaseException as exc:
-            deliver([(job, False, exc)])
+            deliver([(job, False, disk_full_error(exc, self._env, self._name))])
 
     def _commit_batch(self, jobs: list[_Job], held: list[Outcome]) -> list[Outcome]:
         """Apply and commit ``jobs``; deliver ``held`` before the commit.
@@ -406,14 +412,14 @@ class Writer:
                     value = job.fn(txn)
             except BaseException as exc:
                 if isolated and not isinstance(exc, lmdb.MapFullError):
-                    failed.append((job, False, exc))
+                    failed.append((job, False, disk_full_error(exc, self._env, self._name)))
                     continue
                 # Outside a nested transaction the job may have written part
                 # of its work, and a full map may grow only with no write
                 # transaction open: the batch runs again.
                 txn.abort()
                 if (error := grown_or_error(exc, self._grow_map)) is not None:
-                    failed.append((job, False, error))
+                    failed.append((job, False, disk_full_error(error, self._env, self._name)))
                 deliver([*held, *failed])
                 return _Replay([failed_job for failed_job, _, _ in failed])
             results.append((job, True, value))
@@ -423,6 +429,7 @@ class Writer:
         except BaseException as exc:
             if (error := grown_or_error(exc, self._grow_map)) is None:
                 return _Replay([failed_job for failed_job, _, _ in failed])
+            error = disk_full_error(error, self._env, self._name)
             deliver([(job, False, error) for job, _, _ in results])
             return _DONE
         return results
@@ -448,6 +455,41 @@ def grown_or_error(exc: BaseException, grow_map: Callable[[], str | None]) -> Ba
     except Exception as failure:  # e.g. lmdb.MemoryError: no address space for the new map
         refusal = f"growing the map failed: {type(failure).__name__}: {failure}"
     return None if refusal is None else map_full_error(exc, refusal)
+
+
+def disk_full_error(exc: BaseException, env: lmdb.Environment, name: str) -> BaseException:
+    """After a failed write: a :class:`DiskFullError` caused by ``exc`` if the disk is full.
+
+    LMDB reports ENOSPC as ``lmdb.DiskError``, but a short write as a bare
+    ``Input/output error`` (EIO): that one is taken for a full disk when the
+    file system holding the environment has (almost) no space left. Any
+    other failure is returned as it is.
+    """
+    if isinstance(exc, lmdb.DiskError):
+        free = _free_bytes(env)
+    elif type(exc) is lmdb.Error and str(exc).endswith(os.strerror(errno.EIO)):
+        free = _free_bytes(env)
+        if free is None or free >= _NEARLY_FULL:
+            return exc
+    else:
+        return exc
+    room = "" if free is None else f" ({free} bytes free)"
+    error = DiskFullError(
+        errno.ENOSPC,
+        f"environment {name}: the disk is full{room}, the write was not committed "
+        f"({exc}); free space on it, then retry",
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _free_bytes(env: lmdb.Environment) -> int | None:
+    """Bytes an unprivileged writer may still use on the environment's file system."""
+    try:
+        stat = os.statvfs(env.path())
+    except (OSError, lmdb.Error):
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def map_full_error(exc: lmdb.MapFullError, refusal: str) -> lmdb.MapFullError:

@@ -5,14 +5,17 @@ failing writes, a full disk."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import subprocess
 import sys
 import textwrap
 import threading
+from collections.abc import AsyncIterator, Callable, Iterator
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 from conftest import EnvFactory, WriterGate, abort_orphans, bounded, detached
 from pydantic import BaseModel
@@ -320,3 +323,72 @@ def test_growth_that_fails_fails_the_write_and_the_writer_serves_on(tmp_path: Pa
     assert lines[0].startswith("REFUSED"), done.stdout + done.stderr
     assert "grow" in lines[0] and "memory" in lines[0].lower(), lines[0]
     assert lines[1:] == ["SMALL WRITE OK", "READ OK", "CLOSED"], done.stdout + done.stderr
+
+
+# -- a full disk ---------------------------------------------------------------
+
+
+@pytest.fixture
+def small_disk(tmp_path: Path) -> Iterator[Path]:
+    """A 4 MiB tmpfs (skips the test where mounting is not possible)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    try:
+        subprocess.run(
+            ["mount", "-t", "tmpfs", "-o", "size=4m", "tmpfs", str(mount)],
+            check=True,
+            capture_output=True,
+            timeout=10,
+        )
+    except (OSError, subprocess.SubprocessError) as exc:
+        pytest.skip(f"cannot mount a tmpfs here: {exc}")
+    try:
+        yield mount
+    finally:
+        subprocess.run(["umount", "-l", str(mount)], capture_output=True, timeout=10)
+
+
+@pytest.fixture
+async def disk_env(small_disk: Path) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
+    environment = aiolmdb.open(small_disk / "env", map_size=64 * MiB)
+    try:
+        yield environment
+    finally:
+        await bounded(environment.close())
+
+
+def put_value(key: int, value: bytes) -> Callable[[aiolmdb.DatabaseTxn[int, bytes]], bool]:
+    return lambda txn: txn.put(key, value)
+
+
+@pytest.mark.parametrize("how", ["put", "run"])
+async def test_a_full_disk_raises_disk_full_error(
+    small_disk: Path, disk_env: aiolmdb.AsyncEnvironment, how: str
+) -> None:
+    ballast = small_disk / "ballast"
+    ballast.write_bytes(b"b" * MiB)
+    db = disk_env.open_db("data", key_coder=UInt32Coder())
+    await db.put(0, b"first")
+    value = os.urandom(256 * 1024)
+    stored = 0
+    with pytest.raises(aiolmdb.DiskFullError) as info:
+        for i in range(1, 100):
+            if how == "put":
+                await bounded(db.put(i, value))
+            else:
+                await bounded(db.run(put_value(i, value), write=True))
+            stored = i
+    error = info.value
+    assert str(small_disk / "env") in str(error)
+    assert "full" in str(error)
+    assert isinstance(error.__cause__, lmdb.Error)
+    assert 0 < stored < 16
+    # Data committed before is intact; once space is freed, writes work again.
+    assert await db.get(0) == b"first"
+    assert await db.get(stored) == value
+    assert await db.get(stored + 1) is None
+    ballast.unlink()
+    assert await bounded(db.put(stored + 1, value))
+    assert await db.get(stored + 1) == value
+    with contextlib.suppress(FileNotFoundError):
+        ballast.unlink()
