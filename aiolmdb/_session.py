@@ -23,7 +23,7 @@ from typing import Any
 
 import lmdb
 
-from ._writer import call_awaitably, deliver, map_full_error
+from ._writer import call_awaitably, deliver, disk_full_error, map_full_error
 from .errors import TransactionError
 
 __all__ = ["ReadSnapshot", "WriteSession"]
@@ -168,7 +168,7 @@ class WriteSession:
                 try:
                     result = self._apply(op)
                 except BaseException as exc:
-                    deliver([(op, False, exc)])
+                    deliver([(op, False, disk_full_error(exc, self._env, self._name))])
                 else:
                     deliver([(op, True, result)])
         finally:

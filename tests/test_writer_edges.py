@@ -361,7 +361,7 @@ def put_value(key: int, value: bytes) -> Callable[[aiolmdb.DatabaseTxn[int, byte
     return lambda txn: txn.put(key, value)
 
 
-@pytest.mark.parametrize("how", ["put", "run"])
+@pytest.mark.parametrize("how", ["put", "run", "transaction"])
 async def test_a_full_disk_raises_disk_full_error(
     small_disk: Path, disk_env: aiolmdb.AsyncEnvironment, how: str
 ) -> None:
@@ -375,8 +375,11 @@ async def test_a_full_disk_raises_disk_full_error(
         for i in range(1, 100):
             if how == "put":
                 await bounded(db.put(i, value))
-            else:
+            elif how == "run":
                 await bounded(db.run(put_value(i, value), write=True))
+            else:
+                async with disk_env.transaction():
+                    await bounded(db.put(i, value))
             stored = i
     error = info.value
     assert str(small_disk / "env") in str(error)
