@@ -35,7 +35,7 @@ from typing import Any, TypeVar
 
 import lmdb
 
-from ._writer import deliver, map_full_error
+from ._writer import call_awaitably, deliver, disk_full_error, map_full_error
 from .errors import TransactionError
 
 __all__ = ["ReadSnapshot", "WriteSession", "opener", "submit_behind"]
@@ -368,7 +368,7 @@ class WriteSession:
                 try:
                     result = self._apply(op)
                 except BaseException as exc:
-                    deliver([(op, False, exc)])
+                    deliver([(op, False, disk_full_error(exc, self._env, self._name))])
                 else:
                     deliver([(op, True, result)])
         finally:
@@ -511,7 +511,7 @@ class ReadSnapshot:
                 loop = asyncio.get_running_loop()
                 # Hold the lock until the worker is done: the transaction is not
                 # to be used by two threads at once, even if our caller is cancelled.
-                work = loop.run_in_executor(self._executor, fn, txn)
+                work = loop.run_in_executor(self._executor, call_awaitably, fn, txn)
                 try:
                     return await asyncio.shield(work)
                 except asyncio.CancelledError:

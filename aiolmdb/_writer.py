@@ -11,7 +11,9 @@ Two kinds of work go through the queue:
 
 - batched writes: functions of the batch's ``lmdb.Transaction`` that only read
   and write through it, so they can be replayed. If one raises, the batch is
-  aborted and replayed without it: a failing write fails alone.
+  aborted and replayed without it, each write then in a nested transaction of
+  its own (so that a further failure aborts only itself): a failing write
+  fails alone, and many failures cost no more than one replay.
 - exclusive work: functions run on their own (a user's ``run(fn, write=True)``,
   an explicit ``env.transaction()`` session, creating a database). They manage
   their own transaction and are never replayed.
@@ -22,6 +24,9 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import errno
+import logging
+import os
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
@@ -29,17 +34,29 @@ from typing import Any, Protocol, TypeVar
 
 import lmdb
 
-from .errors import ClosedError
+from .errors import ClosedError, DiskFullError
 
-__all__ = ["Waiting", "Writer", "deliver", "grown_or_error", "map_full_error"]
+__all__ = [
+    "Waiting",
+    "Writer",
+    "call_awaitably",
+    "deliver",
+    "disk_full_error",
+    "grown_or_error",
+    "map_full_error",
+]
 
 R = TypeVar("R")
+
+logger = logging.getLogger("aiolmdb")
+
+#: Free bytes below which a file system that failed a write is taken to be full.
+_NEARLY_FULL = 1 << 20
 
 BatchFn = Callable[[lmdb.Transaction], Any]
 ExclusiveFn = Callable[[], Any]
 
 _DONE = object()
-_RETRY = object()
 
 # (future, ok, value): what the writer hands back to an event loop.
 _Outcome = tuple["asyncio.Future[Any]", bool, Any]
@@ -79,7 +96,32 @@ def _settle(outcomes: list[_Outcome]) -> None:
         if ok:
             future.set_result(value)
         else:
-            future.set_exception(value)
+            future.set_exception(_awaitable_error(value))
+
+
+def _awaitable_error(exc: BaseException) -> BaseException:
+    """``exc`` as an awaiting task can receive it.
+
+    asyncio refuses ``StopIteration`` as a future's exception (the future
+    would never resolve): like PEP 479 in a generator, it becomes a
+    ``RuntimeError`` caused by it.
+    """
+    if not isinstance(exc, StopIteration):
+        return exc
+    error = RuntimeError(f"a function run by aiolmdb raised StopIteration: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def call_awaitably(fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)`` for a worker thread whose outcome an asyncio future receives.
+
+    A ``StopIteration`` it raises is raised as a ``RuntimeError`` instead.
+    """
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        raise _awaitable_error(exc) from exc
 
 
 class Waiting(Protocol):
@@ -117,6 +159,7 @@ class Writer:
 
     def __init__(
         self,
+        env: lmdb.Environment,
         begin: Callable[[], lmdb.Transaction],
         *,
         name: str,
@@ -124,7 +167,8 @@ class Writer:
         max_batch: int,
         grow_map: Callable[[], str | None],
     ) -> None:
-        self._begin = begin  # begins a write transaction
+        self._env = env  # for nested transactions
+        self._begin = begin  # begins a (root) write transaction
         self._name = name
         self._max_pending = max_pending
         self._max_batch = max_batch
@@ -292,12 +336,20 @@ class Writer:
             jobs = self._take()
             if not jobs:
                 break
-            if jobs[0].exclusive:
-                deliver(held)
+            try:
+                if jobs[0].exclusive:
+                    deliver(held)
+                    held = []
+                    self._run_exclusive(jobs[0])
+                else:
+                    held = self._commit_batch(jobs, held)
+            except BaseException as exc:
+                # Unforeseen: the thread must go on serving, and no caller may
+                # wait forever. Whoever was told already keeps that outcome (a
+                # future is settled once, in the order of deliveries).
+                logger.exception("environment %s: the writer failed", self._name)
+                deliver([*held, *((job, False, exc) for job in jobs)])
                 held = []
-                self._run_exclusive(jobs[0])
-            else:
-                held = self._commit_batch(jobs, held)
         deliver(held)
 
     def _run_exclusive(self, job: _Job) -> None:
@@ -306,7 +358,7 @@ class Writer:
         try:
             deliver([(job, True, job.fn())])
         except BaseException as exc:
-            deliver([(job, False, exc)])
+            deliver([(job, False, disk_full_error(exc, self._env, self._name))])
 
     def _commit_batch(self, jobs: list[_Job], held: list[Outcome]) -> list[Outcome]:
         """Apply and commit ``jobs``; deliver ``held`` before the commit.
@@ -315,25 +367,34 @@ class Writer:
         """
         # A write whose caller was cancelled before it began is not applied.
         pending = [job for job in jobs if not job.future.cancelled()]
+        isolated = False
         while pending:
-            outcome = self._try_batch(pending, held)
+            outcome = self._try_batch(pending, held, isolated)
             held = []  # _try_batch delivered them, whatever happened
             if isinstance(outcome, list):
                 return outcome
             if outcome is _DONE:
                 return []
-            if isinstance(outcome, _Job):
-                pending.remove(outcome)
+            assert isinstance(outcome, _Replay)
+            if outcome.told:
+                told = set(outcome.told)
+                pending = [job for job in pending if job not in told]
+                # Replaying the whole batch once per failing write would cost
+                # time quadratic in the failures: from now on each write runs
+                # in a nested transaction, and a failure aborts only its own.
+                isolated = True
         deliver(held)
         return []
 
-    def _try_batch(self, jobs: list[_Job], held: list[Outcome]) -> object:
+    def _try_batch(self, jobs: list[_Job], held: list[Outcome], isolated: bool) -> object:
         """Apply and commit ``jobs``, delivering ``held`` once they are applied.
 
-        Returns the outcomes to deliver after a commit (a list), ``_DONE``
-        when every waiter was told (the batch failed as a whole), ``_RETRY``
-        when the map was grown and the whole batch must run again, or the job
-        that failed (already told), for the batch to run again without it.
+        ``isolated``: each job runs in a nested transaction of its own, so one
+        that fails is aborted alone and the others go on. Returns the outcomes
+        to deliver after a commit (a list), ``_DONE`` when every waiter was told
+        (the batch failed as a whole), or a :class:`_Replay` when the batch must
+        run again without the jobs whose failure was told (after a job failed
+        outside a nested transaction, or the map was grown).
         """
         try:
             txn = self._begin()
@@ -341,25 +402,46 @@ class Writer:
             deliver(held + [(job, False, exc) for job in jobs])
             return _DONE
         results: list[Outcome] = []
+        failed: list[Outcome] = []  # jobs that failed alone, in their nested transaction
         for job in jobs:
             try:
-                results.append((job, True, job.fn(txn)))
+                if isolated:
+                    with self._env.begin(write=True, parent=txn) as child:
+                        value = job.fn(child)  # committed into txn on return
+                else:
+                    value = job.fn(txn)
             except BaseException as exc:
+                if isolated and not isinstance(exc, lmdb.MapFullError):
+                    failed.append((job, False, disk_full_error(exc, self._env, self._name)))
+                    continue
+                # Outside a nested transaction the job may have written part
+                # of its work, and a full map may grow only with no write
+                # transaction open: the batch runs again.
                 txn.abort()
-                if (error := grown_or_error(exc, self._grow_map)) is None:
-                    deliver(held)
-                    return _RETRY
-                deliver([*held, (job, False, error)])
-                return job
-        deliver(held)
+                if (error := grown_or_error(exc, self._grow_map)) is not None:
+                    failed.append((job, False, disk_full_error(error, self._env, self._name)))
+                deliver([*held, *failed])
+                return _Replay([failed_job for failed_job, _, _ in failed])
+            results.append((job, True, value))
+        deliver([*held, *failed])
         try:
             txn.commit()
         except BaseException as exc:
             if (error := grown_or_error(exc, self._grow_map)) is None:
-                return _RETRY
-            deliver([(job, False, error) for job in jobs])
+                return _Replay([failed_job for failed_job, _, _ in failed])
+            error = disk_full_error(error, self._env, self._name)
+            deliver([(job, False, error) for job, _, _ in results])
             return _DONE
         return results
+
+
+class _Replay:
+    """A batch to run again, without the jobs whose failure was told (``told``)."""
+
+    __slots__ = ("told",)
+
+    def __init__(self, told: list[Waiting]) -> None:
+        self.told = told
 
 
 def grown_or_error(exc: BaseException, grow_map: Callable[[], str | None]) -> BaseException | None:
@@ -368,8 +450,46 @@ def grown_or_error(exc: BaseException, grow_map: Callable[[], str | None]) -> Ba
     """
     if not isinstance(exc, lmdb.MapFullError):
         return exc
-    refusal = grow_map()
+    try:
+        refusal = grow_map()
+    except Exception as failure:  # e.g. lmdb.MemoryError: no address space for the new map
+        refusal = f"growing the map failed: {type(failure).__name__}: {failure}"
     return None if refusal is None else map_full_error(exc, refusal)
+
+
+def disk_full_error(exc: BaseException, env: lmdb.Environment, name: str) -> BaseException:
+    """After a failed write: a :class:`DiskFullError` caused by ``exc`` if the disk is full.
+
+    LMDB reports ENOSPC as ``lmdb.DiskError``, but a short write as a bare
+    ``Input/output error`` (EIO): that one is taken for a full disk when the
+    file system holding the environment has (almost) no space left. Any
+    other failure is returned as it is.
+    """
+    if isinstance(exc, lmdb.DiskError):
+        free = _free_bytes(env)
+    elif type(exc) is lmdb.Error and str(exc).endswith(os.strerror(errno.EIO)):
+        free = _free_bytes(env)
+        if free is None or free >= _NEARLY_FULL:
+            return exc
+    else:
+        return exc
+    room = "" if free is None else f" ({free} bytes free)"
+    error = DiskFullError(
+        errno.ENOSPC,
+        f"environment {name}: the disk is full{room}, the write was not committed "
+        f"({exc}); free space on it, then retry",
+    )
+    error.__cause__ = exc
+    return error
+
+
+def _free_bytes(env: lmdb.Environment) -> int | None:
+    """Bytes an unprivileged writer may still use on the environment's file system."""
+    try:
+        stat = os.statvfs(env.path())
+    except (OSError, lmdb.Error):
+        return None
+    return stat.f_bavail * stat.f_frsize
 
 
 def map_full_error(exc: lmdb.MapFullError, refusal: str) -> lmdb.MapFullError:

@@ -18,9 +18,9 @@ from typing import Any, TypeVar, overload
 
 import lmdb
 
-from ._gate import ReadGate
+from ._gate import ReadGate, map_refusal
 from ._session import ReadSnapshot, WriteSession, submit_behind
-from ._writer import Writer, grown_or_error
+from ._writer import Writer, call_awaitably, grown_or_error
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, OpenedHandle, as_ints
 from .errors import (
@@ -180,6 +180,7 @@ class AsyncEnvironment:
         self._closing: asyncio.Future[None] | None = None
         self.inline_value_limit = inline_value_limit
         self._writer = Writer(
+            self._lmdb,
             self._begin_write,
             name=self._name,
             max_pending=max_pending_writes,
@@ -599,7 +600,7 @@ class AsyncEnvironment:
             except MapNotAdoptedError:
                 pass  # on a reader thread, which may wait for this process's readers
         return await asyncio.get_running_loop().run_in_executor(
-            self._pool, self._call_in_read_txn, fn, MAP_RESIZE_WAIT
+            self._pool, call_awaitably, self._call_in_read_txn, fn, MAP_RESIZE_WAIT
         )
 
     def _call_in_read_txn(self, fn: Callable[[lmdb.Transaction], R], wait: float = 0.0) -> R:
@@ -615,8 +616,10 @@ class AsyncEnvironment:
         If another process grew the map, adopt its size first, waiting up to
         ``wait`` seconds for this process's other readers to end: 0 on the
         event loop, which must not stall (raises :class:`MapNotAdoptedError`).
+        While this process resizes the map, waits for it to be done; on the
+        event loop raises :class:`MapNotAdoptedError` instead (read elsewhere).
         """
-        self._gate.enter()
+        self._enter_gate(wait)
         try:
             return self._lmdb.begin(buffers=True)
         except lmdb.MapResizedError:
@@ -625,12 +628,20 @@ class AsyncEnvironment:
             self._gate.leave()
             raise
         self._adopt_map_size(wait)
-        self._gate.enter()
+        self._enter_gate(wait)
         try:
             return self._lmdb.begin(buffers=True)
         except BaseException:
             self._gate.leave()
             raise
+
+    def _enter_gate(self, wait: float) -> None:
+        if not self._gate.enter(wait=wait > 0):
+            raise MapNotAdoptedError(
+                f"environment {self._name}: the map is being resized, which waits for this "
+                "process's read transactions to end; a read on the event loop does not wait "
+                "for it: retry it on a reader thread"
+            )
 
     def _begin_write(self) -> lmdb.Transaction:
         """Begin a write transaction (on the writer thread), adopting another process's growth."""
@@ -696,6 +707,8 @@ class AsyncEnvironment:
             return refusal
         size = int(self._lmdb.info()["map_size"])
         new_size = min(size * 2, self._max_map_size)
+        if (refusal := map_refusal(new_size)) is not None:
+            return refusal
 
         def resize() -> None:
             self._lmdb.set_mapsize(new_size)
