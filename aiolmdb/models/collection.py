@@ -18,7 +18,6 @@ from ..database import AsyncDatabase, OpenedHandle
 from ..environment import AsyncEnvironment
 from ..errors import (
     AiolmdbError,
-    DatabaseDroppedError,
     DatabaseNotFoundError,
     DecodeError,
     EncodeError,
