@@ -201,6 +201,14 @@ class Writer:
         """Run ``fn()`` on the writer thread alone, between batches."""
         return await self._submit_when_room(fn, exclusive=True)
 
+    def queue_exclusive(self, fn: ExclusiveFn) -> asyncio.Future[Any]:
+        """Queue ``fn()`` to run alone, now: every write queued afterwards runs after it.
+
+        Not held back by ``max_pending``: for rare set-up work (opening a
+        database) that later writes rely on and that must not wait.
+        """
+        return self._enqueue(fn, exclusive=True)
+
     async def _submit_when_room(self, fn: Callable[..., Any], exclusive: bool) -> Any:
         loop = asyncio.get_running_loop()
         while len(self._queue) >= self._max_pending:

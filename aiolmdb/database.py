@@ -3,16 +3,18 @@
 from __future__ import annotations
 
 import asyncio
+import copy
 import enum
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overload
 
 import lmdb
 
 from ._scan import Fetch, copy_record, prefix_end, scan
 from .coders import Coder
 from .errors import (
+    AiolmdbError,
     DatabaseDroppedError,
     DecodeError,
     EncodeError,
@@ -27,7 +29,7 @@ if TYPE_CHECKING:
     from .environment import AsyncEnvironment
     from .transaction import Transaction
 
-__all__ = ["AsyncDatabase", "DatabaseTxn", "OpenedHandle"]
+__all__ = ["AsyncDatabase", "DatabaseTxn", "OpenedHandle", "raise_again"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -110,6 +112,8 @@ class AsyncDatabase(Generic[K, V]):
         #: integerkey: the size of the keys, once one was encoded (LMDB compares one size only).
         self._integer_key_size: int | None = None
         self._db = self._opened.db
+        #: True until a call found the database open: calls wait for the writer to open it.
+        self._pending = not self._opened.ready
         self._max_key_size = env.max_key_size()
 
     def __repr__(self) -> str:
@@ -246,6 +250,34 @@ class AsyncDatabase(Generic[K, V]):
             )
         return self._db, context
 
+    async def _until_open(self, txn: Transaction | None) -> None:
+        """Wait for the writer to open the database (raises what its open raised).
+
+        A transaction that cannot see the database is refused first: the
+        open may be queued behind that very transaction.
+        """
+        self._resolve(txn)
+        await self._opening()
+        self._pending = False
+
+    async def _opening(self) -> None:
+        """Wait for what opening this object needs from the writer, then adopt the handle."""
+        await self._opened.wait()
+        self._take_handle()
+
+    def _take_handle(self) -> None:
+        """Adopt the handle the writer opened (raises the open's error)."""
+        self._opened.check()
+        self._db = self._opened.db
+
+    async def _after_open(
+        self, txn: Transaction | None, stream: Callable[[], AsyncIterator[T]]
+    ) -> AsyncIterator[T]:
+        """The records of ``stream()``, made once the database is open."""
+        await self._until_open(txn)
+        async for item in stream():
+            yield item
+
     def _require_live(self) -> None:
         """Raise :class:`DatabaseDroppedError` if the database was deleted."""
         if self._opened.dropped:
@@ -292,7 +324,20 @@ class AsyncDatabase(Generic[K, V]):
         return self.env._write(self._when_live(fn), ctx, may_fail_midway=may_fail_midway)
 
     def _when_live(self, fn: Callable[[lmdb.Transaction], R]) -> Callable[[lmdb.Transaction], R]:
-        """``fn``, checking first that the database was not dropped (for the writer thread)."""
+        """``fn``, checking first that the database was not dropped (for the writer thread).
+
+        A write on a database still being opened is queued at once, behind
+        its opening (so that it is applied in order, and ``close()`` finishes
+        it): the handle is adopted where the write runs.
+        """
+        if self._pending:
+
+            def adopting(t: lmdb.Transaction) -> R:
+                self._take_handle()  # raises what the open raised
+                self._require_live()
+                return fn(t)
+
+            return adopting
 
         def checked(t: lmdb.Transaction) -> R:
             self._require_live()
@@ -327,6 +372,8 @@ class AsyncDatabase(Generic[K, V]):
     async def get(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """The value stored under ``key``, or ``default`` when there is none."""
         raw_key = self._encode_key(key)
+        if self._pending:
+            await self._until_open(txn)
         db, ctx = self._resolve(txn)
         if ctx is None:
             # The hot path: a read transaction of its own, on the loop thread.
@@ -374,6 +421,8 @@ class AsyncDatabase(Generic[K, V]):
 
         Every key asked for is in the result; missing ones map to ``default``.
         """
+        if self._pending:
+            await self._until_open(txn)
         db, ctx = self._resolve(txn)
         wanted = list(keys)
         raw_keys = await self._encode_many(self._encode_key, wanted)
@@ -402,16 +451,22 @@ class AsyncDatabase(Generic[K, V]):
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""
         raw_key = self._encode_key(key)
+        if self._pending:
+            await self._until_open(txn)
         db, ctx = self._resolve(txn)
         return await self._read(lambda t: t.get(raw_key, db=db) is not None, ctx)
 
     async def count(self, *, txn: Transaction | None = None) -> int:
         """The number of records."""
+        if self._pending:
+            await self._until_open(txn)
         db, ctx = self._resolve(txn)
         return await self._read(lambda t: int(t.stat(db)["entries"]), ctx)
 
     async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:
         """LMDB's statistics of this database (``entries``, ``depth``, page counts...)."""
+        if self._pending:
+            await self._until_open(txn)
         db, ctx = self._resolve(txn)
         return await self._read(lambda t: as_ints(t.stat(db)), ctx)
 
@@ -445,7 +500,7 @@ class AsyncDatabase(Generic[K, V]):
         Records are encoded on the event loop, 256 at a time with other tasks
         running in between: do not mutate the objects until the call returns.
         """
-        db, ctx = self._resolve(txn)
+        ctx = self._resolve(txn)[1]
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         encoded = await self._encode_many(self._encode_item, pairs)
 
@@ -453,7 +508,7 @@ class AsyncDatabase(Generic[K, V]):
             # All or none: a failure aborts the group commit (or the savepoint
             # inside a transaction), which then goes on without this call.
             if self._plain_writes:
-                with t.cursor(db) as cursor:
+                with t.cursor(self._db) as cursor:
                     return int(cursor.putmulti(encoded, overwrite=overwrite)[1])
             return sum(
                 self._store(t, raw_key, raw_value, value, overwrite)
@@ -587,6 +642,8 @@ class AsyncDatabase(Generic[K, V]):
         database again to recreate it). The unnamed default database can only
         be emptied, and the records naming the named databases stay.
         """
+        if self._pending:
+            await self._until_open(txn)
         ctx = self._resolve(txn)[1]
         if self.name is None:
             await self._write(self._empty_default, ctx)
@@ -670,6 +727,8 @@ class AsyncDatabase(Generic[K, V]):
         its own (or in the enclosing ``env.transaction()``), committed when
         ``fn`` returns and aborted when it raises. ``fn`` is called once.
         """
+        if self._pending:
+            await self._until_open(txn)
         db, ctx = self._resolve(txn)
 
         def call(t: lmdb.Transaction) -> R:
@@ -800,6 +859,12 @@ class AsyncDatabase(Generic[K, V]):
         decode: Callable[..., Any],
     ) -> AsyncIterator[Any]:
         low, high = self._bounds(start, stop, prefix)
+        if self._pending:
+            self._resolve(txn)  # what it refuses is refused at the call, as below
+            return self._after_open(
+                txn,
+                lambda: self._scan(start, stop, prefix, reverse, limit, txn, fetch, decode),
+            )
         db, ctx = self._resolve(txn)
         return self._stream(ctx, db, low, high, reverse, limit, lambda t: fetch, decode)
 
@@ -839,16 +904,52 @@ class AsyncDatabase(Generic[K, V]):
 
 
 class OpenedHandle:
-    """An LMDB database handle shared by every object opened on that database."""
+    """An LMDB database handle shared by every object opened on that database.
 
-    __slots__ = ("db", "dropped", "serial")
+    The writer thread opens it: until then it is pending (``ready`` is False,
+    ``db`` None). The open either gives the handle (``ready``) or fails
+    (``error``), and every call on the database then raises that error.
+    """
 
-    def __init__(self, db: Any, serial: int) -> None:
-        self.db = db
+    __slots__ = ("db", "dropped", "error", "opening", "ready", "serial")
+
+    def __init__(self, serial: int) -> None:
+        #: The LMDB handle, once open (None never reaches LMDB: it means the main database).
+        self.db: Any = None
         #: Which open of the environment this was: transactions begun before it cannot see it.
         self.serial = serial
         #: Set when the database was deleted: the handle is closed.
         self.dropped = False
+        #: Set (on the writer thread) once ``db`` holds the handle.
+        self.ready = False
+        #: Why the open failed, naming the database.
+        self.error: BaseException | None = None
+        #: The writer's job opening it (None: opened before it was handed out).
+        self.opening: asyncio.Future[None] | None = None
+
+    def open_with(self, fn: Callable[[], Any]) -> None:
+        """On the writer thread: keep what ``fn`` opens, or why it failed."""
+        try:
+            self.db = fn()
+        except Exception as exc:
+            self.error = exc
+            return
+        self.ready = True
+
+    async def wait(self) -> None:
+        """Wait until the writer has opened it; raise the open's error if it failed."""
+        if not self.ready and self.error is None and self.opening is not None:
+            # Shielded: a cancelled caller must not cancel the open for every other.
+            await asyncio.shield(self.opening)
+        self.check()
+
+    def check(self) -> None:
+        """Raise the open's error (a fresh copy of it) unless the handle is open."""
+        if self.ready:
+            return
+        if self.error is None:  # pragma: no cover - calls wait for the open first
+            raise AiolmdbError("the database is not open yet")
+        raise_again(self.error)
 
 
 class DatabaseTxn(Generic[K, V]):
@@ -909,6 +1010,15 @@ class DatabaseTxn(Generic[K, V]):
         raw_key = self.database._encode_key(key)
         raw_value = self.database._encode_value(key, value)
         return self.database._replace_raw(self.txn, raw_key, raw_value, value)
+
+
+def raise_again(error: BaseException) -> NoReturn:
+    """Raise ``error`` once more, for one more call (a copy of it, with the same cause).
+
+    Raising the one instance from every call would grow its traceback without end.
+    """
+    again = copy.copy(error)
+    raise again.with_traceback(None) from error.__cause__
 
 
 def _key_only(key: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:

@@ -193,6 +193,8 @@ class AsyncEnvironment:
         # Open database handles by (name, flags): (handle, serial number of the open).
         self._handles: dict[_HandleKey, OpenedHandle] = {}
         self._handle_serial = 0
+        # The writer's job for the last open queued: the writer opens in queue order.
+        self._last_open: asyncio.Future[None] | None = None
         self._current: ContextVar[Transaction | None] = ContextVar(
             f"aiolmdb transaction {key}", default=None
         )
@@ -352,9 +354,15 @@ class AsyncEnvironment:
         key-order flags (they change the order range queries see);
         duplicate-key databases (``dupsort``) are not supported.
 
-        A database that does not exist yet is created by the writer thread
-        before this returns; that cannot happen while a write transaction is
-        open on the environment (open databases before ``env.transaction()``).
+        This never waits: a database this environment has not opened yet is
+        opened (or created) by the writer thread, after the job it is busy
+        with, and every call on the database waits for that (a write issued
+        right away lands in it). An open that fails (``lmdb.DbsFullError``
+        when ``max_dbs`` databases are open, for instance) raises its error,
+        naming the database, from every call; :meth:`open_db_async` raises it
+        at once. A database opened before ``env.transaction()`` can be used
+        inside it; inside a write transaction of this task, opening one that
+        is not open yet raises :class:`TransactionError`.
         """
         return AsyncDatabase(
             self,
@@ -423,18 +431,15 @@ class AsyncEnvironment:
         reverse_key: bool = False,
         integerkey: bool = False,
     ) -> AsyncDatabase[Any, Any]:
-        """:meth:`open_db` for a running service: the event loop never waits for the writer.
+        """:meth:`open_db`, then wait until the writer has opened the database.
 
-        A database this environment has not opened yet is opened (or created)
-        by the writer thread, after the job it is busy with; this awaits that,
-        while the loop goes on. Inside a write transaction of this task it
-        raises :class:`TransactionError` (the writer serves that transaction);
-        a transaction of another task is waited for.
+        It raises what the open raised (``lmdb.DbsFullError`` when ``max_dbs``
+        databases are open, for instance) here rather than at the first call.
+        Inside a write transaction of this task it raises
+        :class:`TransactionError`, as :meth:`open_db` does; a transaction of
+        another task is waited for.
         """
-        flags = {"reverse_key": reverse_key, "integerkey": integerkey}
-        await self._open_handle_async(name, _label_of(name), create, flags)
-        # Opened now: open_db finds the handle and needs no writer.
-        return self.open_db(
+        database = self.open_db(
             name,
             key_coder=key_coder if key_coder is not None else IdentityCoder(),
             value_coder=value_coder if value_coder is not None else IdentityCoder(),
@@ -442,71 +447,84 @@ class AsyncEnvironment:
             reverse_key=reverse_key,
             integerkey=integerkey,
         )
+        await database._until_open(None)
+        return database
 
     def _open_handle(
         self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
     ) -> OpenedHandle:
-        """The LMDB handle of a database, opened (or created) by the writer thread.
+        """The LMDB handle of a database: open, or queued for the writer thread to open.
 
         LMDB forbids opening handles from two transactions at once and keeps
         a handle only if the transaction that opened it commits (py-lmdb ends
         a read transaction by a reset, which forgets it): the writer thread
-        does every open, once per database; later opens reuse it. A first
-        open blocks the caller until the writer is free (see
-        :meth:`open_db_async`). The handle records the serial number of its
-        open: a transaction begun before that cannot see the database.
+        does every open, once per database; later opens reuse it. This never
+        waits for the writer: the open is queued (every write queued after it
+        runs after it) and the handle is pending until it is done; calls on
+        the database wait for it. With ``create=False`` a missing database is
+        refused at once: its name would be a key of the main database. The
+        handle records the serial number of its open: a transaction begun
+        before that cannot see the database.
         """
-        key, known = self._known_handle(name, flags)
-        if known is not None:
-            return known
-        if self._sessions:
-            # The writer is serving a transaction that waits for this event loop.
-            current = self._current.get()
-            holder = (
-                "this write transaction"
-                if current is not None and current.active and current.sees_own_writes
-                else "a write transaction of another task"
-            )
-            raise TransactionError(
-                f"database {label} cannot be opened while {holder} is open in environment "
-                f"{self._name}: opening a database needs the writer, which serves that "
-                "transaction; open databases before (at start-up, for instance), "
-                "or await env.open_db_async() outside the transaction"
-            )
-        return self._remember(key, label, self._writer.run_now(self._opener(key, create)))
-
-    async def _open_handle_async(
-        self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
-    ) -> OpenedHandle:
-        """:meth:`_open_handle`, awaiting the writer instead of blocking on it."""
         key, known = self._known_handle(name, flags)
         if known is not None:
             return known
         current = self._current.get()
         if current is not None and current.active and current.sees_own_writes:
+            # The open would wait for the writer, which serves this transaction
+            # until it ends, and the transaction could not see the database.
             raise TransactionError(
                 f"database {label} cannot be opened inside this write transaction of "
                 f"environment {self._name}: opening a database needs the writer, which "
                 "serves the transaction until it ends; open it before the transaction"
             )
-        handle = await self._writer.submit_exclusive(self._opener(key, create))
-        return self._remember(key, label, handle)
+        if not create and self._lacks(key[0]):
+            raise DatabaseNotFoundError(
+                f"database {label} does not exist in environment {self._name} (create=False)"
+            )
+        opened = OpenedHandle(self._handle_serial + 1)
+        opening = self._queue_now(self._opener(key, label, create, opened), f"database {label}")
+        if opening is not None:
+            opened.opening = self._last_open = opening
+        self._handle_serial = opened.serial
+        self._handles[key] = opened
+        return opened
+
+    def _lacks(self, raw_name: bytes | None) -> bool:
+        """True when the main database holds no record named ``raw_name`` (read here, now).
+
+        False when that cannot be told without waiting: the writer's open then tells.
+        """
+        if raw_name is None:
+            return False  # the main database itself
+        try:
+            return self._call_in_read_txn(lambda t: t.get(raw_name) is None)
+        except MapNotAdoptedError:
+            return False
 
     def _known_handle(
         self, name: str | bytes | None, flags: Mapping[str, bool]
     ) -> tuple[_HandleKey, OpenedHandle | None]:
-        """The cache key of a database, and its handle if it is open (and not dropped)."""
+        """The cache key of a database, and its handle if it is open or opening.
+
+        A handle that was dropped, or whose open failed, is not reused: the
+        database is opened afresh.
+        """
         self._check()
         raw_name = name.encode() if isinstance(name, str) else name
         key = (raw_name, flags.get("reverse_key", False), flags.get("integerkey", False))
         known = self._handles.get(key)
-        return key, (known if known is not None and not known.dropped else None)
+        if known is None or known.dropped or known.error is not None:
+            return key, None
+        return key, known
 
-    def _opener(self, key: _HandleKey, create: bool) -> Callable[[], Any]:
-        """The writer's job opening a database: its handle, or None if it does not exist."""
+    def _opener(
+        self, key: _HandleKey, label: str, create: bool, opened: OpenedHandle
+    ) -> Callable[[], None]:
+        """The writer's job opening a database into ``opened``."""
         raw_name, reverse_key, integerkey = key
 
-        def open_on_writer() -> Any:
+        def open_db() -> Any:
             for may_create in (False, True) if create else (False,):
                 try:
                     return self._adopting_map_size(
@@ -519,22 +537,20 @@ class AsyncEnvironment:
                     )
                 except lmdb.NotFoundError:
                     continue
-            return None
-
-        return open_on_writer
-
-    def _remember(self, key: _HandleKey, label: str, handle: Any) -> OpenedHandle:
-        """Keep a handle the writer opened (None: the database does not exist)."""
-        if handle is None:
             raise DatabaseNotFoundError(
                 f"database {label} does not exist in environment {self._name} (create=False)"
             )
-        known = self._handles.get(key)
-        if known is not None and not known.dropped:
-            return known  # two opens of one database raced: LMDB gave both the same handle
-        self._handle_serial += 1
-        opened = self._handles[key] = OpenedHandle(handle, self._handle_serial)
-        return opened
+
+        def named() -> Any:
+            try:
+                return open_db()
+            except lmdb.Error as exc:
+                # The same error, naming the database: every call on it raises it.
+                raise type(exc)(
+                    f"database {label} could not be opened in environment {self._name}: {exc}"
+                ) from exc
+
+        return lambda: opened.open_with(named)
 
     def _forget_handle(self, opened: OpenedHandle) -> None:
         """Mark a deleted database's handle dropped, for every object that shares it."""
@@ -753,6 +769,31 @@ class AsyncEnvironment:
 
         If the map is full, it grows and ``fn`` runs again in a new transaction.
         """
+        result: R = await self._writer.submit_exclusive(self._alone(fn))
+        return result
+
+    def _queue_now(self, job: Callable[[], R], what: str) -> asyncio.Future[R] | None:
+        """Queue ``job`` for the writer now: every write queued afterwards runs after it.
+
+        For opening ``what``. Outside an event loop (set-up code before
+        ``asyncio.run``) there is no loop to keep running: ``job`` runs at
+        once, blocking, and this gives None.
+        """
+        try:
+            asyncio.get_running_loop()
+        except RuntimeError:
+            if self._sessions:  # one may wait for an event loop that is not running
+                raise TransactionError(
+                    f"{what} cannot be opened outside an event loop while a write "
+                    f"transaction is open in environment {self._name}"
+                ) from None
+            self._writer.run_now(job)
+            return None
+        future: asyncio.Future[R] = self._writer.queue_exclusive(job)
+        return future
+
+    def _alone(self, fn: Callable[[lmdb.Transaction], R]) -> Callable[[], R]:
+        """The writer's job running ``fn`` in a transaction of its own, growing a full map."""
 
         def alone() -> R:
             while True:
@@ -764,10 +805,13 @@ class AsyncEnvironment:
                     if error is not None:
                         raise error from exc
 
-        result: R = await self._writer.submit_exclusive(alone)
-        return result
+        return alone
 
     async def _new_snapshot(self) -> ReadSnapshot:
+        last_open = self._last_open
+        if last_open is not None and not last_open.done():
+            # The databases opened before the snapshot must be visible in it.
+            await asyncio.shield(last_open)
         try:
             txn = self._begin_read()
         except MapNotAdoptedError:
@@ -911,11 +955,6 @@ _live: weakref.WeakSet[AsyncEnvironment] = weakref.WeakSet()
 def _close_forgotten_environments() -> None:
     for env in list(_live):
         env._close_at_exit()
-
-
-def _label_of(name: str | bytes | None) -> str:
-    """How errors name a database (as :class:`AsyncDatabase` does)."""
-    return "<default>" if name is None else repr(name)
 
 
 def _in_savepoint(

@@ -91,7 +91,7 @@ async def test_an_index_left_alone_while_undeclared_is_still_trusted(tmp_path: P
     async with aiolmdb.open(path) as env:
         await (await WithEmail.open(env)).put(1, account(1, "a@x"))
     async with aiolmdb.open(path) as env:
-        assert WithoutIndexes(env).removed_indexes == ["by_email"]  # no writes
+        assert (await WithoutIndexes.open(env)).removed_indexes == ["by_email"]  # no writes
     async with aiolmdb.open(path) as env:
         again = WithEmail(env)
         assert await again.by_email.get("a@x") == account(1, "a@x")
@@ -363,12 +363,12 @@ async def test_drop_removed_indexes_deletes_storage_and_declaration(
     async with aiolmdb.open(path) as env:
         await (await WithBio.open(env)).put(1, account(1, "a@x", "hi"))
     async with aiolmdb.open(path) as env:
-        fewer = WithEmail(env)
+        fewer = await WithEmail.open(env)
         assert fewer.removed_indexes == ["by_bio"]
         assert await fewer.drop_removed_indexes() == ["by_bio"]
         assert "__aiolmdb__/index/accounts/by_bio" not in [name async for name in _names(env)]
     async with aiolmdb.open(path) as env:
-        assert WithEmail(env).removed_indexes == []
+        assert (await WithEmail.open(env)).removed_indexes == []
 
 
 async def test_a_cancelled_drop_removed_indexes_still_completes(tmp_path: Path) -> None:
@@ -376,7 +376,7 @@ async def test_a_cancelled_drop_removed_indexes_still_completes(tmp_path: Path) 
     async with aiolmdb.open(path) as env:
         await (await WithBio.open(env)).put(1, account(1, "a@x", "hi"))
     async with aiolmdb.open(path) as env:
-        fewer = WithEmail(env)
+        fewer = await WithEmail.open(env)
         dropping = asyncio.create_task(fewer.drop_removed_indexes())
         await asyncio.sleep(0)
         dropping.cancel()
@@ -389,7 +389,7 @@ async def test_a_cancelled_drop_removed_indexes_still_completes(tmp_path: Path) 
         assert fewer.removed_indexes == []
         assert await fewer.drop_removed_indexes() == []
     async with aiolmdb.open(path) as env:
-        assert WithEmail(env).removed_indexes == []
+        assert (await WithEmail.open(env)).removed_indexes == []
 
 
 async def _names(env: aiolmdb.AsyncEnvironment) -> AsyncIterator[str]:

@@ -394,7 +394,7 @@ async def test_unbuilt_index_refuses_writes_and_queries(tmp_path: Path) -> None:
         with pytest.raises(aiolmdb.AiolmdbError, match=r"not built.*build_indexes"):
             await users.put(99, user(99, "x@x"))
         with pytest.raises(aiolmdb.AiolmdbError, match="not built"):
-            users.by_email.keys()
+            [key async for key in users.by_email.keys()]
         assert (await users.get(3)) is not None  # reading records still works
         await users.build_indexes()
         await users.put(99, user(99, "x@x"))
@@ -425,6 +425,7 @@ async def test_changed_index_is_rebuilt_and_removed_one_dropped(tmp_path: Path) 
 
     async with aiolmdb.open(tmp_path / "e") as env:
         v2 = UsersV2(env)
+        assert await v2.count() == len(PEOPLE)  # known once open: after a first call
         assert v2.removed_indexes == ["by_city_age", "by_nickname", "by_tag"]
         await v2.build_indexes()
         found = await v2.by_email.get("ADA@X")
@@ -433,7 +434,7 @@ async def test_changed_index_is_rebuilt_and_removed_one_dropped(tmp_path: Path) 
         with pytest.raises(aiolmdb.DatabaseNotFoundError):
             env.open_db("__aiolmdb__/index/Users/by_tag", create=False)
     async with aiolmdb.open(tmp_path / "e") as env:
-        assert UsersV2(env).removed_indexes == []
+        assert (await UsersV2.open(env)).removed_indexes == []
 
 
 async def test_rebuild_indexes_on_demand(users: Users) -> None:

@@ -278,9 +278,11 @@ async def test_readonly_environment_refuses_writes(tmp_path: Path) -> None:
                 await db.put(b"k", b"w")
         with pytest.raises(aiolmdb.DatabaseNotFoundError):
             env.open_db("missing", create=False)
-        # A database that does not exist cannot be created: LMDB's error, not ours.
-        with pytest.raises(lmdb.ReadonlyError):
-            env.open_db("missing")
+        # A database that does not exist cannot be created: LMDB's error, naming it,
+        # from the first call (the open returns at once; the writer's open fails).
+        missing = env.open_db("missing")
+        with pytest.raises(lmdb.ReadonlyError, match="'missing'"):
+            await bounded(missing.get(b"k"))
         assert await db.get(b"k") == b"v"
 
 

@@ -145,7 +145,7 @@ async def test_drop_removed_indexes_inside_a_transaction_is_refused(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
     await (await Accounts.open(env)).put(1, account(1, "a@x"))
-    plain = PlainAccounts(env)
+    plain = await PlainAccounts.open(env)
     assert plain.removed_indexes == ["by_bio", "by_email"]
     async with env.transaction():
         with pytest.raises(aiolmdb.TransactionError, match=r"'accounts'.*drop_removed_indexes"):

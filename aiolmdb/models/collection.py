@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import typing
@@ -14,10 +15,11 @@ from pydantic import BaseModel
 from typing_extensions import Self
 
 from ..coders import Coder, PydanticCoder
-from ..database import AsyncDatabase, OpenedHandle
+from ..database import AsyncDatabase, OpenedHandle, raise_again
 from ..environment import AsyncEnvironment
 from ..errors import (
     AiolmdbError,
+    ClosedError,
     DatabaseNotFoundError,
     DecodeError,
     EncodeError,
@@ -75,6 +77,13 @@ class Collection(AsyncDatabase[K, M]):
     collection is opened: at once when the collection is empty, otherwise by
     ``await Users.open(env)`` or ``await users.build_indexes()``. Until then
     writes and index queries raise :class:`~aiolmdb.AiolmdbError` saying so.
+
+    ``Users(env)`` never waits for the writer thread: the collection's
+    databases are opened, and its stored index declarations read, by a job
+    queued on it, which every call waits for (a write made at once is
+    applied after it). What that job reads (``removed_indexes``, which
+    indexes are left to build) is known after ``await Users.open(env)``, or
+    once a first call returned.
     """
 
     key_coder: Coder[K]
@@ -133,7 +142,11 @@ class Collection(AsyncDatabase[K, M]):
         cls._declared_coders = (key_coder, value_coder)
 
     def __init__(self, env: AsyncEnvironment, *, create: bool = True) -> None:
-        """Open (creating unless ``create=False``) the collection's databases in ``env``."""
+        """Open (creating unless ``create=False``) the collection's databases in ``env``.
+
+        Returns at once (see the class documentation); ``create=False``
+        raises :class:`~aiolmdb.DatabaseNotFoundError` at once.
+        """
         coders = type(self)._declared_coders
         if coders is None:
             raise TypeError(
@@ -145,17 +158,22 @@ class Collection(AsyncDatabase[K, M]):
         self._bound_indexes: dict[str, BoundIndex[K, M, Any]] = {}
         #: Names of indexes that must be built before writes and index queries.
         self._unbuilt: list[str] = []
-        #: Indexes recorded for this collection but no longer declared.
+        #: Indexes recorded for this collection but no longer declared (known once open).
         self.removed_indexes: list[str] = []
         self._removed_handles: list[OpenedHandle] = []
         self._meta: AsyncDatabase[bytes, bytes] | None = None
         # The write transaction (and count of stale marks) the indexes were last checked in.
         self._checked_in: tuple[lmdb.Transaction, int] | None = None
+        #: The writer's job reading which indexes are built (None: read already, or none to read).
+        self._setup: asyncio.Future[None] | None = None
+        #: Why the writer could not read the indexes (for the writes queued behind it).
+        self._setup_error: BaseException | None = None
         if isinstance(self.name, str):  # a collection with indexes has a str name
             try:
                 self._open_indexes(self.name, create)
             except TransactionError as exc:  # it names a database of the collection's own
                 raise TransactionError(f"collection {self._label}: {exc}") from exc
+        self._pending = self._pending or self._setup is not None
 
     @classmethod
     async def open(
@@ -174,7 +192,19 @@ class Collection(AsyncDatabase[K, M]):
     def _meta_key(self, index_name: str) -> bytes:
         return f"index/{self._index_base}/{index_name}".encode()
 
+    async def _opening(self) -> None:
+        await super()._opening()
+        if self._setup is not None:
+            await asyncio.shield(self._setup)  # raises what the opening raised
+
     def _open_indexes(self, name: str, create: bool) -> None:
+        """Open the databases of the indexes, and have the writer read which are built.
+
+        Nothing here waits for the writer: the opens and the reading are
+        queued on it (calls wait for them), except inside this task's write
+        transaction, where every database is open already (else the open is
+        refused) and the signatures are read at once.
+        """
         self._index_base = name
         declared = type(self)._declared_indexes
         try:
@@ -186,22 +216,77 @@ class Collection(AsyncDatabase[K, M]):
             bound: BoundIndex[K, M, Any] = BoundIndex(index, self, opened)
             self._indexes.append(bound)
             self._bound_indexes[index.name] = bound
+        if self._in_write_transaction():
+            # The writer serves this transaction: read what is committed, build nothing.
+            self.env._call_in_read_txn(self._read_indexes)
+            self._open_removed()
+            return
 
+        def read_and_record(t: lmdb.Transaction) -> list[str]:
+            if self._read_indexes(t) != 0 or not self._unbuilt:
+                return []
+            # Nothing to index yet: record the declarations now, cheaply.
+            self._build(t, self._unbuilt, None)
+            return list(self._unbuilt)
+
+        in_a_transaction_of_its_own = self.env._alone(read_and_record)
+
+        def set_up() -> None:
+            try:
+                recorded = in_a_transaction_of_its_own()
+            except BaseException as exc:
+                self._setup_error = exc  # for the writes queued behind
+                raise
+            # Committed: the writes queued behind trust them.
+            self._unbuilt = [name for name in self._unbuilt if name not in recorded]
+
+        # Queued after the opens above (so it runs once they are done), and
+        # before every write made on the collection.
+        setup = self.env._queue_now(set_up, f"collection {self._label}")
+        if setup is None:  # it ran at once, outside an event loop
+            self._open_removed()
+            return
+        self._setup = setup
+        setup.add_done_callback(self._setup_done)
+
+    def _setup_done(self, setup: asyncio.Future[None]) -> None:
+        """On the event loop, once the writer read the indexes (before any call goes on)."""
+        if setup.cancelled() or setup.exception() is not None:
+            return  # every call raises it
+        with contextlib.suppress(ClosedError):  # closed meanwhile: nothing is left to drop
+            self._open_removed()
+
+    def _take_handle(self) -> None:
+        super()._take_handle()
+        if self._setup_error is not None:
+            raise_again(self._setup_error)
+
+    def _read_indexes(self, t: lmdb.Transaction) -> int:
+        """Read in ``t`` which indexes are built, and which are recorded but no longer declared.
+
+        Adopts the handles of the collection's databases first (raising,
+        naming the collection, what their opens raised). Returns how many
+        records the collection holds.
+        """
+        assert self._meta is not None  # opened with the declared indexes
+        try:
+            self._take_handle()
+            self._meta._take_handle()
+            for index in self._indexes:
+                index._opened.check()
+        except (lmdb.Error, AiolmdbError) as exc:
+            raise type(exc)(f"collection {self._label}: {exc}") from exc
         prefix = f"index/{self._index_base}/".encode()
-        meta_db = self._meta._db
-
-        def read_meta(t: lmdb.Transaction) -> tuple[dict[str, Any], int]:
-            stored: dict[str, Any] = {}
-            with t.cursor(meta_db) as cursor:
-                more = cursor.set_range(prefix)
-                while more and bytes(cursor.key()).startswith(prefix):
-                    name = bytes(cursor.key())[len(prefix) :].decode()
-                    if "/" not in name:  # else it belongs to a collection named name/...
-                        stored[name] = json.loads(bytes(cursor.value()))
-                    more = cursor.next()
-            return stored, int(t.stat(self._db)["entries"])
-
-        stored, records = self.env._call_in_read_txn(read_meta)
+        stored: dict[str, Any] = {}
+        with t.cursor(self._meta._db) as cursor:
+            more = cursor.set_range(prefix)
+            while more and bytes(cursor.key()).startswith(prefix):
+                name = bytes(cursor.key())[len(prefix) :].decode()
+                if "/" not in name:  # else it belongs to a collection named name/...
+                    stored[name] = json.loads(bytes(cursor.value()))
+                more = cursor.next()
+        records = int(t.stat(self._db)["entries"])
+        declared = type(self)._declared_indexes
         declared_signatures = {index.name: index.signature() for index in declared}
         self._unbuilt = [
             name for name, sig in declared_signatures.items() if stored.get(name) != sig
@@ -214,14 +299,12 @@ class Collection(AsyncDatabase[K, M]):
                 self._label,
                 self.removed_indexes,
             )
-            self._removed_handles = [
-                self._open_index_db(name, True) for name in self.removed_indexes
-            ]
         self._plain_writes = not (self._indexes or self.removed_indexes)
-        if self._unbuilt and records == 0 and not self.env._sessions:
-            # Nothing to index yet: record the declarations now, cheaply.
-            self.env._writer.run_now(lambda: self._build_now(self._unbuilt, None))
-            self._unbuilt = []
+        return records
+
+    def _open_removed(self) -> None:
+        """Open the databases of the removed indexes (for drop_removed_indexes() and drop())."""
+        self._removed_handles = [self._open_index_db(name, True) for name in self.removed_indexes]
 
     def _open_index_db(self, index_name: str, create: bool) -> OpenedHandle:
         # Under the reserved prefix: no user database can be named like it.
@@ -265,6 +348,8 @@ class Collection(AsyncDatabase[K, M]):
         Cancelling the call does not stop the build: it completes (or fails,
         changing nothing) without its caller.
         """
+        if self._pending:
+            await self._until_open(None)
         in_transaction = self._in_write_transaction()
         names = await self._indexes_to_build()
         if not names:
@@ -317,6 +402,8 @@ class Collection(AsyncDatabase[K, M]):
 
     async def rebuild_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Rebuild every index of the collection from its records (not in a write transaction)."""
+        if self._pending:
+            await self._until_open(None)
         in_transaction = self._in_write_transaction()
         if not self._indexes:
             return
@@ -331,6 +418,8 @@ class Collection(AsyncDatabase[K, M]):
         not inside a write ``env.transaction()``: that raises
         :class:`~aiolmdb.TransactionError`).
         """
+        if self._pending:
+            await self._until_open(None)
         removed = list(self.removed_indexes)
         if removed:
             if self._in_write_transaction():
@@ -357,6 +446,7 @@ class Collection(AsyncDatabase[K, M]):
             return  # nothing was ever recorded
         for opened in self._removed_handles:
             if not opened.dropped:  # else an earlier attempt closed it
+                opened.check()  # an open that failed has no handle to drop
                 opened.dropped = True  # LMDB closes the handle at once
                 t.drop(opened.db, delete=True)
         for name in self.removed_indexes:
@@ -392,10 +482,6 @@ class Collection(AsyncDatabase[K, M]):
                 signature["stale"] = True
                 t.put(key, json.dumps(signature).encode(), db=self._meta._db)
                 Collection._stale_marks += 1
-
-    def _build_now(self, names: list[str], report: Callable[[int, int], None] | None) -> None:
-        with self.env._lmdb.begin(write=True) as t:
-            self._build(t, names, report)
 
     def _build(
         self, t: lmdb.Transaction, names: list[str], report: Callable[[int, int], None] | None

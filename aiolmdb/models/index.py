@@ -152,23 +152,31 @@ class BoundIndex(Generic[K, M, IK]):
         self.index = index
         self.collection = collection
         self._opened = opened
-        self._db = opened.db
         # Where the collection records the declaration this index was built for.
         self._meta_key = collection._meta_key(index.name)
         self._signature = json.dumps(index.signature()).encode()
         self._label = f"index {collection._label}.{index.name}"
 
-    def _require_open(self, opened: OpenedHandle | None = None) -> None:
-        """Raise if the index's database (``opened``, by default the current one) was deleted.
+    @property
+    def _db(self) -> Any:
+        """The LMDB handle of the index's database (read when used: it may be opened again)."""
+        return self._opened.db
 
-        Its LMDB handle is then dead, and LMDB may have given its slot to
-        another database: nothing may go through it.
+    def _require_open(self, opened: OpenedHandle | None = None) -> None:
+        """Raise if the index's database (``opened``, by default the current one) is not open.
+
+        Deleted, its LMDB handle is dead, and LMDB may have given its slot to
+        another database: nothing may go through it. Opened again, it may not
+        be open yet, or its open may have failed.
         """
-        if (self._opened if opened is None else opened).dropped:
+        opened = self._opened if opened is None else opened
+        if opened.dropped:
             raise DatabaseDroppedError(
                 f"{self._label}: its database was deleted (by another declaration of the "
                 "collection); await collection.build_indexes() to build it again"
             )
+        if not opened.ready:
+            opened.check()
 
     def _require_usable(self, opened: OpenedHandle | None = None) -> None:
         """Raise if the collection or the index's database (``opened``, or the current) is gone."""
@@ -178,7 +186,6 @@ class BoundIndex(Generic[K, M, IK]):
     def _reopen(self) -> None:
         """Open the index's database again after it was deleted."""
         self._opened = self.collection._open_index_db(self.index.name, True)
-        self._db = self._opened.db
 
     def _require_current(self, t: lmdb.Transaction, opened: OpenedHandle | None = None) -> None:
         """Raise unless ``t`` records this index as built for its declaration.
@@ -373,6 +380,11 @@ class BoundIndex(Generic[K, M, IK]):
         make: Callable[[bytes, bytes], Any],
     ) -> AsyncIterator[Any]:
         collection = self.collection
+        if collection._pending:
+            collection._resolve(txn)  # what it refuses is refused at the call, as below
+            return collection._after_open(
+                txn, lambda: self._records(low, high, reverse, limit, txn, make)
+            )
         main_db, ctx = collection._resolve(txn)
         collection._require_indexes_built()
         # The scan reads this handle in every batch: each checks it is still open
@@ -480,6 +492,8 @@ class BoundIndex(Generic[K, M, IK]):
             raise TypeError(f"{self._label} is not unique: use get_all() to read every match")
         entry = self._exact(value)
         collection = self.collection
+        if collection._pending:
+            await collection._until_open(txn)
         main_db, ctx = collection._resolve(txn)
         collection._require_indexes_built()
 
@@ -519,6 +533,8 @@ class BoundIndex(Generic[K, M, IK]):
 
     async def count(self, value: IK | None = None, *, txn: Transaction | None = None) -> int:
         """How many records have index key ``value`` (every entry when None)."""
+        if self.collection._pending:
+            await self.collection._until_open(txn)
         self.collection._require_indexes_built()
         ctx = self.collection._resolve(txn)[1]
         if value is None:
