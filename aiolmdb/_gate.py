@@ -35,19 +35,20 @@ class ReadGate:
         self._readers = 0
         self._resizes = 0  # resizes waiting for the readers inside to leave
 
-    def enter(self, *, wait: bool = True) -> bool:
+    def enter(self, wait: bool = True) -> bool:
         """A read transaction is about to begin: count it in; True when it may begin.
 
         While a resize is waiting, waits until it is done, or returns False
         at once (not counted in) when ``wait`` is false.
         """
         with self._lock:
-            while self._resizes:
+            if self._resizes:
                 if not wait:
                     return False
-                self._resized.wait()
+                while self._resizes:
+                    self._resized.wait()
             self._readers += 1
-            return True
+        return True
 
     def leave(self) -> None:
         """A read transaction has ended."""

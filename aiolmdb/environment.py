@@ -635,7 +635,9 @@ class AsyncEnvironment:
         While this process resizes the map, waits for it to be done; on the
         event loop raises :class:`MapNotAdoptedError` instead (read elsewhere).
         """
-        self._enter_gate(wait)
+        # The gate is passed inline: this is the hottest path of every read.
+        if not self._gate.enter(wait > 0):
+            raise self._resizing_error()
         try:
             return self._lmdb.begin(buffers=True)
         except lmdb.MapResizedError:
@@ -644,20 +646,21 @@ class AsyncEnvironment:
             self._gate.leave()
             raise
         self._adopt_map_size(wait)
-        self._enter_gate(wait)
+        if not self._gate.enter(wait > 0):
+            raise self._resizing_error()
         try:
             return self._lmdb.begin(buffers=True)
         except BaseException:
             self._gate.leave()
             raise
 
-    def _enter_gate(self, wait: float) -> None:
-        if not self._gate.enter(wait=wait > 0):
-            raise MapNotAdoptedError(
-                f"environment {self._name}: the map is being resized, which waits for this "
-                "process's read transactions to end; a read on the event loop does not wait "
-                "for it: retry it on a reader thread"
-            )
+    def _resizing_error(self) -> MapNotAdoptedError:
+        """What a read that must not wait is told while this process resizes the map."""
+        return MapNotAdoptedError(
+            f"environment {self._name}: the map is being resized, which waits for this "
+            "process's read transactions to end; a read on the event loop does not wait "
+            "for it: retry it on a reader thread"
+        )
 
     def _begin_write(self) -> lmdb.Transaction:
         """Begin a write transaction (on the writer thread), adopting another process's growth."""
@@ -674,7 +677,7 @@ class AsyncEnvironment:
             return fn()
 
     def _end_read(self, txn: lmdb.Transaction) -> None:
-        if self._state is _State.FORKED:
+        if self._closed and self._state is _State.FORKED:  # the open case checks one flag
             # The parent's transaction: ending it here would free the parent's
             # slot in the reader table (shared through the lock file).
             return
