@@ -374,11 +374,11 @@ class AsyncDatabase(Generic[K, V]):
         raw_key = self._encode_key(key)
         if self._pending:
             await self._until_open(txn)
+        if next(_yield_due):  # before the checks: a drop may run meanwhile
+            await asyncio.sleep(0)
         db, ctx = self._resolve(txn)
         if ctx is None:
             # The hot path: a read transaction of its own, on the loop thread.
-            if next(_yield_due):
-                await asyncio.sleep(0)
             env = self.env
             try:
                 t = env._begin_read()
@@ -387,6 +387,8 @@ class AsyncDatabase(Generic[K, V]):
             if t is not None:
                 try:
                     buf = t.get(raw_key, db=db)
+                    if self._opened.dropped:  # by the writer since _resolve: buf is not ours
+                        self._require_live()
                     if buf is None:
                         return default
                     # _decodes_inline(len(buf)), spelt out on the hottest path

@@ -101,8 +101,12 @@ class WriterGate:
         started = await bounded(asyncio.to_thread(self._started.wait, TIMEOUT))
         assert started, "the writer thread never ran the gate"
 
-    async def release(self) -> None:
+    def let_go(self) -> None:
+        """Let the writer go on, without waiting for it (from a callback, say)."""
         self._release.set()
+
+    async def release(self) -> None:
+        self.let_go()
         if self._task is not None:
             assert await bounded(self._task)
 

@@ -544,3 +544,41 @@ async def test_scanning_large_values_one_at_a_time_holds_a_few_of_them_at_most(
     assert count == 40
     # Two batches (one consumed, one read ahead) of about 1 MiB each, and the value decoded.
     assert peak < 8 * mib, f"peak {peak / mib:.1f} MiB"
+
+
+# -- review: a get that lets other tasks run never reads a dropped database ----
+
+
+async def test_a_get_that_yields_never_reads_the_database_that_took_a_dropped_slot(
+    env: Env,
+) -> None:
+    doomed = env.open_db("doomed")
+    await doomed.put(b"k", b"record of doomed")
+    gate_db = env.open_db("gate")
+    gate = WriterGate(gate_db)
+    await gate.hold()
+    dropping = asyncio.create_task(doomed.drop(delete=True))
+    for _ in range(3):
+        await asyncio.sleep(0)
+    other = env.open_db("other")  # queued behind the drop: it takes the freed slot
+    putting = asyncio.create_task(other.put(b"k", b"record of other"))
+    writer_done = threading.Event()
+    # Queued last: the writer thread tells when it is done with the rest.
+    signalling = asyncio.create_task(gate_db.run(lambda _: writer_done.set(), write=True))
+    await asyncio.sleep(0)
+
+    def drop_while_the_get_yields() -> None:
+        # Runs at the first turn a get lets other tasks run: the writer drops
+        # "doomed", opens "other" in its slot and writes to it meanwhile.
+        gate.let_go()
+        writer_done.wait(TIMEOUT)
+
+    asyncio.get_running_loop().call_soon(drop_while_the_get_yields)
+    seen: list[bytes | None] = []
+    with pytest.raises(aiolmdb.DatabaseDroppedError, match="'doomed'"):
+        for _ in range(2 * 256):  # some get among them lets other tasks run
+            seen.append(await doomed.get(b"k"))
+    assert set(seen) <= {b"record of doomed"}
+    assert writer_done.is_set(), "the writer did not drop, open and write meanwhile"
+    await bounded(asyncio.gather(dropping, putting, signalling))
+    assert await other.get(b"k") == b"record of other"
