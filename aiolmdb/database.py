@@ -109,8 +109,6 @@ class AsyncDatabase(Generic[K, V]):
         )
         # Checked for every key: a bool costs less than comparing enum members.
         self._integer_keys = self._key_order is KeyOrder.INTEGER
-        #: integerkey: the size of the keys, once one was encoded (LMDB compares one size only).
-        self._integer_key_size: int | None = None
         self._db = self._opened.db
         #: True until a call found the database open: calls wait for the writer to open it.
         self._pending = not self._opened.ready
@@ -144,7 +142,7 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
                 f"{len(raw)} bytes with {self.key_coder!r}; the limit is {self._max_key_size}"
             )
-        if self._integer_keys and len(raw) != self._integer_key_size:
+        if self._integer_keys and len(raw) != self._opened.key_size:
             self._check_integer_key(raw, key)
         return raw
 
@@ -155,7 +153,7 @@ class AsyncDatabase(Generic[K, V]):
         the size from one of the two keys compared: other sizes, or keys of
         both sizes in one database, are silently misordered.
         """
-        expected = self._integer_key_size
+        expected = self._opened.key_size
         if len(raw) not in INTEGER_KEY_SIZES or expected is not None:
             rule = (
                 "keys of 4 or 8 bytes"
@@ -166,7 +164,7 @@ class AsyncDatabase(Generic[K, V]):
                 f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
                 f"{len(raw)} bytes with {self.key_coder!r}; an integerkey database needs {rule}"
             )
-        self._integer_key_size = len(raw)
+        self._opened.key_size = len(raw)
 
     def _encode_value(self, key: K, value: V) -> bytes:
         try:
@@ -331,10 +329,19 @@ class AsyncDatabase(Generic[K, V]):
         it): the handle is adopted where the write runs.
         """
         if self._pending:
+            # integerkey: the size the keys were checked against before the open
+            # learnt the size of the keys stored.
+            key_size = self._opened.key_size
 
             def adopting(t: lmdb.Transaction) -> R:
                 self._take_handle()  # raises what the open raised
                 self._require_live()
+                if self._integer_keys and key_size != self._opened.key_size:
+                    raise EncodeError(
+                        f"database {self._label}: this write's keys are {key_size} bytes, "
+                        f"and the keys stored are {self._opened.key_size} bytes; an integerkey "
+                        "database needs keys of one size"
+                    )
                 return fn(t)
 
             return adopting
@@ -913,7 +920,7 @@ class OpenedHandle:
     (``error``), and every call on the database then raises that error.
     """
 
-    __slots__ = ("db", "dropped", "error", "opening", "ready", "serial")
+    __slots__ = ("db", "dropped", "error", "key_size", "opening", "ready", "serial")
 
     def __init__(self, serial: int) -> None:
         #: The LMDB handle, once open (None never reaches LMDB: it means the main database).
@@ -928,6 +935,8 @@ class OpenedHandle:
         self.error: BaseException | None = None
         #: The writer's job opening it (None: opened before it was handed out).
         self.opening: asyncio.Future[None] | None = None
+        #: integerkey: the size of its keys, once known (LMDB compares keys of one size only).
+        self.key_size: int | None = None
 
     def open_with(self, fn: Callable[[], Any]) -> None:
         """On the writer thread: keep what ``fn`` opens, or why it failed."""

@@ -543,7 +543,11 @@ class AsyncEnvironment:
 
         def named() -> Any:
             try:
-                return open_db()
+                handle = open_db()
+                # integerkey: every key must have the size of the keys stored.
+                if integerkey and (size := self._first_key_size(handle)) is not None:
+                    opened.key_size = size
+                return handle
             except lmdb.Error as exc:
                 # The same error, naming the database: every call on it raises it.
                 raise type(exc)(
@@ -551,6 +555,14 @@ class AsyncEnvironment:
                 ) from exc
 
         return lambda: opened.open_with(named)
+
+    def _first_key_size(self, handle: Any) -> int | None:
+        """On the writer thread: the size of the first key of a database (None: empty).
+
+        No read gate: the writer thread is the one that resizes the map.
+        """
+        with self._lmdb.begin(db=handle) as t, t.cursor() as cursor:
+            return len(cursor.key()) if cursor.first() else None
 
     def _forget_handle(self, opened: OpenedHandle) -> None:
         """Mark a deleted database's handle dropped, for every object that shares it."""

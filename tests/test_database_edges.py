@@ -582,3 +582,19 @@ async def test_a_get_that_yields_never_reads_the_database_that_took_a_dropped_sl
     assert writer_done.is_set(), "the writer did not drop, open and write meanwhile"
     await bounded(asyncio.gather(dropping, putting, signalling))
     assert await other.get(b"k") == b"record of other"
+
+
+async def test_every_handle_on_an_integerkey_database_keeps_its_key_size(
+    open_env: EnvFactory, env_path: Any
+) -> None:
+    env = open_env(env_path)
+    first = env.open_db("ints", integerkey=True)
+    assert await first.put(b"\x01\x00\x00\x00", b"four")
+    second = env.open_db("ints", integerkey=True, value_coder=StringCoder())
+    with pytest.raises(aiolmdb.EncodeError, match=r"'ints'.*8 bytes.*4 bytes"):
+        await second.put(b"\x01\x00\x00\x00\x00\x00\x00\x00", "eight")
+    await env.close()
+    again = open_env(env_path).open_db("ints", integerkey=True)  # learns it from what is stored
+    with pytest.raises(aiolmdb.EncodeError, match=r"'ints'.*8 bytes.*4 bytes"):
+        await again.put(b"\x02\x00\x00\x00\x00\x00\x00\x00", b"eight")
+    assert await again.put(b"\x02\x00\x00\x00", b"four too")
