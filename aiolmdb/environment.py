@@ -14,7 +14,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from concurrent.futures import ThreadPoolExecutor
 from contextvars import ContextVar
 from types import TracebackType
-from typing import Any, TypeVar, overload
+from typing import Any, NoReturn, TypeVar, overload
 
 import lmdb
 
@@ -361,8 +361,10 @@ class AsyncEnvironment:
         when ``max_dbs`` databases are open, for instance) raises its error,
         naming the database, from every call; :meth:`open_db_async` raises it
         at once. A database opened before ``env.transaction()`` can be used
-        inside it; inside a write transaction of this task, opening one that
-        is not open yet raises :class:`TransactionError`.
+        inside it; while a write transaction is open (of any task), opening
+        one that is not open yet raises :class:`TransactionError` (its open
+        would wait for that transaction to end; :meth:`open_db_async` waits
+        for another task's).
         """
         return AsyncDatabase(
             self,
@@ -437,8 +439,12 @@ class AsyncEnvironment:
         databases are open, for instance) here rather than at the first call.
         Inside a write transaction of this task it raises
         :class:`TransactionError`, as :meth:`open_db` does; a transaction of
-        another task is waited for.
+        another task is waited for (so that task must not await this one).
         """
+        flags = {"reverse_key": reverse_key, "integerkey": integerkey}
+        label = "<default>" if name is None else repr(name)
+        # Queued behind the transactions open now, which open_db refuses to do.
+        self._open_handle(name, label, create, flags, behind_other_tasks=True)
         database = self.open_db(
             name,
             key_coder=key_coder if key_coder is not None else IdentityCoder(),
@@ -451,7 +457,13 @@ class AsyncEnvironment:
         return database
 
     def _open_handle(
-        self, name: str | bytes | None, label: str, create: bool, flags: Mapping[str, bool]
+        self,
+        name: str | bytes | None,
+        label: str,
+        create: bool,
+        flags: Mapping[str, bool],
+        *,
+        behind_other_tasks: bool = False,
     ) -> OpenedHandle:
         """The LMDB handle of a database: open, or queued for the writer thread to open.
 
@@ -461,27 +473,44 @@ class AsyncEnvironment:
         does every open, once per database; later opens reuse it. This never
         waits for the writer: the open is queued (every write queued after it
         runs after it) and the handle is pending until it is done; calls on
-        the database wait for it. With ``create=False`` a missing database is
-        refused at once: its name would be a key of the main database. The
+        the database wait for it. While a write transaction is open, the open
+        would wait for it to end, and whatever waits for the open might be
+        what that transaction awaits: it is refused, unless
+        ``behind_other_tasks`` (an awaited open, outside that transaction).
+        With ``create=False`` a missing database is refused at once: its name
+        would be a key of the main database. The
         handle records the serial number of its open: a transaction begun
         before that cannot see the database.
         """
         key, known = self._known_handle(name, flags)
         if known is not None:
             return known
-        current = self._current.get()
-        if current is not None and current.active and current.sees_own_writes:
-            # The open would wait for the writer, which serves this transaction
-            # until it ends, and the transaction could not see the database.
-            raise TransactionError(
-                f"database {label} cannot be opened inside this write transaction of "
-                f"environment {self._name}: opening a database needs the writer, which "
-                "serves the transaction until it ends; open it before the transaction"
-            )
+        if self._sessions:
+            # The open would wait for the writer, which serves the transaction
+            # until it ends: the transaction could not see the database, and
+            # whatever awaits the open may be what the transaction awaits.
+            current = self._current.get()
+            own = current is not None and current.active and current.sees_own_writes
+            if own or not behind_other_tasks:
+                self._refuse_open(label, own)
         if not create and self._lacks(key[0]):
             raise DatabaseNotFoundError(
                 f"database {label} does not exist in environment {self._name} (create=False)"
             )
+        return self._queue_open(key, label, create)
+
+    def _refuse_open(self, label: str, own: bool) -> NoReturn:
+        """Refuse to open a database while a write transaction (``own``: this task's) is open."""
+        holder = "this write transaction" if own else "a write transaction of another task"
+        raise TransactionError(
+            f"database {label} cannot be opened while {holder} is open in environment "
+            f"{self._name}: opening a database needs the writer, which serves that "
+            "transaction until it ends; open databases before the transaction "
+            "(at start-up, for instance)"
+        )
+
+    def _queue_open(self, key: _HandleKey, label: str, create: bool) -> OpenedHandle:
+        """Queue the writer's open of a database; its handle is pending until it is done."""
         opened = OpenedHandle(self._handle_serial + 1)
         opening = self._queue_now(self._opener(key, label, create, opened), f"database {label}")
         if opening is not None:

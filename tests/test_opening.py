@@ -15,7 +15,7 @@ from typing import Any
 
 import lmdb
 import pytest
-from conftest import TIMEOUT, bounded, raw_records
+from conftest import TIMEOUT, bounded, detached, raw_records
 from pydantic import BaseModel
 
 import aiolmdb
@@ -225,28 +225,28 @@ async def test_open_db_inside_its_own_write_transaction_is_refused(tmp_path: Pat
         assert await env.open_db("late").put(b"k", b"v")
 
 
-async def test_open_db_while_another_task_holds_a_transaction(tmp_path: Path) -> None:
+async def test_open_db_while_another_task_holds_a_transaction_is_refused(
+    tmp_path: Path,
+) -> None:
     async with aiolmdb.open(tmp_path / "e") as env:
         db = env.open_db("records")
-        inside = asyncio.Event()
-        done = asyncio.Event()
 
-        async def hold() -> None:
+        async def open_and_read() -> bytes | None:
+            # Its open would wait behind the transaction that awaits this task.
+            return await env.open_db("new").get(b"k")
+
+        async def open_and_snapshot() -> None:
+            env.open_db("new")
+            async with env.transaction(write=False):
+                pass
+
+        for work in (open_and_read, open_and_snapshot):
             async with env.transaction():
                 await db.put(b"c", b"3")
-                inside.set()
-                await done.wait()
-
-        holder = asyncio.ensure_future(hold())
-        await bounded(inside.wait())
-        other = env.open_db("other")  # returns at once; opened once the transaction ends
-        put = asyncio.ensure_future(other.put(b"k", b"v"))
-        await asyncio.sleep(0.02)
-        assert not put.done()
-        done.set()
-        assert await bounded(put) is True
-        await bounded(holder)
+                with pytest.raises(aiolmdb.TransactionError, match=r"'new'.*another task"):
+                    await bounded(detached(work()), 3)
         assert await db.get(b"c") == b"3"
+        assert await env.open_db("new").get(b"k") is None  # once the transaction ended
 
 
 # -- collections -----------------------------------------------------------------
