@@ -6,8 +6,7 @@ the old one. Readers only count themselves in and out (a plain lock, never
 waited on for long); a resize holds the lock while it runs, once it has seen
 the count at zero. While a resize waits for that, new readers do not enter
 (readers coming and going would keep the count above zero for ever): they
-wait for the resize to be done, or, on a thread that must not block, are
-turned away to read elsewhere.
+are turned away, and wait for the resize on the event loop.
 """
 
 from __future__ import annotations
@@ -31,22 +30,24 @@ class ReadGate:
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._resized = threading.Condition(self._lock)
         self._readers = 0
         self._resizes = 0  # resizes waiting for the readers inside to leave
 
-    def enter(self, wait: bool = True) -> bool:
-        """A read transaction is about to begin: count it in; True when it may begin.
+    @property
+    def resizing(self) -> bool:
+        """True while a resize waits for the readers inside to leave."""
+        return self._resizes > 0
 
-        While a resize is waiting, waits until it is done, or returns False
-        at once (not counted in) when ``wait`` is false.
+    def enter(self) -> bool:
+        """A read transaction is about to begin: count it in; False (not counted) while a
+        resize waits.
+
+        A refused reader never waits here: a thread parked at the gate could
+        be the one a read snapshot needs to end, which the resize waits for.
         """
         with self._lock:
             if self._resizes:
-                if not wait:
-                    return False
-                while self._resizes:
-                    self._resized.wait()
+                return False
             self._readers += 1
         return True
 
@@ -81,7 +82,6 @@ class ReadGate:
         finally:
             with self._lock:
                 self._resizes -= 1
-                self._resized.notify_all()
 
 
 def map_refusal(size: int) -> str | None:

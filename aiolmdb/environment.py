@@ -52,6 +52,8 @@ DEFAULT_READ_WORKERS = 2
 DEFAULT_MAX_MAP_SIZE = 1 << 40
 #: Seconds a map resize waits for this process's read transactions to end.
 MAP_RESIZE_WAIT = 5.0
+#: Seconds between two looks, on the event loop, at a resize a read waits for.
+_RESIZE_POLL = 0.001
 
 logger = logging.getLogger("aiolmdb")
 
@@ -62,6 +64,10 @@ _HandleKey = tuple[bytes | None, bool, bool]
 
 #: In the child of a fork: paths whose environment the parent had open.
 _inherited_paths: set[str] = set()
+
+
+class _ResizePending(MapNotAdoptedError):
+    """This process is resizing its map: the read waits for it on the event loop."""
 
 
 class _State(enum.Enum):
@@ -656,9 +662,25 @@ class AsyncEnvironment:
                 return self._call_in_read_txn(fn)
             except MapNotAdoptedError:
                 pass  # on a reader thread, which may wait for this process's readers
-        return await asyncio.get_running_loop().run_in_executor(
-            self._pool, call_awaitably, self._call_in_read_txn, fn, MAP_RESIZE_WAIT
-        )
+        return await self._on_reader_thread(self._call_in_read_txn, fn, MAP_RESIZE_WAIT)
+
+    async def _on_reader_thread(self, begins_a_read: Callable[..., R], *args: Any) -> R:
+        """``begins_a_read(*args)`` on a reader thread, once no resize of the map is pending.
+
+        A read refused by the read gate waits for the resize here, on the
+        event loop, and tries again: a reader thread parked at the gate might
+        be the one a read snapshot needs in order to end, which the resize
+        waits for.
+        """
+        loop = asyncio.get_running_loop()
+        while True:
+            # Polled: the resize runs on the writer thread, which knows no event loop.
+            while self._gate.resizing:  # noqa: ASYNC110
+                await asyncio.sleep(_RESIZE_POLL)
+            try:
+                return await loop.run_in_executor(self._pool, call_awaitably, begins_a_read, *args)
+            except _ResizePending:
+                continue  # a resize began meanwhile
 
     def _call_in_read_txn(self, fn: Callable[[lmdb.Transaction], R], wait: float = 0.0) -> R:
         txn = self._begin_read(wait)
@@ -673,11 +695,12 @@ class AsyncEnvironment:
         If another process grew the map, adopt its size first, waiting up to
         ``wait`` seconds for this process's other readers to end: 0 on the
         event loop, which must not stall (raises :class:`MapNotAdoptedError`).
-        While this process resizes the map, waits for it to be done; on the
-        event loop raises :class:`MapNotAdoptedError` instead (read elsewhere).
+        While this process resizes the map, raises :class:`_ResizePending` (a
+        :class:`MapNotAdoptedError`): the caller waits for the resize on the
+        event loop (:meth:`_on_reader_thread`), never on a thread.
         """
         # The gate is passed inline: this is the hottest path of every read.
-        if not self._gate.enter(wait > 0):
+        if not self._gate.enter():
             raise self._resizing_error()
         try:
             return self._lmdb.begin(buffers=True)
@@ -687,7 +710,7 @@ class AsyncEnvironment:
             self._gate.leave()
             raise
         self._adopt_map_size(wait)
-        if not self._gate.enter(wait > 0):
+        if not self._gate.enter():
             raise self._resizing_error()
         try:
             return self._lmdb.begin(buffers=True)
@@ -695,12 +718,11 @@ class AsyncEnvironment:
             self._gate.leave()
             raise
 
-    def _resizing_error(self) -> MapNotAdoptedError:
-        """What a read that must not wait is told while this process resizes the map."""
-        return MapNotAdoptedError(
+    def _resizing_error(self) -> _ResizePending:
+        """What a read is told while this process resizes the map (it waits on the loop)."""
+        return _ResizePending(
             f"environment {self._name}: the map is being resized, which waits for this "
-            "process's read transactions to end; a read on the event loop does not wait "
-            "for it: retry it on a reader thread"
+            "process's read transactions to end; a read waits for it on the event loop"
         )
 
     def _begin_write(self) -> lmdb.Transaction:
@@ -861,8 +883,7 @@ class AsyncEnvironment:
         except MapNotAdoptedError:
             # Adopting another process's growth waits for this process's
             # readers: on a reader thread, not the event loop.
-            loop = asyncio.get_running_loop()
-            work = loop.run_in_executor(self._pool, self._begin_read, MAP_RESIZE_WAIT)
+            work = asyncio.ensure_future(self._on_reader_thread(self._begin_read, MAP_RESIZE_WAIT))
             try:
                 txn = await asyncio.shield(work)
             except asyncio.CancelledError:
@@ -969,13 +990,14 @@ class AsyncEnvironment:
         target = os.fspath(path)
 
         def backup() -> None:
-            self._gate.enter()  # the copy reads in a transaction of its own
+            if not self._gate.enter():  # the copy reads in a transaction of its own
+                raise self._resizing_error()
             try:
                 self._lmdb.copy(target, compact=compact)
             finally:
                 self._gate.leave()
 
-        await asyncio.get_running_loop().run_in_executor(self._pool, backup)
+        await self._on_reader_thread(backup)
 
     async def sync(self, *, force: bool = False) -> None:
         """Flush to disk (needed only with ``sync=False`` or ``map_async=True``)."""

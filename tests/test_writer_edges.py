@@ -253,6 +253,39 @@ async def test_a_read_on_the_loop_during_a_pending_resize_still_answers(
     assert await bounded(reading) == b"zero"
 
 
+async def test_reads_waiting_for_a_resize_do_not_keep_a_snapshot_from_ending(
+    open_env: EnvFactory,
+) -> None:
+    # Plain reads of other tasks, on reader threads, come while the resize
+    # waits for the snapshot: they must leave the snapshot's own next read
+    # (and its end) a thread, or the resize waits in vain and the write fails.
+    env = open_env(map_size=MiB, read_workers=2)
+    db = env.open_db("data")
+    await db.put(b"a", b"x" * 100)
+    order: list[str] = []
+
+    async def snapshot_owner() -> None:
+        async with env.transaction(write=False) as snapshot:
+            await asyncio.sleep(0.3)  # the growth waits for this snapshot meanwhile
+            assert await db.run(lambda t: t.get(b"a"), txn=snapshot) == b"x" * 100
+        order.append("snapshot ended")
+
+    async def big_write() -> None:
+        await asyncio.sleep(0.1)
+        await db.put(b"big", b"y" * (3 * MiB))  # the map must grow for it
+        order.append("big write committed")
+
+    async def plain_read() -> None:
+        await asyncio.sleep(0.2)
+        assert await db.run(lambda t: t.get(b"a")) == b"x" * 100  # on a reader thread
+        order.append("plain read")
+
+    await bounded(asyncio.gather(snapshot_owner(), big_write(), plain_read(), plain_read()), 4)
+    assert order[0] == "snapshot ended"
+    assert set(order) == {"snapshot ended", "big write committed", "plain read"}
+    assert await db.get(b"big") == b"y" * (3 * MiB)
+
+
 # -- growing the map fails -----------------------------------------------------
 
 GROWTH_FAILS = textwrap.dedent(
