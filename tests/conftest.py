@@ -111,6 +111,53 @@ class WriterGate:
             assert await bounded(self._task)
 
 
+#: How long the busy job holds the writer at most: code that blocks the loop
+#: on the writer is held this long, and then fails the checks.
+HOLD = 1.0
+
+
+class BusyWriter:
+    """Keeps the writer thread in one ``run(write=True)`` until released (or ``HOLD`` s)."""
+
+    def __init__(self, db: aiolmdb.AsyncDatabase[Any, Any]) -> None:
+        self._started = threading.Event()
+        self._release = threading.Event()
+        self._timed_out = False
+
+        def job(_: aiolmdb.DatabaseTxn[Any, Any]) -> None:
+            self._started.set()
+            self._timed_out = not self._release.wait(HOLD)
+
+        self.task = asyncio.ensure_future(db.run(job, write=True))
+
+    async def started(self) -> None:
+        assert await bounded(asyncio.to_thread(self._started.wait, TIMEOUT))
+
+    def still_busy(self) -> bool:
+        """True while the job holds the writer (it was neither released nor timed out)."""
+        return not self._release.is_set() and not self._timed_out and not self.task.done()
+
+    async def release(self) -> None:
+        self._release.set()
+        await bounded(self.task)
+
+
+class Ticker:
+    """Counts 1 ms ticks of the event loop."""
+
+    def __init__(self) -> None:
+        self.ticks = 0
+        self._task = asyncio.ensure_future(self._tick())
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(0.001)
+            self.ticks += 1
+
+    def stop(self) -> None:
+        self._task.cancel()
+
+
 @pytest.fixture
 def sessions(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[WriteSession]]:
     """Records every write session (``env.transaction()``) begun during the test.

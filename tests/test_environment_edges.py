@@ -11,7 +11,16 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, EnvFactory, WriterGate, bounded, detached, raw_records
+from conftest import (
+    TIMEOUT,
+    BusyWriter,
+    EnvFactory,
+    Ticker,
+    WriterGate,
+    bounded,
+    detached,
+    raw_records,
+)
 from helpers.forking import in_forked_child
 
 import aiolmdb
@@ -378,43 +387,6 @@ async def test_an_environment_closed_before_fork_opens_in_the_child(tmp_path: Pa
 # -- 17: opening a database never blocks the event loop on the writer --------
 
 
-class SlowJob:
-    """A write job that keeps the writer thread busy until released (or one second)."""
-
-    def __init__(self, db: aiolmdb.AsyncDatabase[Any, Any]) -> None:
-        self._started = threading.Event()
-        self._release = threading.Event()
-
-        def job(_: aiolmdb.DatabaseTxn[Any, Any]) -> bool:
-            self._started.set()
-            return self._release.wait(1.0)
-
-        self.task = asyncio.ensure_future(db.run(job, write=True))
-
-    async def started(self) -> None:
-        assert await bounded(asyncio.to_thread(self._started.wait, TIMEOUT))
-
-    async def release(self) -> None:
-        self._release.set()
-        assert await bounded(self.task) is True  # released, not timed out
-
-
-class Ticker:
-    """Counts 1 ms ticks of the event loop."""
-
-    def __init__(self) -> None:
-        self.ticks = 0
-        self._task = asyncio.ensure_future(self._tick())
-
-    async def _tick(self) -> None:
-        while True:
-            await asyncio.sleep(0.001)
-            self.ticks += 1
-
-    def stop(self) -> None:
-        self._task.cancel()
-
-
 async def test_open_db_async_keeps_the_loop_running_while_the_writer_is_busy(
     tmp_path: Path,
 ) -> None:
@@ -424,7 +396,7 @@ async def test_open_db_async_keeps_the_loop_running_while_the_writer_is_busy(
         await env.open_db("flagged", integerkey=True).put((7).to_bytes(8, "little"), b"7")
     async with aiolmdb.open(path) as env:
         busy = env.open_db("busy")
-        job = SlowJob(busy)
+        job = BusyWriter(busy)
         await job.started()
         ticker = Ticker()
         try:
