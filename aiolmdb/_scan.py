@@ -123,7 +123,8 @@ async def scan(
     fetcher: Callable[[lmdb.Transaction], Fetch],
     decode: Callable[[bytes, bytes], Any],
     decode_large: Callable[[bytes, bytes], Awaitable[Any]],
-    large: int,
+    small: int,
+    decodes_inline: Callable[[bytes], bool],
     *,
     prefetch: bool = True,
 ) -> AsyncIterator[Any]:
@@ -136,7 +137,8 @@ async def scan(
     large (bounded in bytes too), read on a reader thread, and each is
     fetched while the previous one is consumed, unless ``prefetch`` is off:
     inside a write transaction, where the consumer's own writes must be seen
-    by the next batch. Values longer than ``large`` bytes are decoded by
+    by the next batch. A value is decoded by ``decode`` when it is at most
+    ``small`` bytes long or ``decodes_inline(value)`` says so, else by
     ``decode_large`` (off the loop).
     """
     if limit is not None and limit < 0:
@@ -171,10 +173,10 @@ async def scan(
             if not done and prefetch:
                 upcoming = asyncio.ensure_future(fetch(resume, size, inline))
             for key, value in records:
-                if len(value) > large:
-                    yield await decode_large(key, value)
-                else:
+                if len(value) <= small or decodes_inline(value):
                     yield decode(key, value)
+                else:
+                    yield await decode_large(key, value)
             if done:
                 return
             if upcoming is None:

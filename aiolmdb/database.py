@@ -207,12 +207,15 @@ class AsyncDatabase(Generic[K, V]):
                 f"{self._show_raw_key(raw_key)} with {self.value_coder!r}: {exc}"
             ) from exc
 
-    def _decodes_inline(self, size: int) -> bool:
-        """True when a value stored in ``size`` bytes may be decoded on the event loop.
+    def _decodes_inline(self, buf: bytes | memoryview) -> bool:
+        """True when the value ``buf`` may be decoded on the event loop.
 
-        Decided by what the value coder may produce (see ``Coder.max_expansion``).
+        Its stored size bounds what the value coder may produce (see
+        ``Coder.max_expansion``); beyond that bound the coder is asked about
+        this value (``Coder.decodes_within``: a small compressed value).
         """
-        return size * self.value_coder.max_expansion <= self.env.inline_value_limit
+        coder, limit = self.value_coder, self.env.inline_value_limit
+        return len(buf) * coder.max_expansion <= limit or coder.decodes_within(buf, limit)
 
     def _decode_item(self, raw_key: bytes, raw_value: bytes) -> tuple[K, V]:
         return self._decode_key(raw_key), self._decode_value(raw_key, raw_value)
@@ -398,8 +401,9 @@ class AsyncDatabase(Generic[K, V]):
                         self._require_live()
                     if buf is None:
                         return default
-                    # _decodes_inline(len(buf)), spelt out on the hottest path
-                    if len(buf) * self.value_coder.max_expansion <= env.inline_value_limit:
+                    # _decodes_inline(buf), its cheap test spelt out on the hottest path
+                    coder, limit = self.value_coder, env.inline_value_limit
+                    if len(buf) * coder.max_expansion <= limit or coder.decodes_within(buf, limit):
                         return self._decode_value(raw_key, buf)
                 finally:
                     env._end_read(t)
@@ -443,7 +447,7 @@ class AsyncDatabase(Generic[K, V]):
                 buf = t.get(raw_key, db=db)
                 if buf is None:
                     found[key] = default
-                elif small_only and not self._decodes_inline(len(buf)):
+                elif small_only and not self._decodes_inline(buf):
                     return None
                 else:
                     found[key] = self._decode_value(raw_key, buf)
@@ -905,8 +909,10 @@ class AsyncDatabase(Generic[K, V]):
             fetcher,
             decode,
             decode_large,
-            # A value that may expand when decoded (decompressed) is large sooner.
+            # A value that may expand when decoded (decompressed) is small only if
+            # its coder says it decodes within the limit.
             env.inline_value_limit // self.value_coder.max_expansion,
+            self._decodes_inline,
             # A batch read ahead would miss the writes made while the one before is consumed.
             prefetch=ctx is None or not ctx.sees_own_writes,
         )

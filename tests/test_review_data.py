@@ -1,0 +1,104 @@
+"""Review findings, data side: where values are decoded, reads that yield, index handles."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Awaitable, Callable
+
+import pytest
+from conftest import bounded
+
+import aiolmdb
+from aiolmdb.coders import Buffer, Coder, JSONCoder
+
+Env = aiolmdb.AsyncEnvironment
+
+
+class WhereDecoded(Coder[bytes]):
+    """Bytes as they are, recording on which threads they were decoded."""
+
+    def __init__(self) -> None:
+        self.on_loop: list[bool] = []
+
+    def serialize(self, obj: bytes) -> bytes:
+        return obj
+
+    def deserialize(self, buf: Buffer) -> bytes:
+        self.on_loop.append(threading.current_thread() is threading.main_thread())
+        return bytes(buf)
+
+
+async def first_value(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> bytes | None:
+    first = await db.first()
+    return None if first is None else first[1]
+
+
+async def only_value_of_multi(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> bytes | None:
+    return (await db.get_multi([b"k"]))[b"k"]
+
+
+READS: dict[str, Callable[[aiolmdb.AsyncDatabase[bytes, bytes]], Awaitable[bytes | None]]] = {
+    "get": lambda db: db.get(b"k"),
+    "get_multi": only_value_of_multi,
+    "items": first_value,
+    "values": lambda db: anext(aiter(db.values())),
+}
+
+
+# -- a compressed value is decoded where its decoded size says ---------------
+
+
+@pytest.mark.parametrize("read", list(READS))
+async def test_a_small_compressed_value_is_decoded_on_the_loop(env: Env, read: str) -> None:
+    inner = WhereDecoded()
+    db = env.open_db("zipped", value_coder=inner.compressed())
+    value = bytes(range(200))  # barely compresses: stored in about 200 bytes
+    await db.put(b"k", value)
+    stored = await env.open_db("zipped").get(b"k")
+    # Larger than the old rule allowed inline (limit / zlib's worst ratio), small decoded.
+    assert stored is not None
+    assert len(stored) * inner.compressed().max_expansion > env.inline_value_limit
+    assert await bounded(READS[read](db)) == value
+    assert inner.on_loop == [True]
+
+
+@pytest.mark.parametrize("read", list(READS))
+async def test_a_compressed_value_that_expands_past_the_limit_is_decoded_off_the_loop(
+    env: Env, read: str
+) -> None:
+    inner = WhereDecoded()
+    db = env.open_db("zipped", value_coder=inner.compressed())
+    # Stored in a few hundred bytes, one byte over the limit once decompressed.
+    expanded = b"x" * (env.inline_value_limit + 1)
+    await db.put(b"k", expanded)
+    stored = await env.open_db("zipped").get(b"k")
+    assert stored is not None and len(stored) < 1024
+    assert await bounded(READS[read](db)) == expanded
+    assert inner.on_loop == [False]
+
+
+def test_coders_say_whether_a_buffer_decodes_within_a_limit() -> None:
+    plain = JSONCoder()
+    raw = plain.serialize({"a": 1})
+    assert plain.decodes_within(raw, len(raw))
+    assert not plain.decodes_within(raw, len(raw) - 1)
+    zipped = plain.compressed()
+    small = zipped.serialize("x" * 100)
+    assert zipped.decodes_within(small, 102)  # the JSON string has its quotes
+    assert not zipped.decodes_within(small, 101)
+    twice = plain.compressed().compressed()
+    nested = twice.serialize("x" * 5000)
+    assert twice.decodes_within(nested, 5002)
+    assert not twice.decodes_within(nested, 5001)
+    # Bytes that are not zlib's are not known to fit: decoding them (off the loop) says why.
+    assert not zipped.decodes_within(b"not zlib", 1 << 20)
+    assert not zipped.decodes_within(small[:-3], 1 << 20)  # truncated
+
+
+async def test_a_bad_compressed_value_still_fails_with_a_decode_error_naming_the_database(
+    env: Env,
+) -> None:
+    db = env.open_db("zipped", value_coder=WhereDecoded().compressed())
+    await env.open_db("zipped").put(b"k", b"not zlib")
+    with pytest.raises(aiolmdb.DecodeError, match=r"zipped.*bad zlib data"):
+        await bounded(db.get(b"k"))
