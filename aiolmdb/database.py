@@ -295,7 +295,8 @@ class AsyncDatabase(Generic[K, V]):
         The check is made again after ``fn``: a read on a reader thread may
         overlap a drop, after which LMDB gives the freed handle's slot to the
         next database opened, and ``fn`` may have read that one. A read done
-        on the event loop now and then lets other tasks run.
+        on the event loop (of its own, or in a read snapshot) now and then
+        lets other tasks run.
         """
 
         def checked(t: lmdb.Transaction) -> R:
@@ -304,7 +305,9 @@ class AsyncDatabase(Generic[K, V]):
             self._require_live()
             return result
 
-        if ctx is None and not offload and next(_yield_due):
+        # A read in a write transaction suspends anyway: the writer thread runs it.
+        inline = not offload and (ctx is None or not ctx.sees_own_writes)
+        if inline and next(_yield_due):
             await asyncio.sleep(0)
         return await self.env._read(checked, ctx, offload=offload)
 

@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import asyncio
 import threading
 from collections.abc import Awaitable, Callable
+from typing import Any
 
 import pytest
 from conftest import bounded
+from pydantic import BaseModel
 
 import aiolmdb
-from aiolmdb.coders import Buffer, Coder, JSONCoder
+from aiolmdb.coders import Buffer, Coder, JSONCoder, StringCoder, UInt64Coder
+from aiolmdb.models import Collection, Index
 
 Env = aiolmdb.AsyncEnvironment
 
@@ -102,3 +106,95 @@ async def test_a_bad_compressed_value_still_fails_with_a_decode_error_naming_the
     await env.open_db("zipped").put(b"k", b"not zlib")
     with pytest.raises(aiolmdb.DecodeError, match=r"zipped.*bad zlib data"):
         await bounded(db.get(b"k"))
+
+
+# -- loops of inline reads let other tasks run --------------------------------
+
+
+class Person(BaseModel):
+    email: str
+
+
+class People(Collection[int, Person]):
+    key_coder = UInt64Coder()
+    by_email = Index(lambda p: p.email, StringCoder(), unique=True)
+
+
+async def ticks_during(body: Callable[[], Awaitable[None]]) -> int:
+    """How many times another task ran while ``body`` ran (counted from inside it)."""
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def measured() -> int:
+        before = ticks
+        await body()
+        return ticks - before
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        return await bounded(measured())
+    finally:
+        stop = True
+        await bounded(task)
+
+
+LOOPS = 2000
+
+
+async def test_a_loop_of_index_gets_lets_other_tasks_run(env: Env) -> None:
+    people = await People.open(env)
+    await people.put_multi([(i, Person(email=f"u{i}@x")) for i in range(10)])
+
+    async def gets() -> None:
+        for i in range(LOOPS):
+            assert await people.by_email.get(f"u{i % 10}@x") == Person(email=f"u{i % 10}@x")
+
+    assert await ticks_during(gets) >= LOOPS // 512
+
+
+async def test_a_loop_of_index_counts_lets_other_tasks_run(env: Env) -> None:
+    people = await People.open(env)
+    await people.put_multi([(i, Person(email=f"u{i}@x")) for i in range(10)])
+
+    async def counts() -> None:
+        for _ in range(LOOPS):
+            assert await people.by_email.count() == 10
+
+    assert await ticks_during(counts) >= LOOPS // 512
+
+
+async def test_a_loop_of_reads_in_a_read_snapshot_lets_other_tasks_run(env: Env) -> None:
+    people = await People.open(env)
+    await people.put(1, Person(email="a@x"))
+
+    async def reads() -> None:
+        async with env.transaction(write=False):
+            for _ in range(LOOPS):
+                assert await people.contains(1)
+
+    assert await ticks_during(reads) >= LOOPS // 512
+
+
+async def test_index_gets_and_counts_read_through_the_collections_checked_read(env: Env) -> None:
+    people = await People.open(env)
+    await people.put(1, Person(email="a@x"))
+    read_main = people._read
+    calls: list[bool] = []
+
+    async def spy(fn: Callable[[Any], Any], ctx: Any, *, offload: bool = False) -> Any:
+        calls.append(offload)
+        return await read_main(fn, ctx, offload=offload)
+
+    people._read = spy  # type: ignore[method-assign]
+    assert await people.by_email.get("a@x") == Person(email="a@x")
+    assert await people.by_email.count() == 1
+    assert await people.by_email.count("a@x") == 1
+    # Through the collection's checked read: the drop is checked after the read too.
+    assert len(calls) == 3

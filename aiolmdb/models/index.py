@@ -496,10 +496,13 @@ class BoundIndex(Generic[K, M, IK]):
             await collection._until_open(txn)
         main_db, ctx = collection._resolve(txn)
         collection._require_indexes_built()
+        opened = self._opened
 
         def read(t: lmdb.Transaction) -> M | None:
-            self._require_current(t)
-            holder = t.get(entry, db=self._db)
+            self._require_current(t, opened)
+            holder = t.get(entry, db=opened.db)
+            # A drop marks the handle before LMDB closes it: checked after the read.
+            self._require_open(opened)
             if holder is None:
                 return None
             raw_key = bytes(holder)
@@ -508,8 +511,9 @@ class BoundIndex(Generic[K, M, IK]):
                 raise AssertionError(f"{self._label} has an entry for a missing record")
             return collection._decode_value(raw_key, buf)
 
-        # A point lookup, like a collection's get: on the loop, no thread hop.
-        return await collection.env._read(read, ctx)
+        # A point lookup, like a collection's get: on the loop, no thread hop; the
+        # collection's read checks its drop after reading and lets other tasks run.
+        return await collection._read(read, ctx)
 
     async def get_all(
         self, value: IK, *, limit: int | None = None, txn: Transaction | None = None
@@ -537,26 +541,30 @@ class BoundIndex(Generic[K, M, IK]):
             await self.collection._until_open(txn)
         self.collection._require_indexes_built()
         ctx = self.collection._resolve(txn)[1]
+        opened = self._opened
         if value is None:
 
             def count_all(t: lmdb.Transaction) -> int:
-                self._require_current(t)
-                return int(t.stat(self._db)["entries"])
+                self._require_current(t, opened)
+                entries = int(t.stat(opened.db)["entries"])
+                self._require_open(opened)  # a drop may have closed the handle meanwhile
+                return entries
 
-            return await self.collection.env._read(count_all, ctx)
+            return await self.collection._read(count_all, ctx)
         entry = self._exact(value)
 
         def count_entries(t: lmdb.Transaction) -> int:
-            self._require_current(t)
+            self._require_current(t, opened)
             found = 0
-            with t.cursor(self._db) as cursor:
+            with t.cursor(opened.db) as cursor:
                 more = cursor.set_range(entry)
                 while more and bytes(cursor.key()).startswith(entry):
                     found += 1
                     more = cursor.next()
+            self._require_open(opened)  # a drop may have closed the handle meanwhile
             return found
 
-        return await self.collection.env._read(count_entries, ctx, offload=True)
+        return await self.collection._read(count_entries, ctx, offload=True)
 
     async def first(self, *, txn: Transaction | None = None) -> tuple[K, M] | None:
         """The record with the lowest index key, or None."""
