@@ -967,7 +967,7 @@ class OpenedHandle:
         """Raise the open's error (a fresh copy of it) unless the handle is open."""
         if self.ready:
             return
-        if self.error is None:  # pragma: no cover - calls wait for the open first
+        if self.error is None:  # callers wait for the open first, or say why it is pending
             raise AiolmdbError("the database is not open yet")
         raise_again(self.error)
 

@@ -8,7 +8,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import bounded
+from conftest import WriterGate, bounded
 from pydantic import BaseModel
 
 import aiolmdb
@@ -198,3 +198,49 @@ async def test_index_gets_and_counts_read_through_the_collections_checked_read(e
     assert await people.by_email.count("a@x") == 1
     # Through the collection's checked read: the drop is checked after the read too.
     assert len(calls) == 3
+
+
+# -- an index whose database is being opened again ---------------------------
+
+
+class Indexed(Collection[int, Person]):
+    name = "people"
+    key_coder = UInt64Coder()
+    by_email = Index(lambda p: p.email, StringCoder(), unique=True)
+
+
+class Unindexed(Collection[int, Person]):
+    name = "people"
+    key_coder = UInt64Coder()
+
+
+INDEX_READS: dict[str, Callable[[Indexed], Awaitable[Any]]] = {
+    "get": lambda people: people.by_email.get("a@x"),
+    "count": lambda people: people.by_email.count(),
+    "count of a key": lambda people: people.by_email.count("a@x"),
+    "values": lambda people: anext(aiter(people.by_email.values())),
+}
+
+
+@pytest.mark.parametrize("read", list(INDEX_READS))
+async def test_reading_an_index_being_opened_again_says_it_is_being_rebuilt(
+    env: Env, read: str
+) -> None:
+    people = await Indexed.open(env)
+    await people.put(1, Person(email="a@x"))
+    assert await (await Unindexed.open(env)).drop_removed_indexes() == ["by_email"]
+    gate = WriterGate(env.open_db("gate"))
+    await gate.hold()
+    building = asyncio.create_task(people.build_indexes())
+    for _ in range(100):  # until the build has queued the open of the index's database
+        if not people.by_email._opened.dropped:
+            break
+        await asyncio.sleep(0)
+    assert not people.by_email._opened.ready  # queued behind the gate
+    try:
+        with pytest.raises(aiolmdb.AiolmdbError, match=r"people.*by_email.*build_indexes\(\)"):
+            await bounded(INDEX_READS[read](people))
+    finally:
+        await gate.release()
+        await bounded(building)
+    assert await people.by_email.get("a@x") == Person(email="a@x")

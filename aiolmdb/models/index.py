@@ -176,6 +176,11 @@ class BoundIndex(Generic[K, M, IK]):
                 "collection); await collection.build_indexes() to build it again"
             )
         if not opened.ready:
+            if opened.error is None:  # build_indexes() opened it again, the writer has not yet
+                raise AiolmdbError(
+                    f"{self._label}: its database was deleted and is being opened again, "
+                    "to be rebuilt; await collection.build_indexes() before using it"
+                )
             opened.check()
 
     def _require_usable(self, opened: OpenedHandle | None = None) -> None:
