@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overloa
 
 import lmdb
 
-from ._scan import Fetch, copy_record, prefix_end, scan
+from ._scan import Fetch, as_stored, prefix_end, scan
 from .coders import Coder
 from .errors import (
     AiolmdbError,
@@ -782,7 +782,7 @@ class AsyncDatabase(Generic[K, V]):
         show in later batches. For one consistent view of the whole scan,
         iterate inside ``env.transaction(write=False)``.
         """
-        return self._scan(start, stop, prefix, reverse, limit, txn, copy_record, self._decode_item)
+        return self._scan(start, stop, prefix, reverse, limit, txn, as_stored, self._decode_item)
 
     def keys(
         self,
@@ -810,7 +810,7 @@ class AsyncDatabase(Generic[K, V]):
         txn: Transaction | None = None,
     ) -> AsyncIterator[V]:
         """Iterate over values in key order; same arguments as :meth:`items`."""
-        return self._scan(start, stop, prefix, reverse, limit, txn, copy_record, self._decode_value)
+        return self._scan(start, stop, prefix, reverse, limit, txn, as_stored, self._decode_value)
 
     async def first(self, *, txn: Transaction | None = None) -> tuple[K, V] | None:
         """The record with the lowest key, or None when the database is empty."""
@@ -1041,7 +1041,7 @@ def raise_again(error: BaseException) -> NoReturn:
     raise again.with_traceback(None) from error.__cause__
 
 
-def _key_only(key: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
+def _key_only(key: bytes, value: memoryview | bytes) -> tuple[bytes, memoryview | bytes]:
     """A :data:`Fetch` for key scans: the value is not copied."""
     return key, b""
 

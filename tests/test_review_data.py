@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import threading
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
@@ -12,7 +12,8 @@ from conftest import WriterGate, bounded
 from pydantic import BaseModel
 
 import aiolmdb
-from aiolmdb.coders import Buffer, Coder, JSONCoder, StringCoder, UInt64Coder
+import aiolmdb._scan as scan_module
+from aiolmdb.coders import Buffer, Coder, JSONCoder, MsgpackCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
 
 Env = aiolmdb.AsyncEnvironment
@@ -244,3 +245,49 @@ async def test_reading_an_index_being_opened_again_says_it_is_being_rebuilt(
         await gate.release()
         await bounded(building)
     assert await people.by_email.get("a@x") == Person(email="a@x")
+
+
+# -- an index scan's first batch leaves a large record to a reader thread ----
+
+
+class Blobs(Collection[int, dict[str, Any]]):
+    key_coder = UInt64Coder()
+    value_coder = MsgpackCoder()
+    by_tag = Index(lambda d: d["tag"], StringCoder())
+
+
+@pytest.fixture
+def copied(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, list[int]]]:
+    """Every scan batch read: (on the loop thread?, sizes of the values it copied)."""
+    seen: list[tuple[bool, list[int]]] = []
+    real = scan_module.fetch_batch
+
+    def recording(*args: Any, **kwargs: Any) -> scan_module.Batch:
+        batch = real(*args, **kwargs)
+        on_loop = threading.current_thread() is threading.main_thread()
+        seen.append((on_loop, [len(value) for _, value in batch[0]]))
+        return batch
+
+    monkeypatch.setattr(scan_module, "fetch_batch", recording)
+    return seen
+
+
+INDEX_SCANS: dict[str, Callable[[Blobs], AsyncIterator[Any]]] = {
+    "values": lambda blobs: blobs.by_tag.values(),
+    "items": lambda blobs: blobs.by_tag.items(limit=1),
+    "keys": lambda blobs: blobs.by_tag.keys(),
+}
+
+
+@pytest.mark.parametrize("scan", list(INDEX_SCANS))
+async def test_an_index_scan_copies_a_large_record_on_a_reader_thread(
+    env: Env, copied: list[tuple[bool, list[int]]], scan: str
+) -> None:
+    blobs = await Blobs.open(env)
+    data = b"x" * (1 << 20)
+    await blobs.put(1, {"tag": "a", "data": data})
+    record = {"tag": "a", "data": data}
+    expected = {"values": record, "items": (1, record), "keys": 1}[scan]
+    assert [item async for item in INDEX_SCANS[scan](blobs)] == [expected]
+    large = [(on_loop, size) for on_loop, sizes in copied for size in sizes if size > 1 << 16]
+    assert large and not any(on_loop for on_loop, _ in large), copied

@@ -399,7 +399,9 @@ class BoundIndex(Generic[K, M, IK]):
         def fetcher(t: lmdb.Transaction) -> Fetch:
             self._require_current(t, opened)
 
-            def record_of(entry: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
+            def record_of(
+                entry: bytes, value: memoryview | bytes
+            ) -> tuple[bytes, memoryview | bytes]:
                 # The entry names the record; fetch it in the same transaction.
                 raw_key = self._record_key(entry, value)
                 buf = t.get(raw_key, db=main_db)
@@ -408,7 +410,7 @@ class BoundIndex(Generic[K, M, IK]):
                 self._require_usable(opened)
                 if buf is None:  # pragma: no cover - entries are written with their records
                     raise AssertionError(f"{self._label} has an entry for a missing record")
-                return raw_key, bytes(buf)
+                return raw_key, buf
 
             return record_of
 
