@@ -291,3 +291,27 @@ async def test_an_index_scan_copies_a_large_record_on_a_reader_thread(
     assert [item async for item in INDEX_SCANS[scan](blobs)] == [expected]
     large = [(on_loop, size) for on_loop, sizes in copied for size in sizes if size > 1 << 16]
     assert large and not any(on_loop for on_loop, _ in large), copied
+
+
+# -- an index get decodes a large record where a collection get does ---------
+
+
+@pytest.mark.parametrize("kind", ["plain", "compressed", "small compressed"])
+async def test_an_index_get_decodes_a_record_where_a_collection_get_would(
+    env: Env, kind: str
+) -> None:
+    inner = WhereDecoded()
+
+    class Records(Collection[int, bytes]):
+        key_coder = UInt64Coder()
+        value_coder = inner if kind == "plain" else inner.compressed()
+        by_head = Index(lambda b: b[:4].decode(), StringCoder(), unique=True)
+
+    records = await Records.open(env)
+    value = b"head" + (bytes(range(100)) if kind == "small compressed" else b"x" * (1 << 20))
+    await records.put(1, value)
+    inner.on_loop.clear()
+    assert await bounded(records.by_head.get("head")) == value
+    assert await bounded(records.get(1)) == value
+    on_loop = kind == "small compressed"
+    assert inner.on_loop == [on_loop, on_loop]

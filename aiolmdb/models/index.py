@@ -38,6 +38,9 @@ IK = TypeVar("IK")
 
 #: How index entries are stored; indexes recorded with another layout are rebuilt.
 LAYOUT = 2
+#: What an index get read on the event loop returns for a record to decode off it.
+_LARGE: Any = object()
+
 K = TypeVar("K")
 M = TypeVar("M")
 
@@ -505,7 +508,8 @@ class BoundIndex(Generic[K, M, IK]):
         collection._require_indexes_built()
         opened = self._opened
 
-        def read(t: lmdb.Transaction) -> M | None:
+        def read(t: lmdb.Transaction, small_only: bool) -> Any:
+            # _LARGE: the record is too large to decode here, read it off the loop.
             self._require_current(t, opened)
             holder = t.get(entry, db=opened.db)
             # A drop marks the handle before LMDB closes it: checked after the read.
@@ -516,11 +520,16 @@ class BoundIndex(Generic[K, M, IK]):
             buf = t.get(raw_key, db=main_db)
             if buf is None:  # pragma: no cover - entries are written with their records
                 raise AssertionError(f"{self._label} has an entry for a missing record")
+            if small_only and not collection._decodes_inline(buf):
+                return _LARGE
             return collection._decode_value(raw_key, buf)
 
         # A point lookup, like a collection's get: on the loop, no thread hop; the
         # collection's read checks its drop after reading and lets other tasks run.
-        return await collection._read(read, ctx)
+        record = await collection._read(lambda t: read(t, True), ctx)
+        if record is _LARGE:
+            record = await collection._read(lambda t: read(t, False), ctx, offload=True)
+        return record  # type: ignore[no-any-return]
 
     async def get_all(
         self, value: IK, *, limit: int | None = None, txn: Transaction | None = None
