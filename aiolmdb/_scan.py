@@ -26,15 +26,16 @@ SCAN_BATCH = 1024
 #: Bytes a later batch reads before it stops (it always holds one record at least).
 SCAN_BATCH_BYTES = 1024 * 1024
 
-#: Turns a record as stored (raw key, buffer) into the raw (key, value) pair to decode.
-Fetch = Callable[[bytes, memoryview | bytes], tuple[bytes, bytes]]
+#: Turns a record as stored (raw key, buffer) into the raw key and the buffer of the
+#: value to decode, not copied yet: the batch sees its size before it copies it.
+Fetch = Callable[[bytes, memoryview | bytes], tuple[bytes, memoryview | bytes]]
 #: (raw records, raw key of the last record read or None, whether the range is exhausted)
 Batch = tuple[list[tuple[bytes, bytes]], bytes | None, bool]
 
 
-def copy_record(key: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
-    """The default :data:`Fetch`: the record itself, out of LMDB's map."""
-    return key, bytes(value)
+def as_stored(key: bytes, value: memoryview | bytes) -> tuple[bytes, memoryview | bytes]:
+    """The default :data:`Fetch`: the record itself."""
+    return key, value
 
 
 def prefix_end(prefix: bytes) -> bytes | None:
@@ -61,11 +62,11 @@ def fetch_batch(
 
     ``resume_after`` is the raw key of the last record of the previous batch:
     the batch starts strictly after it (before it, reversed). ``fetch(key,
-    buffer)`` copies out what is to be decoded, while the buffer is valid.
-    The batch stops once it holds ``max_bytes`` of fetched keys and values;
-    with ``within_budget`` it also leaves out a record whose stored size
-    would take it over, even the first one (the batch may then be empty
-    without the range being exhausted).
+    buffer)`` finds what is to be decoded, which the batch copies out of
+    LMDB's map. The batch stops once it holds ``max_bytes`` of fetched keys
+    and values; with ``within_budget`` it also leaves out a fetched record
+    whose size would take it over, even the first one (the batch may then
+    be empty without the range being exhausted).
     """
     out: list[tuple[bytes, bytes]] = []
     last: bytes | None = None
@@ -85,11 +86,12 @@ def fetch_batch(
             bound = low if reverse else high
             if bound is not None and ((key < bound) if reverse else (key >= bound)):
                 return out, last, True
-            if within_budget and used + len(key) + len(value) > max_bytes:
+            raw_key, buf = fetch(key, value)
+            size = len(raw_key) + len(buf)
+            if within_budget and used + size > max_bytes:
                 return out, last, False
-            record = fetch(key, value)
-            out.append(record)
-            used += len(record[0]) + len(record[1])
+            out.append((raw_key, bytes(buf)))
+            used += size
             last = key
     return out, last, True
 
@@ -123,7 +125,8 @@ async def scan(
     fetcher: Callable[[lmdb.Transaction], Fetch],
     decode: Callable[[bytes, bytes], Any],
     decode_large: Callable[[bytes, bytes], Awaitable[Any]],
-    large: int,
+    small: int,
+    decodes_inline: Callable[[bytes], bool],
     *,
     prefetch: bool = True,
 ) -> AsyncIterator[Any]:
@@ -136,7 +139,8 @@ async def scan(
     large (bounded in bytes too), read on a reader thread, and each is
     fetched while the previous one is consumed, unless ``prefetch`` is off:
     inside a write transaction, where the consumer's own writes must be seen
-    by the next batch. Values longer than ``large`` bytes are decoded by
+    by the next batch. A value is decoded by ``decode`` when it is at most
+    ``small`` bytes long or ``decodes_inline(value)`` says so, else by
     ``decode_large`` (off the loop).
     """
     if limit is not None and limit < 0:
@@ -171,10 +175,10 @@ async def scan(
             if not done and prefetch:
                 upcoming = asyncio.ensure_future(fetch(resume, size, inline))
             for key, value in records:
-                if len(value) > large:
-                    yield await decode_large(key, value)
-                else:
+                if len(value) <= small or decodes_inline(value):
                     yield decode(key, value)
+                else:
+                    yield await decode_large(key, value)
             if done:
                 return
             if upcoming is None:

@@ -11,7 +11,7 @@ from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overloa
 
 import lmdb
 
-from ._scan import Fetch, copy_record, prefix_end, scan
+from ._scan import Fetch, as_stored, prefix_end, scan
 from .coders import Coder
 from .errors import (
     AiolmdbError,
@@ -207,12 +207,15 @@ class AsyncDatabase(Generic[K, V]):
                 f"{self._show_raw_key(raw_key)} with {self.value_coder!r}: {exc}"
             ) from exc
 
-    def _decodes_inline(self, size: int) -> bool:
-        """True when a value stored in ``size`` bytes may be decoded on the event loop.
+    def _decodes_inline(self, buf: bytes | memoryview) -> bool:
+        """True when the value ``buf`` may be decoded on the event loop.
 
-        Decided by what the value coder may produce (see ``Coder.max_expansion``).
+        Its stored size bounds what the value coder may produce (see
+        ``Coder.max_expansion``); beyond that bound the coder is asked about
+        this value (``Coder.decodes_within``: a small compressed value).
         """
-        return size * self.value_coder.max_expansion <= self.env.inline_value_limit
+        coder, limit = self.value_coder, self.env.inline_value_limit
+        return len(buf) * coder.max_expansion <= limit or coder.decodes_within(buf, limit)
 
     def _decode_item(self, raw_key: bytes, raw_value: bytes) -> tuple[K, V]:
         return self._decode_key(raw_key), self._decode_value(raw_key, raw_value)
@@ -292,7 +295,8 @@ class AsyncDatabase(Generic[K, V]):
         The check is made again after ``fn``: a read on a reader thread may
         overlap a drop, after which LMDB gives the freed handle's slot to the
         next database opened, and ``fn`` may have read that one. A read done
-        on the event loop now and then lets other tasks run.
+        on the event loop (of its own, or in a read snapshot) now and then
+        lets other tasks run.
         """
 
         def checked(t: lmdb.Transaction) -> R:
@@ -301,7 +305,9 @@ class AsyncDatabase(Generic[K, V]):
             self._require_live()
             return result
 
-        if ctx is None and not offload and next(_yield_due):
+        # A read in a write transaction suspends anyway: the writer thread runs it.
+        inline = not offload and (ctx is None or not ctx.sees_own_writes)
+        if inline and next(_yield_due):
             await asyncio.sleep(0)
         return await self.env._read(checked, ctx, offload=offload)
 
@@ -398,8 +404,9 @@ class AsyncDatabase(Generic[K, V]):
                         self._require_live()
                     if buf is None:
                         return default
-                    # _decodes_inline(len(buf)), spelt out on the hottest path
-                    if len(buf) * self.value_coder.max_expansion <= env.inline_value_limit:
+                    # _decodes_inline(buf), its cheap test spelt out on the hottest path
+                    coder, limit = self.value_coder, env.inline_value_limit
+                    if len(buf) * coder.max_expansion <= limit or coder.decodes_within(buf, limit):
                         return self._decode_value(raw_key, buf)
                 finally:
                     env._end_read(t)
@@ -443,7 +450,7 @@ class AsyncDatabase(Generic[K, V]):
                 buf = t.get(raw_key, db=db)
                 if buf is None:
                     found[key] = default
-                elif small_only and not self._decodes_inline(len(buf)):
+                elif small_only and not self._decodes_inline(buf):
                     return None
                 else:
                     found[key] = self._decode_value(raw_key, buf)
@@ -775,7 +782,7 @@ class AsyncDatabase(Generic[K, V]):
         show in later batches. For one consistent view of the whole scan,
         iterate inside ``env.transaction(write=False)``.
         """
-        return self._scan(start, stop, prefix, reverse, limit, txn, copy_record, self._decode_item)
+        return self._scan(start, stop, prefix, reverse, limit, txn, as_stored, self._decode_item)
 
     def keys(
         self,
@@ -803,7 +810,7 @@ class AsyncDatabase(Generic[K, V]):
         txn: Transaction | None = None,
     ) -> AsyncIterator[V]:
         """Iterate over values in key order; same arguments as :meth:`items`."""
-        return self._scan(start, stop, prefix, reverse, limit, txn, copy_record, self._decode_value)
+        return self._scan(start, stop, prefix, reverse, limit, txn, as_stored, self._decode_value)
 
     async def first(self, *, txn: Transaction | None = None) -> tuple[K, V] | None:
         """The record with the lowest key, or None when the database is empty."""
@@ -905,8 +912,10 @@ class AsyncDatabase(Generic[K, V]):
             fetcher,
             decode,
             decode_large,
-            # A value that may expand when decoded (decompressed) is large sooner.
+            # A value that may expand when decoded (decompressed) is small only if
+            # its coder says it decodes within the limit.
             env.inline_value_limit // self.value_coder.max_expansion,
+            self._decodes_inline,
             # A batch read ahead would miss the writes made while the one before is consumed.
             prefetch=ctx is None or not ctx.sees_own_writes,
         )
@@ -958,7 +967,7 @@ class OpenedHandle:
         """Raise the open's error (a fresh copy of it) unless the handle is open."""
         if self.ready:
             return
-        if self.error is None:  # pragma: no cover - calls wait for the open first
+        if self.error is None:  # callers wait for the open first, or say why it is pending
             raise AiolmdbError("the database is not open yet")
         raise_again(self.error)
 
@@ -1032,7 +1041,7 @@ def raise_again(error: BaseException) -> NoReturn:
     raise again.with_traceback(None) from error.__cause__
 
 
-def _key_only(key: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
+def _key_only(key: bytes, value: memoryview | bytes) -> tuple[bytes, memoryview | bytes]:
     """A :data:`Fetch` for key scans: the value is not copied."""
     return key, b""
 

@@ -116,9 +116,10 @@ class Coder(ABC, Generic[T]):
     fixed_width: int | None = None
 
     #: How many times its stored size a decoded value may be, at most. The
-    #: engine decodes a value on the event loop only while its stored size
-    #: times this stays within the environment's ``inline_value_limit``; a
-    #: coder whose input can expand a lot (decompression) raises it.
+    #: engine decodes a value on the event loop when its stored size times
+    #: this stays within the environment's ``inline_value_limit``, or else
+    #: when :meth:`decodes_within` says this value does; a coder whose input
+    #: can expand a lot (decompression) raises it.
     max_expansion: int = 1
 
     @abstractmethod
@@ -135,6 +136,18 @@ class Coder(ABC, Generic[T]):
         Raise :class:`DecodeError` (a ``ValueError``) for bytes that cannot be
         decoded.
         """
+
+    def decodes_within(self, buf: Buffer, limit: int) -> bool:
+        """True when decoding ``buf`` is known to handle at most ``limit`` bytes.
+
+        The engine asks this (on the event loop, while ``buf`` is valid) of
+        a value too large for :attr:`max_expansion`'s bound, to decide
+        whether to decode it on the loop anyway; False sends it to a worker
+        thread. It must be much cheaper than decoding a large value. The
+        default trusts :attr:`max_expansion`; a coder that can tell the
+        decoded size from the bytes (a decompressor) overrides it.
+        """
+        return len(buf) * self.max_expansion <= limit
 
     def serialize_prefix(self, prefix: object) -> bytes:
         """Return the bytes every key "starting with" ``prefix`` starts with.
@@ -193,8 +206,8 @@ class CompressedCoder(Coder[T]):
 
     Compression destroys byte order, so a compressed coder is never ordered.
     zlib does not record the decompressed size, so :attr:`max_expansion` is
-    zlib's worst case: only tiny compressed values are decoded on the event
-    loop.
+    zlib's worst case, and :meth:`decodes_within` decompresses up to the
+    limit to find out.
     """
 
     def __init__(self, inner: Coder[T], level: int = 6) -> None:
@@ -218,6 +231,20 @@ class CompressedCoder(Coder[T]):
         except zlib.error as e:
             raise decode_error(self, buf, f"bad zlib data: {e}") from None
         return self.inner.deserialize(data)
+
+    def decodes_within(self, buf: Buffer, limit: int) -> bool:
+        """True when ``buf`` decompresses within ``limit`` bytes, and the inner coder agrees.
+
+        Decompresses no more than ``limit + 1`` bytes. Bytes that are not
+        complete zlib data are not known to fit (decoding them raises).
+        """
+        inflater = zlib.decompressobj()
+        try:
+            data = inflater.decompress(buf, limit + 1)
+        except zlib.error:
+            return False
+        # eof: the stream ended within max_length (not cut short by it, nor truncated).
+        return inflater.eof and len(data) <= limit and self.inner.decodes_within(data, limit)
 
     def __repr__(self) -> str:
         return f"{self.inner!r}.compressed(level={self.level})"

@@ -38,6 +38,9 @@ IK = TypeVar("IK")
 
 #: How index entries are stored; indexes recorded with another layout are rebuilt.
 LAYOUT = 2
+#: What an index get read on the event loop returns for a record to decode off it.
+_LARGE: Any = object()
+
 K = TypeVar("K")
 M = TypeVar("M")
 
@@ -176,6 +179,11 @@ class BoundIndex(Generic[K, M, IK]):
                 "collection); await collection.build_indexes() to build it again"
             )
         if not opened.ready:
+            if opened.error is None:  # build_indexes() opened it again, the writer has not yet
+                raise AiolmdbError(
+                    f"{self._label}: its database was deleted and is being opened again, "
+                    "to be rebuilt; await collection.build_indexes() before using it"
+                )
             opened.check()
 
     def _require_usable(self, opened: OpenedHandle | None = None) -> None:
@@ -394,7 +402,9 @@ class BoundIndex(Generic[K, M, IK]):
         def fetcher(t: lmdb.Transaction) -> Fetch:
             self._require_current(t, opened)
 
-            def record_of(entry: bytes, value: memoryview | bytes) -> tuple[bytes, bytes]:
+            def record_of(
+                entry: bytes, value: memoryview | bytes
+            ) -> tuple[bytes, memoryview | bytes]:
                 # The entry names the record; fetch it in the same transaction.
                 raw_key = self._record_key(entry, value)
                 buf = t.get(raw_key, db=main_db)
@@ -403,7 +413,7 @@ class BoundIndex(Generic[K, M, IK]):
                 self._require_usable(opened)
                 if buf is None:  # pragma: no cover - entries are written with their records
                     raise AssertionError(f"{self._label} has an entry for a missing record")
-                return raw_key, bytes(buf)
+                return raw_key, buf
 
             return record_of
 
@@ -496,20 +506,30 @@ class BoundIndex(Generic[K, M, IK]):
             await collection._until_open(txn)
         main_db, ctx = collection._resolve(txn)
         collection._require_indexes_built()
+        opened = self._opened
 
-        def read(t: lmdb.Transaction) -> M | None:
-            self._require_current(t)
-            holder = t.get(entry, db=self._db)
+        def read(t: lmdb.Transaction, small_only: bool) -> Any:
+            # _LARGE: the record is too large to decode here, read it off the loop.
+            self._require_current(t, opened)
+            holder = t.get(entry, db=opened.db)
+            # A drop marks the handle before LMDB closes it: checked after the read.
+            self._require_open(opened)
             if holder is None:
                 return None
             raw_key = bytes(holder)
             buf = t.get(raw_key, db=main_db)
             if buf is None:  # pragma: no cover - entries are written with their records
                 raise AssertionError(f"{self._label} has an entry for a missing record")
+            if small_only and not collection._decodes_inline(buf):
+                return _LARGE
             return collection._decode_value(raw_key, buf)
 
-        # A point lookup, like a collection's get: on the loop, no thread hop.
-        return await collection.env._read(read, ctx)
+        # A point lookup, like a collection's get: on the loop, no thread hop; the
+        # collection's read checks its drop after reading and lets other tasks run.
+        record = await collection._read(lambda t: read(t, True), ctx)
+        if record is _LARGE:
+            record = await collection._read(lambda t: read(t, False), ctx, offload=True)
+        return record  # type: ignore[no-any-return]
 
     async def get_all(
         self, value: IK, *, limit: int | None = None, txn: Transaction | None = None
@@ -537,26 +557,30 @@ class BoundIndex(Generic[K, M, IK]):
             await self.collection._until_open(txn)
         self.collection._require_indexes_built()
         ctx = self.collection._resolve(txn)[1]
+        opened = self._opened
         if value is None:
 
             def count_all(t: lmdb.Transaction) -> int:
-                self._require_current(t)
-                return int(t.stat(self._db)["entries"])
+                self._require_current(t, opened)
+                entries = int(t.stat(opened.db)["entries"])
+                self._require_open(opened)  # a drop may have closed the handle meanwhile
+                return entries
 
-            return await self.collection.env._read(count_all, ctx)
+            return await self.collection._read(count_all, ctx)
         entry = self._exact(value)
 
         def count_entries(t: lmdb.Transaction) -> int:
-            self._require_current(t)
+            self._require_current(t, opened)
             found = 0
-            with t.cursor(self._db) as cursor:
+            with t.cursor(opened.db) as cursor:
                 more = cursor.set_range(entry)
                 while more and bytes(cursor.key()).startswith(entry):
                     found += 1
                     more = cursor.next()
+            self._require_open(opened)  # a drop may have closed the handle meanwhile
             return found
 
-        return await self.collection.env._read(count_entries, ctx, offload=True)
+        return await self.collection._read(count_entries, ctx, offload=True)
 
     async def first(self, *, txn: Transaction | None = None) -> tuple[K, M] | None:
         """The record with the lowest index key, or None."""
