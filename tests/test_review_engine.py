@@ -4,13 +4,16 @@ transactions are open, the bookkeeping of writes queued behind a session."""
 from __future__ import annotations
 
 import asyncio
-import contextlib
+import time
+from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EnvFactory, WriterGate, bounded, detached
+from conftest import EnvFactory, WriterGate, bounded, raw_records
 
 import aiolmdb
+import aiolmdb.environment as environment_module
+from aiolmdb._session import WriteSession
 
 
 async def test_writemap_one_failing_write_fails_alone(open_env: EnvFactory) -> None:
@@ -33,3 +36,44 @@ async def test_writemap_one_failing_write_fails_alone(open_env: EnvFactory) -> N
     assert out == [True] * 5  # each put stored its record
     assert await db.get(b"taken") == b"1"
     assert [await db.get(b"k%d" % i) for i in range(5)] == [b"v"] * 5
+
+
+async def test_a_block_ended_by_close_raises_closed_error(
+    env_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer ends a session just after aborting its transaction: held back
+    # there, the block's own abort reaches the session between the two.
+    class SlowToEnd(WriteSession):
+        def _abort_from(self, level: int) -> None:
+            whole = level == 0 and bool(self._stack)
+            super()._abort_from(level)
+            if whole:
+                time.sleep(0.1)
+
+    monkeypatch.setattr(environment_module, "WriteSession", SlowToEnd)
+    env = aiolmdb.open(env_path)
+    db = await env.open_db_async("a")
+    began = asyncio.Event()
+
+    async def holder() -> None:
+        async with env.transaction():
+            await db.put(b"a", b"1")
+            began.set()
+            await asyncio.sleep(0.2)
+            await db.put(b"a", b"2")
+
+    async def queued() -> None:
+        await began.wait()
+        async with env.transaction():  # queued behind holder's transaction
+            await db.put(b"b", b"2")
+
+    tasks = [asyncio.create_task(holder()), asyncio.create_task(queued())]
+    await bounded(began.wait())
+    for _ in range(10):  # queued()'s transaction is queued behind holder's
+        await asyncio.sleep(0)
+    await bounded(env.close())
+    out = await bounded(asyncio.gather(*tasks, return_exceptions=True))
+    for outcome in out:
+        assert isinstance(outcome, aiolmdb.ClosedError), repr(outcome)
+        assert str(env_path) in str(outcome)
+    assert raw_records(env_path, "a") == {}
