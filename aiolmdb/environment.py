@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import enum
 import logging
 import os
@@ -241,9 +240,12 @@ class AsyncEnvironment:
         await asyncio.shield(closing)
 
     async def _shut_down(self) -> None:
+        # Every abort is queued before any is waited for: a session queued
+        # behind another begins only once that one ends, whose owner may be
+        # the task awaiting this close. The writer thread serves them in
+        # turn, and ends after the last.
         for session in list(self._sessions):
-            with contextlib.suppress(TransactionError):
-                await session.abort()
+            session.abort_later()
         thread = self._writer.stop()
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, thread.join)

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from conftest import EnvFactory, WriterGate, bounded, raw_records
+from conftest import EnvFactory, WriterGate, bounded, detached, raw_records
 
 import aiolmdb
 import aiolmdb.environment as environment_module
@@ -77,3 +77,30 @@ async def test_a_block_ended_by_close_raises_closed_error(
         assert isinstance(outcome, aiolmdb.ClosedError), repr(outcome)
         assert str(env_path) in str(outcome)
     assert raw_records(env_path, "a") == {}
+
+
+async def close_inside_a_transaction_with_others_queued(env: aiolmdb.AsyncEnvironment) -> None:
+    db = await env.open_db_async("a")
+
+    async def queued() -> None:
+        async with env.transaction():
+            await db.put(b"b", b"2")
+
+    closed = False
+    with pytest.raises(aiolmdb.ClosedError):
+        async with env.transaction():
+            await db.put(b"a", b"1")
+            others = [detached(queued()) for _ in range(5)]
+            await asyncio.sleep(0)  # each is queued behind this transaction
+            await bounded(asyncio.shield(env.close()), timeout=2)
+            closed = True
+    assert closed
+    for outcome in await bounded(asyncio.gather(*others, return_exceptions=True)):
+        assert isinstance(outcome, aiolmdb.ClosedError), repr(outcome)
+
+
+async def test_close_inside_a_transaction_with_others_queued(open_env: EnvFactory) -> None:
+    # close() used to wait for the sessions one by one, in no set order: a
+    # queued one first meant waiting forever for this block to end.
+    for _ in range(3):  # the order differs from one environment to the next
+        await close_inside_a_transaction_with_others_queued(open_env())
