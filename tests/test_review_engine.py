@@ -104,3 +104,25 @@ async def test_close_inside_a_transaction_with_others_queued(open_env: EnvFactor
     # queued one first meant waiting forever for this block to end.
     for _ in range(3):  # the order differs from one environment to the next
         await close_inside_a_transaction_with_others_queued(open_env())
+
+
+async def test_close_from_another_event_loop_waits_for_the_close_under_way(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    db = await env.open_db_async("a")
+    gate = WriterGate(db)
+    await gate.hold()
+    write = asyncio.ensure_future(db.put(b"k", b"v"))  # queued: close lets it commit
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(env.close())
+    await asyncio.sleep(0)
+    # From a thread of its own, with an event loop of its own, while this
+    # loop's close waits for the writer.
+    other = asyncio.ensure_future(asyncio.to_thread(asyncio.run, bounded(env.close())))
+    await asyncio.sleep(0.05)
+    assert not other.done() and not closing.done()
+    await gate.release()
+    await bounded(other)
+    assert closing.done() or await bounded(closing) is None
+    assert await bounded(write) is True
+    assert env.closed
