@@ -327,8 +327,13 @@ class WriteSession:
         await self._send(_COMMIT)
 
     async def abort(self) -> None:
-        """Abort the whole transaction, savepoints included, and end the session."""
-        await self._send(_ABORT)
+        """Abort the whole transaction, savepoints included, and end the session.
+
+        Does nothing once the session has ended (whoever ended it: its
+        writes are gone, or committed, either way).
+        """
+        if not self._ended:
+            await self._send(_ABORT)
 
     def abandon(self) -> None:
         """In the child of a fork: the session is the parent's; never send it anything.
@@ -473,7 +478,10 @@ class WriteSession:
                 op = self._ops.get_nowait()
             except queue.Empty:
                 return
-            deliver([(op, False, exc)])
+            # An abort that came after the end has nothing left to do: it
+            # succeeds (the writer may end a session, on close, between a
+            # caller's look at ``ended`` and its abort).
+            deliver([(op, True, None) if op.kind == _ABORT else (op, False, exc)])
 
 
 class ReadSnapshot:

@@ -13,7 +13,9 @@ Two kinds of work go through the queue:
   and write through it, so they can be replayed. If one raises, the batch is
   aborted and replayed without it, each write then in a nested transaction of
   its own (so that a further failure aborts only itself): a failing write
-  fails alone, and many failures cost no more than one replay.
+  fails alone, and many failures cost no more than one replay. With
+  ``writemap`` (where LMDB has no nested transactions) the batch is replayed
+  once per failing write instead.
 - exclusive work: functions run on their own (a user's ``run(fn, write=True)``,
   an explicit ``env.transaction()`` session, creating a database). They manage
   their own transaction and are never replayed.
@@ -168,6 +170,8 @@ class Writer:
         grow_map: Callable[[], str | None],
     ) -> None:
         self._env = env  # for nested transactions
+        # LMDB refuses nested write transactions under MDB_WRITEMAP.
+        self._can_nest = not env.flags()["writemap"]
         self._begin = begin  # begins a (root) write transaction
         self._name = name
         self._max_pending = max_pending
@@ -373,8 +377,9 @@ class Writer:
 
         Returns the outcomes of the committed writes, for the caller to deliver.
         """
-        # A write whose caller was cancelled before it began is not applied.
-        pending = [job for job in jobs if not job.future.cancelled()]
+        # A write whose caller was cancelled, or that was refused, before it
+        # began is not applied (a refused one would only force a replay).
+        pending = [job for job in jobs if not job.future.done()]
         isolated = False
         while pending:
             outcome = self._try_batch(pending, held, isolated)
@@ -390,7 +395,9 @@ class Writer:
                 # Replaying the whole batch once per failing write would cost
                 # time quadratic in the failures: from now on each write runs
                 # in a nested transaction, and a failure aborts only its own.
-                isolated = True
+                # LMDB refuses nested transactions under MDB_WRITEMAP: there,
+                # each failure costs a replay without it.
+                isolated = self._can_nest
         deliver(held)
         return []
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import asyncio
 import atexit
-import contextlib
 import enum
 import logging
 import os
@@ -230,26 +229,32 @@ class AsyncEnvironment:
         Write transactions still open are aborted; read snapshots are ended.
         Closing twice is harmless; any call afterwards raises ``ClosedError``.
         A cancelled close goes on without its caller, and a later ``close()``
-        waits for it (or finishes it, if its event loop is gone).
+        waits for it (from any event loop), or finishes it if its event loop
+        is closed.
         """
         if self._state in (_State.CLOSED, _State.FORKED):
             return
         self._closed = True
         self._state = _State.CLOSING
         closing = self._closing
-        if (
-            closing is None
-            or closing.done()
-            or closing.get_loop() is not asyncio.get_running_loop()
-        ):
+        if closing is None or closing.done() or closing.get_loop().is_closed():
             # A close whose loop ended before it finished is finished here.
             closing = self._closing = asyncio.ensure_future(self._shut_down())
-        await asyncio.shield(closing)
+        loop = closing.get_loop()
+        if loop is asyncio.get_running_loop():
+            await asyncio.shield(closing)
+        else:  # under way on another thread's event loop: wait for it there
+            waiting = asyncio.run_coroutine_threadsafe(asyncio.wait([closing]), loop)
+            await asyncio.wrap_future(waiting)
+            closing.result()
 
     async def _shut_down(self) -> None:
+        # Every abort is queued before any is waited for: a session queued
+        # behind another begins only once that one ends, whose owner may be
+        # the task awaiting this close. The writer thread serves them in
+        # turn, and ends after the last.
         for session in list(self._sessions):
-            with contextlib.suppress(TransactionError):
-                await session.abort()
+            session.abort_later()
         thread = self._writer.stop()
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, thread.join)

@@ -182,8 +182,6 @@ class Transaction:
                     # Rolled back already: its enclosing transaction ended meanwhile.
             else:
                 self.env._end_session(session)
-                if session.ended and not commit:
-                    return  # it ended already: its writes are gone
                 await (session.commit() if commit else session.abort())
 
     def _end_check(self, action: str) -> None:

@@ -1,0 +1,128 @@
+"""Engine defects found in review: group commit under writemap, close() while
+transactions are open, the bookkeeping of writes queued behind a session."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+from conftest import EnvFactory, WriterGate, bounded, detached, raw_records
+
+import aiolmdb
+import aiolmdb.environment as environment_module
+from aiolmdb._session import WriteSession
+
+
+async def test_writemap_one_failing_write_fails_alone(open_env: EnvFactory) -> None:
+    env = open_env(writemap=True)
+    db = await env.open_db_async("t")
+    await db.put(b"taken", b"1")
+    gate = WriterGate(db)
+    await gate.hold()
+    calls: list[asyncio.Future[Any]] = [
+        asyncio.ensure_future(db.put(b"k%d" % i, b"v")) for i in range(5)
+    ]
+    calls.insert(2, asyncio.ensure_future(db.insert(b"taken", b"2")))
+    for _ in range(5):  # every call reaches the queue: one batch
+        await asyncio.sleep(0)
+    await gate.release()
+    out = await bounded(asyncio.gather(*calls, return_exceptions=True))
+    refused = out.pop(2)
+    assert isinstance(refused, aiolmdb.KeyExistsError), refused
+    assert "taken" in str(refused)
+    assert out == [True] * 5  # each put stored its record
+    assert await db.get(b"taken") == b"1"
+    assert [await db.get(b"k%d" % i) for i in range(5)] == [b"v"] * 5
+
+
+async def test_a_block_ended_by_close_raises_closed_error(
+    env_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # The writer ends a session just after aborting its transaction: held back
+    # there, the block's own abort reaches the session between the two.
+    class SlowToEnd(WriteSession):
+        def _abort_from(self, level: int) -> None:
+            whole = level == 0 and bool(self._stack)
+            super()._abort_from(level)
+            if whole:
+                time.sleep(0.1)
+
+    monkeypatch.setattr(environment_module, "WriteSession", SlowToEnd)
+    env = aiolmdb.open(env_path)
+    db = await env.open_db_async("a")
+    began = asyncio.Event()
+
+    async def holder() -> None:
+        async with env.transaction():
+            await db.put(b"a", b"1")
+            began.set()
+            await asyncio.sleep(0.2)
+            await db.put(b"a", b"2")
+
+    async def queued() -> None:
+        await began.wait()
+        async with env.transaction():  # queued behind holder's transaction
+            await db.put(b"b", b"2")
+
+    tasks = [asyncio.create_task(holder()), asyncio.create_task(queued())]
+    await bounded(began.wait())
+    for _ in range(10):  # queued()'s transaction is queued behind holder's
+        await asyncio.sleep(0)
+    await bounded(env.close())
+    out = await bounded(asyncio.gather(*tasks, return_exceptions=True))
+    for outcome in out:
+        assert isinstance(outcome, aiolmdb.ClosedError), repr(outcome)
+        assert str(env_path) in str(outcome)
+    assert raw_records(env_path, "a") == {}
+
+
+async def close_inside_a_transaction_with_others_queued(env: aiolmdb.AsyncEnvironment) -> None:
+    db = await env.open_db_async("a")
+
+    async def queued() -> None:
+        async with env.transaction():
+            await db.put(b"b", b"2")
+
+    closed = False
+    with pytest.raises(aiolmdb.ClosedError):
+        async with env.transaction():
+            await db.put(b"a", b"1")
+            others = [detached(queued()) for _ in range(5)]
+            await asyncio.sleep(0)  # each is queued behind this transaction
+            await bounded(asyncio.shield(env.close()), timeout=2)
+            closed = True
+    assert closed
+    for outcome in await bounded(asyncio.gather(*others, return_exceptions=True)):
+        assert isinstance(outcome, aiolmdb.ClosedError), repr(outcome)
+
+
+async def test_close_inside_a_transaction_with_others_queued(open_env: EnvFactory) -> None:
+    # close() used to wait for the sessions one by one, in no set order: a
+    # queued one first meant waiting forever for this block to end.
+    for _ in range(3):  # the order differs from one environment to the next
+        await close_inside_a_transaction_with_others_queued(open_env())
+
+
+async def test_close_from_another_event_loop_waits_for_the_close_under_way(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    db = await env.open_db_async("a")
+    gate = WriterGate(db)
+    await gate.hold()
+    write = asyncio.ensure_future(db.put(b"k", b"v"))  # queued: close lets it commit
+    await asyncio.sleep(0)
+    closing = asyncio.ensure_future(env.close())
+    await asyncio.sleep(0)
+    # From a thread of its own, with an event loop of its own, while this
+    # loop's close waits for the writer.
+    other = asyncio.ensure_future(asyncio.to_thread(asyncio.run, bounded(env.close())))
+    await asyncio.sleep(0.05)
+    assert not other.done() and not closing.done()
+    await gate.release()
+    await bounded(other)
+    assert closing.done() or await bounded(closing) is None
+    assert await bounded(write) is True
+    assert env.closed
