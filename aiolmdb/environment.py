@@ -249,12 +249,12 @@ class AsyncEnvironment:
             closing.result()
 
     async def _shut_down(self) -> None:
-        # Every abort is queued before any is waited for: a session queued
+        # Every abort is sent before any is waited for: a session queued
         # behind another begins only once that one ends, whose owner may be
-        # the task awaiting this close. The writer thread serves them in
-        # turn, and ends after the last.
-        for session in list(self._sessions):
-            session.abort_later()
+        # the task awaiting this close. The writer goes on taking work until
+        # they all ended (a session may wait for room in its queue).
+        aborts = [asyncio.ensure_future(session.abort()) for session in list(self._sessions)]
+        await asyncio.gather(*aborts, return_exceptions=True)  # failed or not, it has ended
         thread = self._writer.stop()
         if thread is not None:
             await asyncio.get_running_loop().run_in_executor(None, thread.join)
