@@ -112,6 +112,23 @@ class _Queued:
 
         return run
 
+    def watch(self, future: asyncio.Future[Any], sessions: Collection[WriteSession]) -> None:
+        """Have ``sessions`` watch the work, whose caller awaits ``future``, until it is done.
+
+        Done (refused, cancelled, or run once the sessions ended), it leaves
+        their ``behind`` at once: a session kept busy never looks at it, and
+        would hold on to it for as long as it is open.
+        """
+        self.future = future
+        watchers = tuple(sessions)  # the sessions open now, not those opened later
+        for session in watchers:
+            session.behind.add(self)
+        future.add_done_callback(functools.partial(self._unwatch, watchers))
+
+    def _unwatch(self, watchers: tuple[WriteSession, ...], _: asyncio.Future[Any]) -> None:
+        for session in watchers:
+            session.behind.discard(self)
+
     def refuse(self, error: TransactionError) -> None:
         """On the event loop: fail the work, unless the writer thread has begun it."""
         with self.lock:
@@ -137,9 +154,7 @@ def submit_behind(
     queued = _Queued("a write made outside it")
     job = submit(queued.guarding(fn))
     if isinstance(job, asyncio.Future):
-        queued.future = job
-        for session in sessions:
-            session.behind.add(queued)
+        queued.watch(job, sessions)
     return job
 
 
@@ -275,9 +290,7 @@ class WriteSession:
         op = _Op(_BEGIN, None, asyncio.get_running_loop())
         if behind:  # before it is queued: the writer thread reads it when serving it
             self._queued = _Queued("another write transaction")
-            self._queued.future = op.future
-            for session in behind:
-                session.behind.add(self._queued)
+            self._queued.watch(op.future, behind)
         await self._put(op)
 
     async def call(self, fn: Callable[[lmdb.Transaction], Any], level: int = 0) -> Any:

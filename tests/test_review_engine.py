@@ -126,3 +126,23 @@ async def test_close_from_another_event_loop_waits_for_the_close_under_way(
     await bounded(closing)
     assert await bounded(write) is True
     assert env.closed
+
+
+async def test_writes_queued_behind_a_transaction_are_forgotten_once_done(
+    env: aiolmdb.AsyncEnvironment, sessions: list[WriteSession]
+) -> None:
+    db = await env.open_db_async("a")
+    async with env.transaction():
+        await db.put(b"a", b"1")
+        (session,) = sessions
+        # Auto-commit writes of other tasks, and a transaction: all wait behind it.
+        writes = [detached(db.put(b"k%d" % i, b"v")) for i in range(100)]
+        other = detached(env.transaction().__aenter__())
+        await asyncio.sleep(0)
+        assert len(session.behind) == 101
+        for task in [*writes, other]:  # given up on, while the transaction stays busy
+            task.cancel()
+        await asyncio.gather(*writes, other, return_exceptions=True)
+        assert session.behind == set()
+    assert await db.get(b"k0") is None
+
