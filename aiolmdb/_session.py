@@ -429,10 +429,8 @@ class WriteSession:
             raise TransactionError(self._not_innermost(op))
         if op.kind == _CALL:
             assert op.fn is not None
-            try:
+            with self._telling_map_full():
                 return op.fn(stack[-1][1])
-            except lmdb.MapFullError as exc:
-                raise map_full_error(exc, self._map_full_advice()) from exc
         if op.kind == _SAVEPOINT:
             stack.append((op.savepoint, self._env.begin(write=True, parent=stack[-1][1])))
         elif op.kind == _RELEASE:
@@ -449,7 +447,9 @@ class WriteSession:
                 raise TransactionError(
                     "cannot commit with a savepoint still open: the transaction was aborted"
                 )
-            stack.pop()[1].commit()
+            # The commit may need pages of its own (to save LMDB's free list).
+            with self._telling_map_full():
+                stack.pop()[1].commit()
         elif op.kind == _ABORT:
             self._abort_from(0)
         return None
@@ -463,6 +463,14 @@ class WriteSession:
             "make calls through it (tasks sharing a transaction cannot each hold a "
             "savepoint at once)"
         )
+
+    @contextlib.contextmanager
+    def _telling_map_full(self) -> Iterator[None]:
+        """A full map found inside is told what to do about it (see :meth:`_map_full_advice`)."""
+        try:
+            yield
+        except lmdb.MapFullError as exc:
+            raise map_full_error(exc, self._map_full_advice()) from exc
 
     def _map_full_advice(self) -> str:
         """What to tell a caller whose call found the map full (on the writer thread)."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 from typing import Any
 
+import lmdb
 import pytest
 from conftest import EnvFactory, WriterGate, bounded, detached, raw_records
 
@@ -146,3 +147,21 @@ async def test_writes_queued_behind_a_transaction_are_forgotten_once_done(
         assert session.behind == set()
     assert await db.get(b"k0") is None
 
+
+async def test_a_transaction_whose_commit_finds_the_map_full_is_told_why(
+    open_env: EnvFactory,
+) -> None:
+    # Pages freed by earlier transactions make the commit itself need pages
+    # (to save the free list): filled one transaction at a time, the map is
+    # found full by a commit, not by a put.
+    env = open_env(map_size=1 << 20, max_map_size=1 << 20)
+    db = await env.open_db_async("a")
+    for round_ in range(40):
+        await db.put_multi([(b"k%03d" % (i % 300), bytes([round_]) * 200) for i in range(30)])
+    with pytest.raises(lmdb.MapFullError) as raised:
+        for step in range(1000):
+            async with env.transaction():
+                await db.put(b"x%06d" % step, b"y" * 1500)
+    assert "at max_map_size (1048576 bytes) and cannot grow" in str(raised.value)
+    assert "will not fit however often it runs" in str(raised.value)
+    assert await db.get(b"k000") == bytes([39]) * 200
