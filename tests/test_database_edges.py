@@ -546,7 +546,7 @@ async def test_scanning_large_values_one_at_a_time_holds_a_few_of_them_at_most(
     assert peak < 8 * mib, f"peak {peak / mib:.1f} MiB"
 
 
-# -- review: a get that lets other tasks run never reads a dropped database ----
+# -- 1, 20: a get that lets other tasks run never reads a dropped database ----
 
 
 async def test_a_get_that_yields_never_reads_the_database_that_took_a_dropped_slot(

@@ -1,5 +1,5 @@
-"""Engine defects found in review: group commit under writemap, close() while
-transactions are open, the bookkeeping of writes queued behind a session."""
+"""Group commit under writemap, close() while transactions are open, the bookkeeping of
+writes queued behind a session, a commit that finds the map full."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""Review findings, data side: where values are decoded, reads that yield, index handles."""
+"""Read paths: where values are decoded, reads that let other tasks run, index handles."""
 
 from __future__ import annotations
 
