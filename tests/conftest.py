@@ -18,6 +18,7 @@ import pytest
 import aiolmdb
 import aiolmdb.environment as environment_module
 from aiolmdb._session import WriteSession
+from aiolmdb.coders import Buffer, Coder
 
 T = TypeVar("T")
 
@@ -156,6 +157,25 @@ class Ticker:
 
     def stop(self) -> None:
         self._task.cancel()
+
+
+class WhereDecoded(Coder[bytes]):
+    """Bytes as they are, recording on which threads they were decoded."""
+
+    def __init__(self) -> None:
+        self.on_loop: list[bool] = []
+
+    def serialize(self, obj: bytes) -> bytes:
+        return obj
+
+    def deserialize(self, buf: Buffer) -> bytes:
+        self.on_loop.append(threading.current_thread() is threading.main_thread())
+        return bytes(buf)
+
+
+async def first_value(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> bytes | None:
+    first = await db.first()
+    return None if first is None else first[1]
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, EnvFactory, WriterGate, bounded
+from conftest import TIMEOUT, EnvFactory, WhereDecoded, WriterGate, bounded, first_value
 from pydantic import BaseModel
 
 import aiolmdb
@@ -446,25 +446,6 @@ async def test_a_loop_of_inline_reads_lets_other_tasks_run(env: Env, read: str) 
 
 
 # -- 21: values that expand when decoded are decoded off the loop --------
-
-
-class WhereDecoded(Coder[bytes]):
-    """Bytes as they are, recording on which threads they were decoded."""
-
-    def __init__(self) -> None:
-        self.on_loop: list[bool] = []
-
-    def serialize(self, obj: bytes) -> bytes:
-        return obj
-
-    def deserialize(self, buf: Buffer) -> bytes:
-        self.on_loop.append(threading.current_thread() is threading.main_thread())
-        return bytes(buf)
-
-
-async def first_value(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> bytes | None:
-    first = await db.first()
-    return None if first is None else first[1]
 
 
 SCANS: dict[str, Callable[[aiolmdb.AsyncDatabase[bytes, bytes]], Awaitable[bytes | None]]] = {

@@ -8,34 +8,15 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import WriterGate, bounded
+from conftest import WhereDecoded, WriterGate, bounded, first_value
 from pydantic import BaseModel
 
 import aiolmdb
 import aiolmdb._scan as scan_module
-from aiolmdb.coders import Buffer, Coder, JSONCoder, MsgpackCoder, StringCoder, UInt64Coder
+from aiolmdb.coders import JSONCoder, MsgpackCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
 
 Env = aiolmdb.AsyncEnvironment
-
-
-class WhereDecoded(Coder[bytes]):
-    """Bytes as they are, recording on which threads they were decoded."""
-
-    def __init__(self) -> None:
-        self.on_loop: list[bool] = []
-
-    def serialize(self, obj: bytes) -> bytes:
-        return obj
-
-    def deserialize(self, buf: Buffer) -> bytes:
-        self.on_loop.append(threading.current_thread() is threading.main_thread())
-        return bytes(buf)
-
-
-async def first_value(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> bytes | None:
-    first = await db.first()
-    return None if first is None else first[1]
 
 
 async def only_value_of_multi(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> bytes | None:
