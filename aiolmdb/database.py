@@ -29,7 +29,7 @@ if TYPE_CHECKING:
     from .environment import AsyncEnvironment
     from .transaction import Transaction
 
-__all__ = ["AsyncDatabase", "DatabaseTxn", "OpenedHandle", "raise_again"]
+__all__ = ["TOO_LARGE", "AsyncDatabase", "DatabaseTxn", "OpenedHandle", "raise_again"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -51,6 +51,8 @@ _yield_due = itertools.cycle([True] + [False] * (INLINE_READS_PER_YIELD - 1))
 
 
 _MISSING: Any = object()
+#: What a read made on the event loop gives for a value too large to decode there.
+TOO_LARGE: Any = object()
 
 #: The sizes LMDB's integerkey databases compare keys as (native unsigned int, size_t).
 INTEGER_KEY_SIZES = (4, 8)
@@ -311,6 +313,17 @@ class AsyncDatabase(Generic[K, V]):
             await asyncio.sleep(0)
         return await self.env._read(checked, ctx, offload=offload)
 
+    async def _read_small_inline(
+        self, read: Callable[[lmdb.Transaction, bool], R], ctx: Transaction | None
+    ) -> R:
+        """``read(txn, True)`` on the event loop, or, if it gives :data:`TOO_LARGE` (a value
+        too large to decode there), ``read(txn, False)`` on a reader thread.
+        """
+        result = await self._read(lambda t: read(t, True), ctx)
+        if result is TOO_LARGE:
+            result = await self._read(lambda t: read(t, False), ctx, offload=True)
+        return result
+
     def _write(
         self,
         fn: Callable[[lmdb.Transaction], R],
@@ -443,26 +456,21 @@ class AsyncDatabase(Generic[K, V]):
         wanted = list(keys)
         raw_keys = await self._encode_many(self._encode_key, wanted)
 
-        def read(t: lmdb.Transaction, small_only: bool) -> dict[K, Any] | None:
-            # None: a value is too large to decode here, read them all off the loop.
+        def read(t: lmdb.Transaction, small_only: bool) -> dict[K, Any]:
             found: dict[K, Any] = {}
             for key, raw_key in zip(wanted, raw_keys, strict=True):
                 buf = t.get(raw_key, db=db)
                 if buf is None:
                     found[key] = default
                 elif small_only and not self._decodes_inline(buf):
-                    return None
+                    return TOO_LARGE  # type: ignore[no-any-return]
                 else:
                     found[key] = self._decode_value(raw_key, buf)
             return found
 
         if len(wanted) <= INLINE_MULTI_LIMIT:
-            small = await self._read(lambda t: read(t, True), ctx)
-            if small is not None:
-                return small
-        found = await self._read(lambda t: read(t, False), ctx, offload=True)
-        assert found is not None  # only a read of small values gives up
-        return found
+            return await self._read_small_inline(read, ctx)
+        return await self._read(lambda t: read(t, False), ctx, offload=True)
 
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""

@@ -19,7 +19,7 @@ import lmdb
 from .._scan import Fetch, prefix_end
 from ..coders import Coder
 from ..coders.base import escape_element, unescape_element
-from ..database import OpenedHandle, _show
+from ..database import TOO_LARGE, OpenedHandle, _show
 from ..errors import (
     AiolmdbError,
     DatabaseDroppedError,
@@ -38,8 +38,6 @@ IK = TypeVar("IK")
 
 #: How index entries are stored; indexes recorded with another layout are rebuilt.
 LAYOUT = 2
-#: What an index get read on the event loop returns for a record to decode off it.
-_LARGE: Any = object()
 
 K = TypeVar("K")
 M = TypeVar("M")
@@ -509,7 +507,6 @@ class BoundIndex(Generic[K, M, IK]):
         opened = self._opened
 
         def read(t: lmdb.Transaction, small_only: bool) -> Any:
-            # _LARGE: the record is too large to decode here, read it off the loop.
             self._require_current(t, opened)
             holder = t.get(entry, db=opened.db)
             # A drop marks the handle before LMDB closes it: checked after the read.
@@ -521,14 +518,12 @@ class BoundIndex(Generic[K, M, IK]):
             if buf is None:  # pragma: no cover - entries are written with their records
                 raise AssertionError(f"{self._label} has an entry for a missing record")
             if small_only and not collection._decodes_inline(buf):
-                return _LARGE
+                return TOO_LARGE
             return collection._decode_value(raw_key, buf)
 
         # A point lookup, like a collection's get: on the loop, no thread hop; the
         # collection's read checks its drop after reading and lets other tasks run.
-        record = await collection._read(lambda t: read(t, True), ctx)
-        if record is _LARGE:
-            record = await collection._read(lambda t: read(t, False), ctx, offload=True)
+        record = await collection._read_small_inline(read, ctx)
         return record  # type: ignore[no-any-return]
 
     async def get_all(
