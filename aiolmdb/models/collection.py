@@ -522,7 +522,6 @@ class Collection(AsyncDatabase[K, M]):
     # -- drop() empties or deletes the indexes with the records ----------
 
     def _empty(self, t: lmdb.Transaction) -> None:
-        self._require_live()  # a drop queued behind a deletion
         for index in self._indexes:
             index._require_open()
         super()._empty(t)
@@ -531,7 +530,6 @@ class Collection(AsyncDatabase[K, M]):
         self._mark_removed_stale(t)
 
     def _delete(self, t: lmdb.Transaction) -> None:
-        self._require_live()  # a drop queued behind a deletion
         super()._delete(t)
         if self._meta is None:
             return  # no index, declared or removed
@@ -551,7 +549,6 @@ class Collection(AsyncDatabase[K, M]):
     def _store(
         self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
     ) -> bool:
-        self._require_live()
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._store(t, raw_key, raw_value, value, overwrite)
@@ -609,7 +606,6 @@ class Collection(AsyncDatabase[K, M]):
             ) from exc
 
     def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
-        self._require_live()
         if not self._indexes:
             self._mark_removed_stale(t)
             return super()._remove(t, raw_key)
