@@ -7,6 +7,9 @@ handlers keep working.
 
 from __future__ import annotations
 
+import copy
+from typing import NoReturn
+
 __all__ = [
     "AiolmdbError",
     "ClosedError",
@@ -20,6 +23,7 @@ __all__ = [
     "MapNotAdoptedError",
     "TransactionError",
     "UniqueViolationError",
+    "UnsupportedError",
     "UnorderedKeyError",
 ]
 
@@ -99,3 +103,20 @@ class MapNotAdoptedError(AiolmdbError):
     open: a read snapshot (``env.transaction(write=False)``) held open blocks
     it. End the snapshot and retry.
     """
+
+
+class UnsupportedError(AiolmdbError):
+    """The engine in use does not support the call (an LMDB-only feature elsewhere).
+
+    The message names the engine and the call; ``env.capabilities`` says
+    beforehand what an engine supports.
+    """
+
+
+def raise_again(error: BaseException) -> NoReturn:
+    """Raise ``error`` once more, for one more call (a copy of it, with the same cause).
+
+    Raising the one instance from every call would grow its traceback without end.
+    """
+    again = copy.copy(error)
+    raise again.with_traceback(None) from error.__cause__

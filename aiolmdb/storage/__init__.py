@@ -1,0 +1,21 @@
+"""The storage seam: the protocols every engine implements, and how a location picks one.
+
+Engines live in subpackages (:mod:`aiolmdb.storage.lmdb`,
+:mod:`aiolmdb.storage.memory`) and are imported only when a location
+names them: ``import aiolmdb`` loads no engine.
+"""
+
+from .base import Buffer, Capabilities, Engine, NotNowError, ReadView, Session, Snapshot, WriteView
+from .keyspace import Keyspace
+
+__all__ = [
+    "Buffer",
+    "Capabilities",
+    "Engine",
+    "Keyspace",
+    "NotNowError",
+    "ReadView",
+    "Session",
+    "Snapshot",
+    "WriteView",
+]

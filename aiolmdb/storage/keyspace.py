@@ -1,0 +1,94 @@
+"""``Keyspace``: one database's (or one index's) storage, as every engine hands it out."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from ..errors import AiolmdbError, raise_again
+
+__all__ = ["Keyspace"]
+
+
+class Keyspace:
+    """A named keyspace of an engine, shared by every object opened on it.
+
+    Opening may need the engine's writer: until it is done the keyspace is
+    pending (``ready`` is False). The open either gives the engine's handle
+    (``ready``) or fails (``error``), and every call on it then raises that
+    error. ``handle`` is the engine's own (an LMDB database handle, a
+    memory table); nothing above the engine looks inside it.
+    """
+
+    __slots__ = (
+        "dropped",
+        "error",
+        "handle",
+        "integer_keys",
+        "key_size",
+        "label",
+        "name",
+        "opening",
+        "ready",
+        "reverse_keys",
+        "serial",
+    )
+
+    def __init__(
+        self,
+        name: bytes | None,
+        label: str,
+        serial: int,
+        *,
+        integer_keys: bool = False,
+        reverse_keys: bool = False,
+    ) -> None:
+        #: The raw name (None: the engine's default keyspace).
+        self.name = name
+        #: How messages name it.
+        self.label = label
+        #: Which open of the engine this was: sessions begun before it may not see it.
+        self.serial = serial
+        self.integer_keys = integer_keys
+        self.reverse_keys = reverse_keys
+        #: The engine's handle, once open.
+        self.handle: Any = None
+        #: Set when the keyspace was deleted: its handle is dead.
+        self.dropped = False
+        #: Set (where the engine opens it) once ``handle`` holds the handle.
+        self.ready = False
+        #: Why the open failed, naming the keyspace.
+        self.error: BaseException | None = None
+        #: The engine's job opening it (None: opened before it was handed out).
+        self.opening: asyncio.Future[None] | None = None
+        #: integerkey: the size of its keys, once known (LMDB compares keys of one size only).
+        self.key_size: int | None = None
+
+    def open_with(self, fn: Callable[[], Any]) -> None:
+        """Where the engine opens it: keep what ``fn`` opens, or why it failed."""
+        try:
+            self.handle = fn()
+        except Exception as exc:
+            self.error = exc
+            return
+        self.ready = True
+
+    async def wait(self) -> None:
+        """Wait until the engine has opened it; raise the open's error if it failed."""
+        if not self.ready and self.error is None and self.opening is not None:
+            # Shielded: a cancelled caller must not cancel the open for every other.
+            await asyncio.shield(self.opening)
+        self.check()
+
+    def check(self) -> None:
+        """Raise the open's error (a fresh copy of it) unless the keyspace is open."""
+        if self.ready:
+            return
+        if self.error is None:  # callers wait for the open first, or say why it is pending
+            raise AiolmdbError(f"{self.label} is not open yet")
+        raise_again(self.error)
+
+    def __repr__(self) -> str:
+        state = "dropped" if self.dropped else "open" if self.ready else "pending"
+        return f"<Keyspace {self.label} {state}>"

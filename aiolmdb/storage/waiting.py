@@ -1,0 +1,99 @@
+"""Handing outcomes from engine threads back to the tasks that wait for them."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from typing import Any, Protocol, TypeVar
+
+__all__ = [
+    "Outcome",
+    "Waiting",
+    "awaitable_error",
+    "call_awaitably",
+    "deliver",
+    "ignore_outcome",
+    "outlast_cancellation",
+]
+
+R = TypeVar("R")
+
+# (future, ok, value): what an engine thread hands back to an event loop.
+_Settled = tuple["asyncio.Future[Any]", bool, Any]
+
+
+class Waiting(Protocol):
+    """Anything a task awaits the outcome of: its loop and its future."""
+
+    @property
+    def loop(self) -> asyncio.AbstractEventLoop: ...
+
+    @property
+    def future(self) -> asyncio.Future[Any]: ...
+
+
+#: A finished piece of work: who waits for it, whether it succeeded, its result or error.
+Outcome = tuple[Waiting, bool, Any]
+
+
+def awaitable_error(exc: BaseException) -> BaseException:
+    """``exc`` as an awaiting task can receive it.
+
+    asyncio refuses ``StopIteration`` as a future's exception (the future
+    would never resolve): like PEP 479 in a generator, it becomes a
+    ``RuntimeError`` caused by it.
+    """
+    if not isinstance(exc, StopIteration):
+        return exc
+    error = RuntimeError(f"a function run by aiolmdb raised StopIteration: {exc!r}")
+    error.__cause__ = exc
+    return error
+
+
+def call_awaitably(fn: Callable[..., R], *args: Any) -> R:
+    """``fn(*args)`` for a worker thread whose outcome an asyncio future receives.
+
+    A ``StopIteration`` it raises is raised as a ``RuntimeError`` instead.
+    """
+    try:
+        return fn(*args)
+    except StopIteration as exc:
+        raise awaitable_error(exc) from exc
+
+
+def _settle(outcomes: list[_Settled]) -> None:
+    """Runs on the event loop: resolve every future of one delivery."""
+    for future, ok, value in outcomes:
+        if future.done():  # cancelled by its caller meanwhile
+            continue
+        if ok:
+            future.set_result(value)
+        else:
+            future.set_exception(awaitable_error(value))
+
+
+def deliver(outcomes: list[Outcome]) -> None:
+    """Wake the waiters of finished work: one thread-safe call per event loop."""
+    by_loop: dict[asyncio.AbstractEventLoop, list[_Settled]] = {}
+    for job, ok, value in outcomes:
+        by_loop.setdefault(job.loop, []).append((job.future, ok, value))
+    for loop, items in by_loop.items():
+        # A closed loop raises RuntimeError: nobody is waiting any more.
+        with contextlib.suppress(RuntimeError):
+            loop.call_soon_threadsafe(_settle, items)
+
+
+def ignore_outcome(future: asyncio.Future[Any]) -> None:
+    """A done callback for work nobody waits for: its error is retrieved, not logged."""
+    if not future.cancelled():
+        future.exception()
+
+
+async def outlast_cancellation(work: asyncio.Future[Any]) -> None:
+    """Wait for ``work`` to finish, however many times the waiter is cancelled meanwhile."""
+    while not work.done():
+        try:
+            await asyncio.wait([work])
+        except asyncio.CancelledError:
+            continue
