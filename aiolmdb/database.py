@@ -1,35 +1,34 @@
-"""``AsyncDatabase[K, V]``: one LMDB database with a key coder and a value coder."""
+"""``AsyncDatabase[K, V]``: one database (a keyspace of the engine) with a key coder and a value coder."""
 
 from __future__ import annotations
 
 import asyncio
-import copy
 import enum
 import itertools
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
-from typing import TYPE_CHECKING, Any, Generic, NoReturn, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
-import lmdb
-
-from ._scan import Fetch, as_stored, prefix_end, scan
 from .coders import Coder
 from .errors import (
-    AiolmdbError,
     DatabaseDroppedError,
     DecodeError,
     EncodeError,
     KeyExistsError,
     KeyNotFoundError,
-    MapNotAdoptedError,
     TransactionError,
     UnorderedKeyError,
 )
+from .scanning import Fetch, as_stored, prefix_end, scan
+from .storage import Buffer, Keyspace, NotNowError, ReadView, WriteView
 
 if TYPE_CHECKING:
+    import lmdb
+
     from .environment import AsyncEnvironment
+    from .storage.lmdb import LmdbReadView
     from .transaction import Transaction
 
-__all__ = ["TOO_LARGE", "AsyncDatabase", "DatabaseTxn", "OpenedHandle", "raise_again"]
+__all__ = ["TOO_LARGE", "AsyncDatabase", "DatabaseTxn", "show"]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -101,7 +100,13 @@ class AsyncDatabase(Generic[K, V]):
         self.value_coder = value_coder
         self._label = "<default>" if name is None else repr(name)
         flags = flags or {}
-        self._opened = env._open_handle(name, self._label, create, flags)
+        self._keyspace = env._open_keyspace(
+            name,
+            self._label,
+            create,
+            integer_keys=flags.get("integerkey", False),
+            reverse_keys=flags.get("reverse_key", False),
+        )
         self._key_order = (
             KeyOrder.INTEGER
             if flags.get("integerkey", False)
@@ -111,10 +116,10 @@ class AsyncDatabase(Generic[K, V]):
         )
         # Checked for every key: a bool costs less than comparing enum members.
         self._integer_keys = self._key_order is KeyOrder.INTEGER
-        self._db = self._opened.db
         #: True until a call found the database open: calls wait for the writer to open it.
-        self._pending = not self._opened.ready
+        self._pending = not self._keyspace.ready
         self._max_key_size = env.max_key_size()
+        self._inline_limit = env.inline_value_limit
 
     def __repr__(self) -> str:
         return (
@@ -129,22 +134,22 @@ class AsyncDatabase(Generic[K, V]):
             raw = self.key_coder.serialize(key)
         except Exception as exc:
             raise EncodeError(
-                f"database {self._label}: cannot encode key {_show(key)} "
+                f"database {self._label}: cannot encode key {show(key)} "
                 f"({type(key).__name__}) with {self.key_coder!r}: {exc}"
             ) from exc
         if type(raw) is not bytes:
-            raw = self._as_bytes(raw, self.key_coder, f"key {_show(key)}", key)
+            raw = self._as_bytes(raw, self.key_coder, f"key {show(key)}", key)
         if not raw:
             raise EncodeError(
-                f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"database {self._label}: key {show(key)} ({type(key).__name__}) encodes to "
                 f"empty bytes with {self.key_coder!r}; LMDB does not accept empty keys"
             )
         if len(raw) > self._max_key_size:
             raise EncodeError(
-                f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"database {self._label}: key {show(key)} ({type(key).__name__}) encodes to "
                 f"{len(raw)} bytes with {self.key_coder!r}; the limit is {self._max_key_size}"
             )
-        if self._integer_keys and len(raw) != self._opened.key_size:
+        if self._integer_keys and len(raw) != self._keyspace.key_size:
             self._check_integer_key(raw, key)
         return raw
 
@@ -155,7 +160,7 @@ class AsyncDatabase(Generic[K, V]):
         the size from one of the two keys compared: other sizes, or keys of
         both sizes in one database, are silently misordered.
         """
-        expected = self._opened.key_size
+        expected = self._keyspace.key_size
         if len(raw) not in INTEGER_KEY_SIZES or expected is not None:
             rule = (
                 "keys of 4 or 8 bytes"
@@ -163,21 +168,21 @@ class AsyncDatabase(Generic[K, V]):
                 else f"keys of one size, and its keys are {expected} bytes"
             )
             raise EncodeError(
-                f"database {self._label}: key {_show(key)} ({type(key).__name__}) encodes to "
+                f"database {self._label}: key {show(key)} ({type(key).__name__}) encodes to "
                 f"{len(raw)} bytes with {self.key_coder!r}; an integerkey database needs {rule}"
             )
-        self._opened.key_size = len(raw)
+        self._keyspace.key_size = len(raw)
 
     def _encode_value(self, key: K, value: V) -> bytes:
         try:
             raw = self.value_coder.serialize(value)
         except Exception as exc:
             raise EncodeError(
-                f"database {self._label}: cannot encode the value for key {_show(key)} "
+                f"database {self._label}: cannot encode the value for key {show(key)} "
                 f"({type(value).__name__}) with {self.value_coder!r}: {exc}"
             ) from exc
         if type(raw) is not bytes:
-            raw = self._as_bytes(raw, self.value_coder, f"the value for key {_show(key)}", value)
+            raw = self._as_bytes(raw, self.value_coder, f"the value for key {show(key)}", value)
         return raw
 
     def _as_bytes(self, raw: object, coder: Coder[Any], what: str, obj: object) -> bytes:
@@ -216,7 +221,7 @@ class AsyncDatabase(Generic[K, V]):
         ``Coder.max_expansion``); beyond that bound the coder is asked about
         this value (``Coder.decodes_within``: a small compressed value).
         """
-        coder, limit = self.value_coder, self.env.inline_value_limit
+        coder, limit = self.value_coder, self._inline_limit
         return len(buf) * coder.max_expansion <= limit or coder.decodes_within(buf, limit)
 
     def _decode_item(self, raw_key: bytes, raw_value: bytes) -> tuple[K, V]:
@@ -233,25 +238,25 @@ class AsyncDatabase(Generic[K, V]):
 
     def _show_raw_key(self, raw_key: bytes | memoryview) -> str:
         try:
-            return _show(self.key_coder.deserialize(raw_key))
+            return show(self.key_coder.deserialize(raw_key))
         except Exception:
             return repr(bytes(raw_key))
 
-    def _resolve(self, txn: Transaction | None) -> tuple[Any, Transaction | None]:
-        """The LMDB handle and the transaction a call runs in (None: its own).
+    def _resolve(self, txn: Transaction | None) -> tuple[Keyspace, Transaction | None]:
+        """The keyspace and the transaction a call runs in (None: its own).
 
         Checks that the environment is open, that the database was not
         dropped, and that the transaction can see it.
         """
         context = self.env._context(txn)
-        if self._opened.dropped:
+        if self._keyspace.dropped:
             self._require_live()
-        if context is not None and context.handles_known < self._opened.serial:
+        if context is not None and context.handles_known < self._keyspace.serial:
             raise TransactionError(
-                f"database {self._label} was opened after this transaction began, so LMDB "
-                "cannot see it inside it: open databases before env.transaction()"
+                f"database {self._label} was opened after this transaction began, so the "
+                "transaction cannot see it: open databases before env.transaction()"
             )
-        return self._db, context
+        return self._keyspace, context
 
     async def _until_open(self, txn: Transaction | None) -> None:
         """Wait for the writer to open the database (raises what its open raised).
@@ -265,13 +270,12 @@ class AsyncDatabase(Generic[K, V]):
 
     async def _opening(self) -> None:
         """Wait for what opening this object needs from the writer, then adopt the handle."""
-        await self._opened.wait()
+        await self._keyspace.wait()
         self._take_handle()
 
     def _take_handle(self) -> None:
-        """Adopt the handle the writer opened (raises the open's error)."""
-        self._opened.check()
-        self._db = self._opened.db
+        """Check the engine opened the keyspace (raises the open's error)."""
+        self._keyspace.check()
 
     async def _after_open(
         self, txn: Transaction | None, stream: Callable[[], AsyncIterator[T]]
@@ -283,14 +287,14 @@ class AsyncDatabase(Generic[K, V]):
 
     def _require_live(self) -> None:
         """Raise :class:`DatabaseDroppedError` if the database was deleted."""
-        if self._opened.dropped:
+        if self._keyspace.dropped:
             raise DatabaseDroppedError(
                 f"{self._kind} {self._label} was dropped (drop(delete=True)) before or while "
                 "this call ran: open it again to recreate it"
             )
 
     async def _read(
-        self, fn: Callable[[lmdb.Transaction], R], ctx: Transaction | None, *, offload: bool = False
+        self, fn: Callable[[ReadView], R], ctx: Transaction | None, *, offload: bool = False
     ) -> R:
         """``env._read`` of ``fn``, refused if the database is dropped before or while it runs.
 
@@ -301,9 +305,9 @@ class AsyncDatabase(Generic[K, V]):
         lets other tasks run.
         """
 
-        def checked(t: lmdb.Transaction) -> R:
+        def checked(view: ReadView) -> R:
             self._require_live()
-            result = fn(t)
+            result = fn(view)
             self._require_live()
             return result
 
@@ -314,19 +318,19 @@ class AsyncDatabase(Generic[K, V]):
         return await self.env._read(checked, ctx, offload=offload)
 
     async def _read_small_inline(
-        self, read: Callable[[lmdb.Transaction, bool], R], ctx: Transaction | None
+        self, read: Callable[[ReadView, bool], R], ctx: Transaction | None
     ) -> R:
-        """``read(txn, True)`` on the event loop, or, if it gives :data:`TOO_LARGE` (a value
-        too large to decode there), ``read(txn, False)`` on a reader thread.
+        """``read(view, True)`` on the event loop, or, if it gives :data:`TOO_LARGE` (a value
+        too large to decode there), ``read(view, False)`` off the loop.
         """
-        result = await self._read(lambda t: read(t, True), ctx)
+        result = await self._read(lambda view: read(view, True), ctx)
         if result is TOO_LARGE:
-            result = await self._read(lambda t: read(t, False), ctx, offload=True)
+            result = await self._read(lambda view: read(view, False), ctx, offload=True)
         return result
 
     def _write(
         self,
-        fn: Callable[[lmdb.Transaction], R],
+        fn: Callable[[WriteView], R],
         ctx: Transaction | None,
         *,
         may_fail_midway: bool = False,
@@ -340,7 +344,7 @@ class AsyncDatabase(Generic[K, V]):
         """
         return self.env._write(self._when_live(fn), ctx, may_fail_midway=may_fail_midway)
 
-    def _when_live(self, fn: Callable[[lmdb.Transaction], R]) -> Callable[[lmdb.Transaction], R]:
+    def _when_live(self, fn: Callable[[WriteView], R]) -> Callable[[WriteView], R]:
         """``fn``, checking first that the database was not dropped (for the writer thread).
 
         A write on a database still being opened is queued at once, behind
@@ -350,24 +354,24 @@ class AsyncDatabase(Generic[K, V]):
         if self._pending:
             # integerkey: the size the keys were checked against before the open
             # learnt the size of the keys stored.
-            key_size = self._opened.key_size
+            key_size = self._keyspace.key_size
 
-            def adopting(t: lmdb.Transaction) -> R:
+            def adopting(view: WriteView) -> R:
                 self._take_handle()  # raises what the open raised
                 self._require_live()
-                if self._integer_keys and key_size != self._opened.key_size:
+                if self._integer_keys and key_size != self._keyspace.key_size:
                     raise EncodeError(
                         f"database {self._label}: this write's keys are {key_size} bytes, "
-                        f"and the keys stored are {self._opened.key_size} bytes; an integerkey "
+                        f"and the keys stored are {self._keyspace.key_size} bytes; an integerkey "
                         "database needs keys of one size"
                     )
-                return fn(t)
+                return fn(view)
 
             return adopting
 
-        def checked(t: lmdb.Transaction) -> R:
+        def checked(view: WriteView) -> R:
             self._require_live()
-            return fn(t)
+            return fn(view)
 
         return checked
 
@@ -402,36 +406,36 @@ class AsyncDatabase(Generic[K, V]):
             await self._until_open(txn)
         if next(_yield_due):  # before the checks: a drop may run meanwhile
             await asyncio.sleep(0)
-        db, ctx = self._resolve(txn)
+        keyspace, ctx = self._resolve(txn)
         if ctx is None:
-            # The hot path: a read transaction of its own, on the loop thread.
-            env = self.env
+            # The hot path: a read of its own, on the loop thread.
             try:
-                t = env._begin_read()
-            except MapNotAdoptedError:
-                t = None  # the map must be adopted: a reader thread will wait for it
-            if t is not None:
-                try:
-                    buf = t.get(raw_key, db=db)
-                    if self._opened.dropped:  # by the writer since _resolve: buf is not ours
-                        self._require_live()
-                    if buf is None:
-                        return default
-                    # _decodes_inline(buf), its cheap test spelt out on the hottest path
-                    coder, limit = self.value_coder, env.inline_value_limit
-                    if len(buf) * coder.max_expansion <= limit or coder.decodes_within(buf, limit):
-                        return self._decode_value(raw_key, buf)
-                finally:
-                    env._end_read(t)
+                value = self.env.engine.read_point(keyspace, raw_key, self._decode_small)
+            except NotNowError:
+                value = TOO_LARGE  # the read must wait: off the loop
+            if value is not TOO_LARGE:
+                return default if value is _MISSING else value
 
-        def read(t: lmdb.Transaction) -> Any:
-            buf = t.get(raw_key, db=db)
+        def read(view: ReadView) -> Any:
+            buf = view.get(keyspace, raw_key)
             return _MISSING if buf is None else self._decode_value(raw_key, buf)
 
         # Large values are decoded on a reader thread; inside a transaction
         # the read goes where the transaction lives.
         value = await self._read(read, ctx, offload=True)
         return default if value is _MISSING else value
+
+    def _decode_small(self, raw_key: bytes, buf: Buffer | None) -> Any:
+        """A value read on the event loop: decoded, or :data:`TOO_LARGE` to decode there."""
+        if self._keyspace.dropped:  # by the writer since the call's checks: buf is not ours
+            self._require_live()
+        if buf is None:
+            return _MISSING
+        # _decodes_inline(buf), its cheap test spelt out on the hottest path
+        coder, limit = self.value_coder, self._inline_limit
+        if len(buf) * coder.max_expansion <= limit or coder.decodes_within(buf, limit):
+            return self._decode_value(raw_key, buf)
+        return TOO_LARGE
 
     @overload
     async def get_multi(
@@ -452,14 +456,14 @@ class AsyncDatabase(Generic[K, V]):
         """
         if self._pending:
             await self._until_open(txn)
-        db, ctx = self._resolve(txn)
+        keyspace, ctx = self._resolve(txn)
         wanted = list(keys)
         raw_keys = await self._encode_many(self._encode_key, wanted)
 
-        def read(t: lmdb.Transaction, small_only: bool) -> dict[K, Any]:
+        def read(view: ReadView, small_only: bool) -> dict[K, Any]:
             found: dict[K, Any] = {}
-            for key, raw_key in zip(wanted, raw_keys, strict=True):
-                buf = t.get(raw_key, db=db)
+            bufs = view.get_many(keyspace, raw_keys)
+            for key, raw_key, buf in zip(wanted, raw_keys, bufs, strict=True):
                 if buf is None:
                     found[key] = default
                 elif small_only and not self._decodes_inline(buf):
@@ -470,29 +474,35 @@ class AsyncDatabase(Generic[K, V]):
 
         if len(wanted) <= INLINE_MULTI_LIMIT:
             return await self._read_small_inline(read, ctx)
-        return await self._read(lambda t: read(t, False), ctx, offload=True)
+        return await self._read(lambda view: read(view, False), ctx, offload=True)
 
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""
         raw_key = self._encode_key(key)
         if self._pending:
             await self._until_open(txn)
-        db, ctx = self._resolve(txn)
-        return await self._read(lambda t: t.get(raw_key, db=db) is not None, ctx)
+        keyspace, ctx = self._resolve(txn)
+        return await self._read(lambda view: view.get(keyspace, raw_key) is not None, ctx)
 
     async def count(self, *, txn: Transaction | None = None) -> int:
         """The number of records."""
         if self._pending:
             await self._until_open(txn)
-        db, ctx = self._resolve(txn)
-        return await self._read(lambda t: int(t.stat(db)["entries"]), ctx)
+        keyspace, ctx = self._resolve(txn)
+        return await self._read(lambda view: view.count(keyspace), ctx)
 
     async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:
-        """LMDB's statistics of this database (``entries``, ``depth``, page counts...)."""
+        """LMDB's statistics of this database (``entries``, ``depth``, page counts...).
+
+        LMDB only: other engines raise :class:`~aiolmdb.UnsupportedError`.
+        """
+        self.env._lmdb_only(f"stat() of database {self._label}")
         if self._pending:
             await self._until_open(txn)
-        db, ctx = self._resolve(txn)
-        return await self._read(lambda t: as_ints(t.stat(db)), ctx)
+        keyspace, ctx = self._resolve(txn)
+        return await self._read(
+            lambda view: as_ints(cast("LmdbReadView", view).txn.stat(keyspace.handle)), ctx
+        )
 
     # -- writes ----------------------------------------------------------
 
@@ -508,7 +518,7 @@ class AsyncDatabase(Generic[K, V]):
         raw_value = self._encode_value(key, value)
         ctx = self._resolve(txn)[1]
         return await self._write(
-            lambda t: self._store(t, raw_key, raw_value, value, overwrite), ctx
+            lambda view: self._store(view, raw_key, raw_value, value, overwrite), ctx
         )
 
     async def put_multi(
@@ -528,14 +538,13 @@ class AsyncDatabase(Generic[K, V]):
         pairs = list(items.items()) if isinstance(items, Mapping) else list(items)
         encoded = await self._encode_many(self._encode_item, pairs)
 
-        def write(t: lmdb.Transaction) -> int:
+        def write(view: WriteView) -> int:
             # All or none: a failure aborts the group commit (or the savepoint
             # inside a transaction), which then goes on without this call.
             if self._plain_writes:
-                with t.cursor(self._db) as cursor:
-                    return int(cursor.putmulti(encoded, overwrite=overwrite)[1])
+                return view.put_many(self._keyspace, encoded, overwrite=overwrite)
             return sum(
-                self._store(t, raw_key, raw_value, value, overwrite)
+                self._store(view, raw_key, raw_value, value, overwrite)
                 for (raw_key, raw_value), (_, value) in zip(encoded, pairs, strict=True)
             )
 
@@ -545,7 +554,7 @@ class AsyncDatabase(Generic[K, V]):
         """Delete ``key``; returns whether it existed."""
         raw_key = self._encode_key(key)
         ctx = self._resolve(txn)[1]
-        return await self._write(lambda t: self._remove(t, raw_key), ctx)
+        return await self._write(lambda view: self._remove(view, raw_key), ctx)
 
     async def delete_multi(
         self, keys: Iterable[K], *, txn: Transaction | None = None
@@ -555,11 +564,11 @@ class AsyncDatabase(Generic[K, V]):
         wanted = list(keys)
         raw_keys = await self._encode_many(self._encode_key, wanted)
 
-        def write(t: lmdb.Transaction) -> dict[K, bool]:
+        def write(view: WriteView) -> dict[K, bool]:
             existed: dict[K, bool] = {}
             for key, raw_key in zip(wanted, raw_keys, strict=True):
                 # A key listed twice existed if its first delete found it.
-                existed[key] = self._remove(t, raw_key) or existed.get(key, False)
+                existed[key] = self._remove(view, raw_key) or existed.get(key, False)
             return existed
 
         return await self._write(write, ctx, may_fail_midway=not self._plain_writes)
@@ -578,7 +587,7 @@ class AsyncDatabase(Generic[K, V]):
         ctx = self._resolve(txn)[1]
         # Decoding happens before the commit: a value that cannot be decoded
         # fails the call and stays stored.
-        value = await self._write(lambda t: self._pop_raw(t, raw_key), ctx)
+        value = await self._write(lambda view: self._pop_raw(view, raw_key), ctx)
         return default if value is _MISSING else value
 
     async def replace(self, key: K, value: V, *, txn: Transaction | None = None) -> V | None:
@@ -587,7 +596,7 @@ class AsyncDatabase(Generic[K, V]):
         raw_value = self._encode_value(key, value)
         ctx = self._resolve(txn)[1]
         old: V | None = await self._write(
-            lambda t: self._replace_raw(t, raw_key, raw_value, value), ctx
+            lambda view: self._replace_raw(view, raw_key, raw_value, value), ctx
         )
         return old
 
@@ -597,9 +606,9 @@ class AsyncDatabase(Generic[K, V]):
         raw_value = self._encode_value(key, value)
         ctx = self._resolve(txn)[1]
 
-        def write(t: lmdb.Transaction) -> None:
-            if not self._store(t, raw_key, raw_value, value, False):
-                raise KeyExistsError(f"database {self._label}: key {_show(key)} already exists")
+        def write(view: WriteView) -> None:
+            if not self._store(view, raw_key, raw_value, value, False):
+                raise KeyExistsError(f"database {self._label}: key {show(key)} already exists")
 
         await self._write(write, ctx)
 
@@ -615,12 +624,12 @@ class AsyncDatabase(Generic[K, V]):
         raw_key = self._encode_key(key)
         ctx = self._resolve(txn)[1]
 
-        def write(t: lmdb.Transaction) -> V:
-            old = t.get(raw_key, db=self._db)
+        def write(view: WriteView) -> V:
+            old = view.get(self._keyspace, raw_key)
             if old is None:
-                raise KeyNotFoundError(f"database {self._label}: key {_show(key)} is not stored")
+                raise KeyNotFoundError(f"database {self._label}: key {show(key)} is not stored")
             new = fn(self._decode_value(raw_key, old))
-            self._store(t, raw_key, self._encode_value(key, new), new, True)
+            self._store(view, raw_key, self._encode_value(key, new), new, True)
             return new
 
         result: V = await self._write(write, ctx)
@@ -634,29 +643,27 @@ class AsyncDatabase(Generic[K, V]):
     _plain_writes = True
 
     def _store(
-        self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: V, overwrite: bool
+        self, view: WriteView, raw_key: bytes, raw_value: bytes, value: V, overwrite: bool
     ) -> bool:
-        """Store one encoded record in ``t``; False if ``overwrite`` is off and it exists."""
-        return t.put(raw_key, raw_value, db=self._db, overwrite=overwrite)
+        """Store one encoded record; False if ``overwrite`` is off and it exists."""
+        return view.put(self._keyspace, raw_key, raw_value, overwrite=overwrite)
 
-    def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
-        """Remove one record in ``t``; False if it was not stored."""
-        return t.delete(raw_key, db=self._db)
+    def _remove(self, view: WriteView, raw_key: bytes) -> bool:
+        """Remove one record; False if it was not stored."""
+        return view.delete(self._keyspace, raw_key)
 
-    def _pop_raw(self, t: lmdb.Transaction, raw_key: bytes) -> Any:
-        old = t.get(raw_key, db=self._db)
+    def _pop_raw(self, view: WriteView, raw_key: bytes) -> Any:
+        old = view.get(self._keyspace, raw_key)
         if old is None:
             return _MISSING
         value = self._decode_value(raw_key, old)
-        self._remove(t, raw_key)
+        self._remove(view, raw_key)
         return value
 
-    def _replace_raw(
-        self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, new: V
-    ) -> V | None:
-        old = t.get(raw_key, db=self._db)
+    def _replace_raw(self, view: WriteView, raw_key: bytes, raw_value: bytes, new: V) -> V | None:
+        old = view.get(self._keyspace, raw_key)
         value = None if old is None else self._decode_value(raw_key, old)
-        self._store(t, raw_key, raw_value, new, True)
+        self._store(view, raw_key, raw_value, new, True)
         return value
 
     async def drop(self, delete: bool = True, *, txn: Transaction | None = None) -> None:
@@ -669,10 +676,7 @@ class AsyncDatabase(Generic[K, V]):
         if self._pending:
             await self._until_open(txn)
         ctx = self._resolve(txn)[1]
-        if self.name is None:
-            await self._write(self._empty_default, ctx)
-            return
-        if not delete:
+        if self.name is None or not delete:
             await self._write(self._empty, ctx)
             return
         if ctx is not None:
@@ -686,7 +690,7 @@ class AsyncDatabase(Generic[K, V]):
         await self._write_alone_then_forget(self._when_live(self._delete), self._forget_deleted)
 
     async def _write_alone_then_forget(
-        self, delete: Callable[[lmdb.Transaction], None], forget: Callable[[], None]
+        self, delete: Callable[[WriteView], None], forget: Callable[[], None]
     ) -> None:
         """Run ``delete`` in a write transaction of its own, then ``forget`` what it deleted.
 
@@ -697,7 +701,7 @@ class AsyncDatabase(Generic[K, V]):
 
         async def delete_then_forget() -> None:
             try:
-                await self.env._write_alone(delete)
+                await self.env.engine.write_alone(delete)
             finally:
                 forget()
 
@@ -706,32 +710,17 @@ class AsyncDatabase(Generic[K, V]):
     # What drop() does, as hooks: a collection empties and deletes its indexes
     # in the same transaction as its records.
 
-    def _empty(self, t: lmdb.Transaction) -> None:
-        """Delete every record of this named database."""
-        t.drop(self._db, delete=False)
+    def _empty(self, view: WriteView) -> None:
+        """Delete every record of this database."""
+        view.clear(self._keyspace)
 
-    def _delete(self, t: lmdb.Transaction) -> None:
+    def _delete(self, view: WriteView) -> None:
         """Delete this named database itself."""
-        # LMDB closes the handle at once, whatever becomes of the transaction:
-        # from now on calls get a clear error instead of a dead handle's.
-        self._opened.dropped = True
-        t.drop(self._db, delete=True)
+        view.drop(self._keyspace)
 
     def _forget_deleted(self) -> None:
-        """After :meth:`_delete` ran: its handles are never to be used again."""
-        self.env._forget_handle(self._opened)
-
-    def _empty_default(self, t: lmdb.Transaction) -> None:
-        # The default database also holds one record per named database:
-        # LMDB's drop would delete them all. Delete the plain records only.
-        with t.cursor(self._db) as cursor:
-            keys = [bytes(key) for key in cursor.iternext(values=False)]
-        for key in keys:
-            try:
-                with self.env._lmdb.begin(write=True, parent=t) as child:
-                    child.delete(key, db=self._db)
-            except lmdb.IncompatibleError:  # a named database's record
-                continue
+        """After :meth:`_delete` ran: its keyspace is never to be used again."""
+        self.env.engine.forget_keyspace(self._keyspace)
 
     # -- arbitrary work --------------------------------------------------
 
@@ -745,24 +734,28 @@ class AsyncDatabase(Generic[K, V]):
         """Run ``fn(txn)`` in one transaction on the right thread and return its result.
 
         ``txn`` is a :class:`DatabaseTxn`: coder-aware ``get``/``put``/``delete``/
-        ``pop``/``replace``, ``cursor()``, ``id()`` and the raw
-        ``lmdb.Transaction`` as ``txn.txn``. A read runs on a reader thread; a
-        write (``write=True``) runs on the writer thread in a transaction of
-        its own (or in the enclosing ``env.transaction()``), committed when
-        ``fn`` returns and aborted when it raises. ``fn`` is called once.
+        ``pop``/``replace``; on LMDB also ``cursor()``, ``id()`` and the raw
+        ``lmdb.Transaction`` as ``txn.txn``. A read runs off the event loop; a
+        write (``write=True``) runs in a write transaction of its own (LMDB:
+        on the writer thread), or in the enclosing ``env.transaction()``,
+        committed when ``fn`` returns and aborted when it raises. ``fn`` is
+        called once.
         """
         if self._pending:
             await self._until_open(txn)
-        db, ctx = self._resolve(txn)
+        ctx = self._resolve(txn)[1]
 
-        def call(t: lmdb.Transaction) -> R:
-            return fn(DatabaseTxn(self, db, t))
+        def read(view: ReadView) -> R:
+            return fn(DatabaseTxn(self, view, None))
+
+        def call(view: WriteView) -> R:
+            return fn(DatabaseTxn(self, view, view))
 
         if not write:
-            return await self._read(call, ctx, offload=True)
+            return await self._read(read, ctx, offload=True)
         if ctx is not None:
             return await self._write(call, ctx, may_fail_midway=True)
-        return await self.env._write_alone(self._when_live(call))
+        return await self.env.engine.write_alone(self._when_live(call))
 
     # -- queries ---------------------------------------------------------
 
@@ -858,12 +851,12 @@ class AsyncDatabase(Generic[K, V]):
                 raw_prefix = self.key_coder.serialize_prefix(prefix)
             except Exception as exc:
                 raise EncodeError(
-                    f"database {self._label}: cannot encode prefix {_show(prefix)} "
+                    f"database {self._label}: cannot encode prefix {show(prefix)} "
                     f"({type(prefix).__name__}) with {self.key_coder!r}: {exc}"
                 ) from exc
             if type(raw_prefix) is not bytes:
                 raw_prefix = self._as_bytes(
-                    raw_prefix, self.key_coder, f"prefix {_show(prefix)}", prefix
+                    raw_prefix, self.key_coder, f"prefix {show(prefix)}", prefix
                 )
             low = raw_prefix if low is None else max(low, raw_prefix)
             end = prefix_end(raw_prefix)
@@ -889,30 +882,31 @@ class AsyncDatabase(Generic[K, V]):
                 txn,
                 lambda: self._scan(start, stop, prefix, reverse, limit, txn, fetch, decode),
             )
-        db, ctx = self._resolve(txn)
-        return self._stream(ctx, db, low, high, reverse, limit, lambda t: fetch, decode)
+        keyspace, ctx = self._resolve(txn)
+        return self._stream(ctx, keyspace, low, high, reverse, limit, lambda view: fetch, decode)
 
     def _stream(
         self,
         ctx: Transaction | None,
-        db: Any,
+        keyspace: Keyspace,
         low: bytes | None,
         high: bytes | None,
         reverse: bool,
         limit: int | None,
-        fetcher: Callable[[lmdb.Transaction], Fetch],
+        fetcher: Callable[[ReadView], Fetch],
         decode: Callable[[bytes, bytes], Any],
     ) -> AsyncIterator[Any]:
-        """Records of ``db`` in ``[low, high)``: fetched by ``fetcher``, decoded by ``decode``."""
-        env = self.env
+        """Records of ``keyspace`` in ``[low, high)``: fetched by ``fetcher``, decoded by
+        ``decode``."""
+        engine = self.env.engine
 
         async def decode_large(key: bytes, value: bytes) -> Any:
-            return await env._offload(decode, key, value)
+            return await engine.offload(decode, key, value)
 
         return scan(
             # Every batch is checked: a drop may happen between two of them.
             lambda fn, offload: self._read(fn, ctx, offload=offload),
-            db,
+            keyspace,
             low,
             high,
             reverse,
@@ -922,83 +916,50 @@ class AsyncDatabase(Generic[K, V]):
             decode_large,
             # A value that may expand when decoded (decompressed) is small only if
             # its coder says it decodes within the limit.
-            env.inline_value_limit // self.value_coder.max_expansion,
+            self._inline_limit // self.value_coder.max_expansion,
             self._decodes_inline,
             # A batch read ahead would miss the writes made while the one before is consumed.
             prefetch=ctx is None or not ctx.sees_own_writes,
         )
 
 
-class OpenedHandle:
-    """An LMDB database handle shared by every object opened on that database.
-
-    The writer thread opens it: until then it is pending (``ready`` is False,
-    ``db`` None). The open either gives the handle (``ready``) or fails
-    (``error``), and every call on the database then raises that error.
-    """
-
-    __slots__ = ("db", "dropped", "error", "key_size", "opening", "ready", "serial")
-
-    def __init__(self, serial: int) -> None:
-        #: The LMDB handle, once open (None never reaches LMDB: it means the main database).
-        self.db: Any = None
-        #: Which open of the environment this was: transactions begun before it cannot see it.
-        self.serial = serial
-        #: Set when the database was deleted: the handle is closed.
-        self.dropped = False
-        #: Set (on the writer thread) once ``db`` holds the handle.
-        self.ready = False
-        #: Why the open failed, naming the database.
-        self.error: BaseException | None = None
-        #: The writer's job opening it (None: opened before it was handed out).
-        self.opening: asyncio.Future[None] | None = None
-        #: integerkey: the size of its keys, once known (LMDB compares keys of one size only).
-        self.key_size: int | None = None
-
-    def open_with(self, fn: Callable[[], Any]) -> None:
-        """On the writer thread: keep what ``fn`` opens, or why it failed."""
-        try:
-            self.db = fn()
-        except Exception as exc:
-            self.error = exc
-            return
-        self.ready = True
-
-    async def wait(self) -> None:
-        """Wait until the writer has opened it; raise the open's error if it failed."""
-        if not self.ready and self.error is None and self.opening is not None:
-            # Shielded: a cancelled caller must not cancel the open for every other.
-            await asyncio.shield(self.opening)
-        self.check()
-
-    def check(self) -> None:
-        """Raise the open's error (a fresh copy of it) unless the handle is open."""
-        if self.ready:
-            return
-        if self.error is None:  # callers wait for the open first, or say why it is pending
-            raise AiolmdbError("the database is not open yet")
-        raise_again(self.error)
-
-
 class DatabaseTxn(Generic[K, V]):
-    """A database seen through one LMDB transaction, for :meth:`AsyncDatabase.run`.
+    """A database seen through one transaction, for :meth:`AsyncDatabase.run`.
 
-    Its methods are synchronous: ``fn`` runs on a worker thread, inside the
-    transaction. Buffers do not escape: values are decoded before returning.
+    Its methods are synchronous: ``fn`` runs where the engine runs it (LMDB:
+    a worker thread, or the writer thread), inside the transaction. Buffers
+    do not escape: values are decoded before returning. ``txn``, ``cursor()``
+    and ``id()`` are LMDB's (:class:`~aiolmdb.UnsupportedError` elsewhere).
     """
 
-    def __init__(self, database: AsyncDatabase[K, V], db: Any, txn: lmdb.Transaction) -> None:
+    def __init__(
+        self, database: AsyncDatabase[K, V], view: ReadView, write: WriteView | None
+    ) -> None:
         self.database = database
-        self.txn = txn
-        self._db = db
+        self._view = view
+        self._write = write  # None: a read-only run()
+
+    @property
+    def txn(self) -> lmdb.Transaction:
+        """The raw ``lmdb.Transaction`` (LMDB only)."""
+        self.database.env._lmdb_only("run()'s raw transaction (txn.txn)")
+        return cast("LmdbReadView", self._view).txn
 
     def id(self) -> int:
-        """LMDB's id of the transaction."""
+        """LMDB's id of the transaction (LMDB only)."""
         return self.txn.id()
 
     def cursor(self) -> lmdb.Cursor:
-        """A raw ``lmdb.Cursor`` on this database (raw bytes keys and values)."""
-        return self.txn.cursor(self._db)
+        """A raw ``lmdb.Cursor`` on this database (raw bytes keys and values; LMDB only)."""
+        return self.txn.cursor(self.database._keyspace.handle)
+
+    def _writer(self) -> WriteView:
+        if self._write is None:
+            raise TransactionError(
+                f"database {self.database._label}: run() was called without write=True, "
+                "so its transaction is read-only"
+            )
+        return self._write
 
     @overload
     def get(self, key: K, default: None = None) -> V | None: ...
@@ -1008,19 +969,20 @@ class DatabaseTxn(Generic[K, V]):
 
     def get(self, key: K, default: Any = None) -> Any:
         """The value under ``key``, or ``default``."""
-        raw_key = self.database._encode_key(key)
-        buf = self.txn.get(raw_key, db=self._db)
-        return default if buf is None else self.database._decode_value(raw_key, buf)
+        database = self.database
+        raw_key = database._encode_key(key)
+        buf = self._view.get(database._keyspace, raw_key)
+        return default if buf is None else database._decode_value(raw_key, buf)
 
     def put(self, key: K, value: V, *, overwrite: bool = True) -> bool:
         """Store ``value`` under ``key``; False when ``overwrite=False`` and it exists."""
         raw_key = self.database._encode_key(key)
         raw_value = self.database._encode_value(key, value)
-        return self.database._store(self.txn, raw_key, raw_value, value, overwrite)
+        return self.database._store(self._writer(), raw_key, raw_value, value, overwrite)
 
     def delete(self, key: K) -> bool:
         """Delete ``key``; returns whether it existed."""
-        return self.database._remove(self.txn, self.database._encode_key(key))
+        return self.database._remove(self._writer(), self.database._encode_key(key))
 
     @overload
     def pop(self, key: K, default: None = None) -> V | None: ...
@@ -1030,23 +992,14 @@ class DatabaseTxn(Generic[K, V]):
 
     def pop(self, key: K, default: Any = None) -> Any:
         """Delete ``key`` and return its value, or ``default``."""
-        value = self.database._pop_raw(self.txn, self.database._encode_key(key))
+        value = self.database._pop_raw(self._writer(), self.database._encode_key(key))
         return default if value is _MISSING else value
 
     def replace(self, key: K, value: V) -> V | None:
         """Store ``value`` under ``key``; return the previous value or None."""
         raw_key = self.database._encode_key(key)
         raw_value = self.database._encode_value(key, value)
-        return self.database._replace_raw(self.txn, raw_key, raw_value, value)
-
-
-def raise_again(error: BaseException) -> NoReturn:
-    """Raise ``error`` once more, for one more call (a copy of it, with the same cause).
-
-    Raising the one instance from every call would grow its traceback without end.
-    """
-    again = copy.copy(error)
-    raise again.with_traceback(None) from error.__cause__
+        return self.database._replace_raw(self._writer(), raw_key, raw_value, value)
 
 
 def _key_only(key: bytes, value: memoryview | bytes) -> tuple[bytes, memoryview | bytes]:
@@ -1059,6 +1012,7 @@ def as_ints(stats: Mapping[str, object]) -> dict[str, int]:
     return {name: cast(int, value) for name, value in stats.items()}
 
 
-def _show(obj: object) -> str:
+def show(obj: object) -> str:
+    """``repr(obj)``, shortened for error messages."""
     text = repr(obj)
     return text if len(text) <= 80 else text[:77] + "..."

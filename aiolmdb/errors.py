@@ -23,8 +23,8 @@ __all__ = [
     "MapNotAdoptedError",
     "TransactionError",
     "UniqueViolationError",
-    "UnsupportedError",
     "UnorderedKeyError",
+    "UnsupportedError",
 ]
 
 

@@ -9,10 +9,8 @@ from collections.abc import Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar
 
-import lmdb
-
-from ._session import ReadSnapshot, WriteSession, opener
 from .errors import TransactionError
+from .storage import ReadView, Session, Snapshot, WriteView, transaction_label
 
 if TYPE_CHECKING:
     from .environment import AsyncEnvironment
@@ -65,8 +63,8 @@ class Transaction:
         self.env = env
         self.write = write
         self._state = _NEW
-        self._session: WriteSession | None = None
-        self._snapshot: ReadSnapshot | None = None
+        self._session: Session | None = None
+        self._snapshot: Snapshot | None = None
         self._depth = 0  # savepoint depth of this transaction within its session
         self._savepoint: int | None = None  # its savepoint's id, when it is one
         self._level = 0  # the savepoint its calls run in (0: the root transaction)
@@ -93,7 +91,7 @@ class Transaction:
         if self._state != _NEW:
             raise TransactionError("a Transaction can be entered only once")
         self.owner = asyncio.current_task()
-        self.handles_known = self.env._handle_serial
+        self.handles_known = self.env.engine.keyspace_serial
         outer = self.env._current.get()
         if outer is not None and outer.owner is not self.owner:
             # Inherited: nest in it while it is open, never escape it once it ended.
@@ -101,9 +99,9 @@ class Transaction:
         if outer is not None and outer.active:
             await self._nest_in(outer)
         elif self.write:
-            self._session = await self.env._start_session()
+            self._session = await self.env.engine.begin_session()
         else:
-            self._snapshot = await self.env._new_snapshot()
+            self._snapshot = await self.env.engine.begin_snapshot()
         self._state = _ACTIVE
         self._token = self.env._current.set(self)
         return self
@@ -169,7 +167,7 @@ class Transaction:
         if not self._owner:
             return
         if self._snapshot is not None:
-            await self.env._end_snapshot(self._snapshot)
+            await self._snapshot.release()
         elif self._session is not None:
             session = self._session
             if self._savepoint is not None:
@@ -181,7 +179,6 @@ class Transaction:
                         raise
                     # Rolled back already: its enclosing transaction ended meanwhile.
             else:
-                self.env._end_session(session)
                 await (session.commit() if commit else session.abort())
 
     def _end_check(self, action: str) -> None:
@@ -200,11 +197,11 @@ class Transaction:
         """How error messages name this transaction: its kind, its opener, what it nests in."""
         if self._outer is not None:
             kind = "savepoint" if self.write else "read block"
-            return opener(kind, self.owner, f"inside {self._outer.describe()}")
+            return transaction_label(kind, self.owner, f"inside {self._outer.describe()}")
         if self._session is not None:
             return self._session.label
         kind = "write transaction" if self.write else "read snapshot"
-        return opener(kind, self.owner, f"on environment {self.env._name}")
+        return transaction_label(kind, self.owner, f"on environment {self.env._name}")
 
     def check_inherited(self) -> None:
         """Like :meth:`check_usable`, for a call that found this transaction in its context.
@@ -237,8 +234,8 @@ class Transaction:
                 "(tasks sharing a transaction cannot each hold a savepoint at once)"
             )
 
-    async def run_read(self, fn: Callable[[lmdb.Transaction], R], *, offload: bool) -> R:
-        """Run ``fn`` with this transaction's LMDB transaction, for reading."""
+    async def run_read(self, fn: Callable[[ReadView], R], *, offload: bool) -> R:
+        """Run ``fn(view)`` in this transaction, for reading."""
         self.check_usable()  # again: another task may have opened a savepoint meanwhile
         result: Any
         if self._session is not None:
@@ -248,8 +245,8 @@ class Transaction:
             result = await self._snapshot.call(fn, offload=offload)
         return result  # type: ignore[no-any-return]
 
-    async def run_write(self, fn: Callable[[lmdb.Transaction], R]) -> R:
-        """Run ``fn`` with this transaction's LMDB write transaction."""
+    async def run_write(self, fn: Callable[[WriteView], R]) -> R:
+        """Run ``fn(view)`` in this write transaction."""
         if not self.write or self._session is None:
             raise TransactionError(
                 "cannot write inside a read-only transaction (env.transaction(write=False))"

@@ -16,9 +16,10 @@ import lmdb
 import pytest
 
 import aiolmdb
-import aiolmdb.environment as environment_module
-from aiolmdb._session import WriteSession
+import aiolmdb.storage.lmdb.engine as environment_module
 from aiolmdb.coders import Buffer, Coder
+from aiolmdb.storage.lmdb import LmdbEngine
+from aiolmdb.storage.lmdb.session import WriteSession
 
 T = TypeVar("T")
 
@@ -29,6 +30,12 @@ TIMEOUT = 10.0
 async def bounded(aw: Awaitable[T], timeout: float = TIMEOUT) -> T:
     """Await ``aw``, failing the test (TimeoutError) instead of hanging."""
     return await asyncio.wait_for(aw, timeout=timeout)
+
+
+def lmdb_engine(env: aiolmdb.AsyncEnvironment) -> LmdbEngine:
+    """The LMDB engine of ``env``, for tests of what only it has."""
+    assert isinstance(env.engine, LmdbEngine), f"{env!r} is not on LMDB"
+    return env.engine
 
 
 def detached(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:

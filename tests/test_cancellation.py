@@ -16,8 +16,8 @@ from conftest import EnvFactory, WriterGate, abort_orphans, bounded, raw_records
 from helpers.forking import in_forked_child
 
 import aiolmdb
-from aiolmdb._session import WriteSession
 from aiolmdb.coders import StringCoder
+from aiolmdb.storage.lmdb.session import WriteSession
 
 HELPERS = Path(__file__).parent / "helpers"
 

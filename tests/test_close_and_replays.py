@@ -13,8 +13,8 @@ import pytest
 from conftest import EnvFactory, WriterGate, bounded, detached, raw_records
 
 import aiolmdb
-import aiolmdb.environment as environment_module
-from aiolmdb._session import WriteSession
+import aiolmdb.storage.lmdb.engine as environment_module
+from aiolmdb.storage.lmdb.session import WriteSession
 
 
 async def test_writemap_one_failing_write_fails_alone(open_env: EnvFactory) -> None:
@@ -140,11 +140,11 @@ async def test_writes_queued_behind_a_transaction_are_forgotten_once_done(
         writes = [detached(db.put(b"k%d" % i, b"v")) for i in range(100)]
         other = detached(env.transaction().__aenter__())
         await asyncio.sleep(0)
-        assert len(session.behind) == 101
+        assert len(session.watch.behind) == 101
         for task in [*writes, other]:  # given up on, while the transaction stays busy
             task.cancel()
         await asyncio.gather(*writes, other, return_exceptions=True)
-        assert session.behind == set()
+        assert session.watch.behind == set()
     assert await db.get(b"k0") is None
 
 

@@ -9,11 +9,19 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import TIMEOUT, EnvFactory, WhereDecoded, WriterGate, bounded, first_value
+from conftest import (
+    TIMEOUT,
+    EnvFactory,
+    WhereDecoded,
+    WriterGate,
+    bounded,
+    first_value,
+    lmdb_engine,
+)
 from pydantic import BaseModel
 
 import aiolmdb
-import aiolmdb._scan as scan_module
+import aiolmdb.scanning as scan_module
 from aiolmdb.coders import Buffer, Coder, StringCoder, UInt32Coder, UInt64Coder
 from aiolmdb.models import Collection, Index
 
@@ -24,7 +32,7 @@ BytesDB = aiolmdb.AsyncDatabase[bytes, bytes]
 async def queued(env: Env, jobs: int) -> None:
     """Wait until ``jobs`` jobs wait in the writer's queue."""
     for _ in range(1000):
-        if len(env._writer._queue) >= jobs:
+        if lmdb_engine(env).queued_writes >= jobs:
             return
         await asyncio.sleep(0.001)
     raise AssertionError(f"{jobs} jobs never reached the writer's queue")

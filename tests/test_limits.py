@@ -18,7 +18,6 @@ from conftest import EnvFactory, WriterGate, bounded, detached
 from pydantic import BaseModel
 
 import aiolmdb
-import aiolmdb.environment as environment_module
 from aiolmdb.coders import (
     BytesCoder,
     Coder,
@@ -180,8 +179,7 @@ async def test_growth_waits_for_a_read_snapshot_to_end(open_env: EnvFactory) -> 
 async def test_growth_blocked_by_a_snapshot_fails_clearly(
     open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 0.5)
-    env = open_env(map_size=MiB)
+    env = open_env(map_size=MiB, map_resize_wait=0.5)
     db = env.open_db("data", key_coder=UInt32Coder())
     go = asyncio.Event()
 
@@ -228,8 +226,7 @@ async def test_opening_a_database_while_the_writer_waits_to_grow_the_map(
 ) -> None:
     # The writer waits for this task's snapshot to end before it can grow the
     # map; opening a database meanwhile must not block the event loop for it.
-    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 3.0)
-    env = open_env(map_size=MiB)
+    env = open_env(map_size=MiB, map_resize_wait=3.0)
     db = env.open_db("data", key_coder=UInt32Coder())
     async with env.transaction(write=False):
         await db.get(0)

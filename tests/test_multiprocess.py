@@ -25,7 +25,6 @@ from conftest import bounded
 from helpers.mp_worker import ACCOUNTS, INITIAL, counter_key
 
 import aiolmdb
-import aiolmdb.environment as environment_module
 from aiolmdb.coders import UInt64Coder
 
 HELPER = Path(__file__).parent / "helpers" / "mp_worker.py"
@@ -178,7 +177,8 @@ class SmallEnv(NamedTuple):
 async def small(tmp_path: Path) -> AsyncIterator[SmallEnv]:
     """An environment with a 1 MiB map whose database "mine" holds b"before"; closed after."""
     path = str(tmp_path / "env")
-    env = aiolmdb.open(path, map_size=1024 * 1024)
+    # Adopting another process's growth waits half a second at most for readers.
+    env = aiolmdb.open(path, map_size=1024 * 1024, map_resize_wait=0.5)
     try:
         db = env.open_db("mine")
         await db.put(b"before", b"1")
@@ -230,7 +230,6 @@ async def test_a_read_while_a_snapshot_blocks_adopting_a_grown_map(
 ) -> None:
     # The event loop never waits for the snapshot to end: the read moves to a
     # reader thread, which waits a bounded time and then fails clearly.
-    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 0.5)
     path, env, db = small
     async with env.transaction(write=False):
         grow_in_another_process(path)

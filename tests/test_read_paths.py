@@ -12,7 +12,7 @@ from conftest import WhereDecoded, WriterGate, bounded, first_value
 from pydantic import BaseModel
 
 import aiolmdb
-import aiolmdb._scan as scan_module
+import aiolmdb.scanning as scan_module
 from aiolmdb.coders import JSONCoder, MsgpackCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
 
@@ -215,10 +215,10 @@ async def test_reading_an_index_being_opened_again_says_it_is_being_rebuilt(
     await gate.hold()
     building = asyncio.create_task(people.build_indexes())
     for _ in range(100):  # until the build has queued the open of the index's database
-        if not people.by_email._opened.dropped:
+        if not people.by_email._keyspace.dropped:
             break
         await asyncio.sleep(0)
-    assert not people.by_email._opened.ready  # queued behind the gate
+    assert not people.by_email._keyspace.ready  # queued behind the gate
     try:
         with pytest.raises(aiolmdb.AiolmdbError, match=r"people.*by_email.*build_indexes\(\)"):
             await bounded(INDEX_READS[read](people))

@@ -12,8 +12,8 @@ import pytest
 from conftest import EnvFactory, abort_orphans, bounded, detached
 
 import aiolmdb
-from aiolmdb._session import WriteSession
 from aiolmdb.coders import JSONCoder, StringCoder
+from aiolmdb.storage.lmdb.session import WriteSession
 
 Env = aiolmdb.AsyncEnvironment
 BytesDB = aiolmdb.AsyncDatabase[bytes, bytes]

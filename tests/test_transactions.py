@@ -8,11 +8,11 @@ from typing import Any
 
 import lmdb
 import pytest
-from conftest import EnvFactory, WriterGate, abort_orphans, bounded, detached
+from conftest import EnvFactory, WriterGate, abort_orphans, bounded, detached, lmdb_engine
 
 import aiolmdb
-from aiolmdb._session import WriteSession
 from aiolmdb.coders import JSONCoder, StringCoder
+from aiolmdb.storage.lmdb.session import WriteSession
 
 Env = aiolmdb.AsyncEnvironment
 BytesDB = aiolmdb.AsyncDatabase[bytes, bytes]
@@ -462,7 +462,7 @@ async def test_a_snapshot_ends_even_if_its_owner_is_cancelled_while_exiting(
         await task
     finish.set()
     assert await bounded(side[0]) == b"v"
-    assert env._gate._readers == 0  # the LMDB read transaction has ended
+    assert lmdb_engine(env).readers_open == 0  # the LMDB read transaction has ended
 
 
 async def test_a_snapshot_call_cancelled_twice_keeps_its_transaction_until_done(
@@ -487,13 +487,13 @@ async def test_a_snapshot_call_cancelled_twice_keeps_its_transaction_until_done(
     for _ in range(2):
         call.cancel()
         await asyncio.sleep(0.01)
-    assert env._gate._readers == 1  # still in use by the worker
+    assert lmdb_engine(env).readers_open == 1  # still in use by the worker
     finish.set()
     with pytest.raises(asyncio.CancelledError):
         await bounded(call)
     await bounded(ending)
     assert seen == [b"v"]
-    assert env._gate._readers == 0
+    assert lmdb_engine(env).readers_open == 0
 
 
 async def test_writing_inside_a_read_snapshot_raises(env: Env, left: BytesDB) -> None:
@@ -660,10 +660,10 @@ async def test_a_cancelled_drop_still_forgets_its_handle(env: Env) -> None:
     with pytest.raises(aiolmdb.AiolmdbError, match="dropped"):
         await doomed.get(b"k")
     for _ in range(200):  # then it forgets the handle, on the event loop
-        if all(not opened.dropped for opened in env._handles.values()):
+        if all(not opened.dropped for opened in lmdb_engine(env).keyspaces):
             break
         await asyncio.sleep(0.01)
-    assert all(not opened.dropped for opened in env._handles.values())
+    assert all(not opened.dropped for opened in lmdb_engine(env).keyspaces)
     again = env.open_db("doomed")
     assert await again.get(b"k") is None
     assert await again.put(b"k2", b"v")

@@ -21,10 +21,9 @@ from conftest import EnvFactory, WriterGate, abort_orphans, bounded, detached
 from pydantic import BaseModel
 
 import aiolmdb
-import aiolmdb.environment as environment_module
-from aiolmdb._session import WriteSession
 from aiolmdb.coders import StringCoder, UInt32Coder, UInt64Coder
 from aiolmdb.models import Collection, Index
+from aiolmdb.storage.lmdb.session import WriteSession
 
 MiB = 1024 * 1024
 
@@ -199,8 +198,7 @@ async def test_a_write_failing_half_way_after_an_earlier_failure_leaves_nothing(
 async def test_scanning_tasks_do_not_starve_map_growth(
     open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 1.0)
-    env = open_env(map_size=MiB)
+    env = open_env(map_size=MiB, map_resize_wait=1.0)
     scanned = env.open_db("scanned", key_coder=UInt32Coder())
     await scanned.put_multi({i: b"x" * 100 for i in range(3000)})
     data = env.open_db("data", key_coder=UInt32Coder())
@@ -235,8 +233,7 @@ async def test_a_read_on_the_loop_during_a_pending_resize_still_answers(
 ) -> None:
     # A snapshot holds the resize back; a plain get meanwhile goes to a reader
     # thread (the loop never blocks) and answers once the resize is done.
-    monkeypatch.setattr(environment_module, "MAP_RESIZE_WAIT", 3.0)
-    env = open_env(map_size=MiB)
+    env = open_env(map_size=MiB, map_resize_wait=3.0)
     db = env.open_db("data", key_coder=UInt32Coder())
     await db.put(0, b"zero")
     async with env.transaction(write=False):

@@ -10,12 +10,11 @@ import typing
 from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
-import lmdb
 from pydantic import BaseModel
 from typing_extensions import Self
 
 from ..coders import Coder, PydanticCoder
-from ..database import AsyncDatabase, OpenedHandle, raise_again
+from ..database import AsyncDatabase
 from ..environment import AsyncEnvironment
 from ..errors import (
     AiolmdbError,
@@ -24,7 +23,10 @@ from ..errors import (
     DecodeError,
     EncodeError,
     TransactionError,
+    raise_again,
 )
+from ..scanning import prefix_end
+from ..storage import Keyspace, ReadView, WriteView
 from .index import BoundIndex, Index
 
 __all__ = ["Collection", "IndexProgress"]
@@ -160,12 +162,12 @@ class Collection(AsyncDatabase[K, M]):
         self._unbuilt: list[str] = []
         #: Indexes recorded for this collection but no longer declared (known once open).
         self.removed_indexes: list[str] = []
-        self._removed_handles: list[OpenedHandle] = []
+        self._removed_handles: list[Keyspace] = []
         self._meta: AsyncDatabase[bytes, bytes] | None = None
-        # The write transaction (and count of stale marks) the indexes were last checked in.
-        self._checked_in: tuple[lmdb.Transaction, int] | None = None
+        # The write view (and count of stale marks) the indexes were last checked in.
+        self._checked_in: tuple[WriteView, int] | None = None
         #: The writer's job reading which indexes are built (None: read already, or none to read).
-        self._setup: asyncio.Future[None] | None = None
+        self._setup: asyncio.Future[Any] | None = None
         #: Why the writer could not read the indexes (for the writes queued behind it).
         self._setup_error: BaseException | None = None
         if isinstance(self.name, str):  # a collection with indexes has a str name
@@ -218,38 +220,36 @@ class Collection(AsyncDatabase[K, M]):
             self._bound_indexes[index.name] = bound
         if self._in_write_transaction():
             # The writer serves this transaction: read what is committed, build nothing.
-            self.env._call_in_read_txn(self._read_indexes)
+            self.env.engine.read_now(self._read_indexes)
             self._open_removed()
             return
 
-        def read_and_record(t: lmdb.Transaction) -> list[str]:
-            if self._read_indexes(t) != 0 or not self._unbuilt:
+        def read_and_record(view: WriteView) -> list[str]:
+            if self._read_indexes(view) != 0 or not self._unbuilt:
                 return []
             # Nothing to index yet: record the declarations now, cheaply.
-            self._build(t, self._unbuilt, None)
+            self._build(view, self._unbuilt, None)
             return list(self._unbuilt)
 
-        in_a_transaction_of_its_own = self.env._alone(read_and_record)
-
-        def set_up() -> None:
-            try:
-                recorded = in_a_transaction_of_its_own()
-            except BaseException as exc:
-                self._setup_error = exc  # for the writes queued behind
-                raise
+        def recorded(names: list[str]) -> None:
             # Committed: the writes queued behind trust them.
-            self._unbuilt = [name for name in self._unbuilt if name not in recorded]
+            self._unbuilt = [name for name in self._unbuilt if name not in names]
+
+        def failed(exc: BaseException) -> None:
+            self._setup_error = exc  # for the writes queued behind
 
         # Queued after the opens above (so it runs once they are done), and
         # before every write made on the collection.
-        setup = self.env._queue_now(set_up, f"collection {self._label}")
+        setup = self.env.engine.queue_alone(
+            read_and_record, f"collection {self._label}", committed=recorded, failed=failed
+        )
         if setup is None:  # it ran at once, outside an event loop
             self._open_removed()
             return
         self._setup = setup
         setup.add_done_callback(self._setup_done)
 
-    def _setup_done(self, setup: asyncio.Future[None]) -> None:
+    def _setup_done(self, setup: asyncio.Future[Any]) -> None:
         """On the event loop, once the writer read the indexes (before any call goes on)."""
         if setup.cancelled() or setup.exception() is not None:
             return  # every call raises it
@@ -261,8 +261,8 @@ class Collection(AsyncDatabase[K, M]):
         if self._setup_error is not None:
             raise_again(self._setup_error)
 
-    def _read_indexes(self, t: lmdb.Transaction) -> int:
-        """Read in ``t`` which indexes are built, and which are recorded but no longer declared.
+    def _read_indexes(self, view: ReadView) -> int:
+        """Read which indexes are built, and which are recorded but no longer declared.
 
         Adopts the handles of the collection's databases first (raising,
         naming the collection, what their opens raised). Returns how many
@@ -273,19 +273,17 @@ class Collection(AsyncDatabase[K, M]):
             self._take_handle()
             self._meta._take_handle()
             for index in self._indexes:
-                index._opened.check()
-        except (lmdb.Error, AiolmdbError) as exc:
+                index._keyspace.check()
+        except Exception as exc:
+            # The same error, naming the collection (the engine's own type kept).
             raise type(exc)(f"collection {self._label}: {exc}") from exc
         prefix = f"index/{self._index_base}/".encode()
         stored: dict[str, Any] = {}
-        with t.cursor(self._meta._db) as cursor:
-            more = cursor.set_range(prefix)
-            while more and bytes(cursor.key()).startswith(prefix):
-                name = bytes(cursor.key())[len(prefix) :].decode()
-                if "/" not in name:  # else it belongs to a collection named name/...
-                    stored[name] = json.loads(bytes(cursor.value()))
-                more = cursor.next()
-        records = int(t.stat(self._db)["entries"])
+        for key, value in view.range(self._meta._keyspace, prefix, prefix_end(prefix)):
+            name = key[len(prefix) :].decode()
+            if "/" not in name:  # else it belongs to a collection named name/...
+                stored[name] = json.loads(bytes(value))
+        records = view.count(self._keyspace)
         declared = type(self)._declared_indexes
         declared_signatures = {index.name: index.signature() for index in declared}
         self._unbuilt = [
@@ -306,10 +304,10 @@ class Collection(AsyncDatabase[K, M]):
         """Open the databases of the removed indexes (for drop_removed_indexes() and drop())."""
         self._removed_handles = [self._open_index_db(name, True) for name in self.removed_indexes]
 
-    def _open_index_db(self, index_name: str, create: bool) -> OpenedHandle:
+    def _open_index_db(self, index_name: str, create: bool) -> Keyspace:
         # Under the reserved prefix: no user database can be named like it.
         name = f"{META_DATABASE}/{self._meta_key(index_name).decode()}"
-        return self.env._open_handle(name, f"{self._label}.{index_name}", create, {})
+        return self.env._open_keyspace(name, f"{self._label}.{index_name}", create)
 
     def _require_indexes_built(self) -> None:
         if self._unbuilt:
@@ -318,8 +316,8 @@ class Collection(AsyncDatabase[K, M]):
                 f"await {type(self).__name__}.open(env) or await collection.build_indexes()"
             )
 
-    def _require_indexes_current(self, t: lmdb.Transaction) -> None:
-        """Raise unless every index is built and recorded as built in ``t``.
+    def _require_indexes_current(self, view: WriteView) -> None:
+        """Raise unless every index is built and recorded as built in ``view``.
 
         Another declaration of the collection (another version of the code,
         in this process or another) may have written records without an
@@ -329,11 +327,11 @@ class Collection(AsyncDatabase[K, M]):
         for index in self._indexes:  # a dead handle's slot may serve another database
             index._require_open()
         last = self._checked_in
-        if last is not None and last[0] is t and last[1] == Collection._stale_marks:
+        if last is not None and last[0] is view and last[1] == Collection._stale_marks:
             return  # checked in this transaction, and nothing was marked stale since
         for index in self._indexes:
-            index._require_current(t)
-        self._checked_in = (t, Collection._stale_marks)
+            index._require_current(view)
+        self._checked_in = (view, Collection._stale_marks)
 
     async def build_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Build the indexes that are new or changed (no-op when there are none).
@@ -368,7 +366,7 @@ class Collection(AsyncDatabase[K, M]):
         A cancelled one goes on without its caller.
         """
         for name in names:
-            if self._bound_indexes[name]._opened.dropped:
+            if self._bound_indexes[name]._keyspace.dropped:
                 self._bound_indexes[name]._reopen()
         loop = asyncio.get_running_loop()
 
@@ -378,7 +376,7 @@ class Collection(AsyncDatabase[K, M]):
                 loop.call_soon_threadsafe(progress, names, done, total)
 
         async def build_then_trust() -> None:
-            await self.env._write_alone(lambda t: self._build(t, names, report))
+            await self.env.engine.write_alone(lambda view: self._build(view, names, report))
             self._unbuilt = [name for name in self._unbuilt if name not in names]
 
         # A cancelled caller does not stop a build the writer may already run:
@@ -389,13 +387,13 @@ class Collection(AsyncDatabase[K, M]):
         """The indexes not built yet, or recorded stale since (by another declaration)."""
         if self._meta is None:
             return []
-        meta_db = self._meta._db
+        meta = self._meta._keyspace
 
-        def to_build(t: lmdb.Transaction) -> list[str]:
+        def to_build(view: ReadView) -> list[str]:
             return [
                 index.index.name
                 for index in self._indexes
-                if index.index.name in self._unbuilt or not index._is_current(t, meta_db)
+                if index.index.name in self._unbuilt or not index._is_current(view, meta)
             ]
 
         return await self.env._read(to_build, None)
@@ -441,16 +439,15 @@ class Collection(AsyncDatabase[K, M]):
             "call it before or after the `async with env.transaction()` block"
         )
 
-    def _delete_removed(self, t: lmdb.Transaction) -> None:
+    def _delete_removed(self, view: WriteView) -> None:
         if self._meta is None:
             return  # nothing was ever recorded
         for opened in self._removed_handles:
-            if not opened.dropped:  # else an earlier attempt closed it
-                opened.check()  # an open that failed has no handle to drop
-                opened.dropped = True  # LMDB closes the handle at once
-                t.drop(opened.db, delete=True)
+            if not opened.dropped:  # else an earlier attempt deleted it
+                opened.check()  # an open that failed has nothing to drop
+                view.drop(opened)
         for name in self.removed_indexes:
-            t.delete(self._meta_key(name), db=self._meta._db)
+            view.delete(self._meta._keyspace, self._meta_key(name))
 
     def _forget_removed(self) -> None:
         """After :meth:`_delete_removed` ran: forget the indexes it dropped."""
@@ -461,116 +458,115 @@ class Collection(AsyncDatabase[K, M]):
         ]
         for opened in self._removed_handles:
             if opened.dropped:
-                self.env._forget_handle(opened)
+                self.env.engine.forget_keyspace(opened)
         self.removed_indexes = [name for name, _ in kept]
         self._removed_handles = [opened for _, opened in kept]
         self._plain_writes = not (self._indexes or self.removed_indexes)
 
-    def _mark_removed_stale(self, t: lmdb.Transaction) -> None:
+    def _mark_removed_stale(self, view: WriteView) -> None:
         """In a write's transaction: the removed indexes missed it, so if they are
         declared again they are rebuilt rather than trusted."""
         if not self.removed_indexes:
             return
         assert self._meta is not None  # removed indexes were read from it
+        meta = self._meta._keyspace
         for name in self.removed_indexes:
             key = self._meta_key(name)
-            stored = t.get(key, db=self._meta._db)
+            stored = view.get(meta, key)
             if stored is None:
                 continue
             signature = json.loads(bytes(stored))
             if not signature.get("stale"):
                 signature["stale"] = True
-                t.put(key, json.dumps(signature).encode(), db=self._meta._db)
+                view.put(meta, key, json.dumps(signature).encode())
                 Collection._stale_marks += 1
 
     def _build(
-        self, t: lmdb.Transaction, names: list[str], report: Callable[[int, int], None] | None
+        self, view: WriteView, names: list[str], report: Callable[[int, int], None] | None
     ) -> None:
         assert self._meta is not None  # opened with the declared indexes
-        meta_db = self._meta._db
+        meta = self._meta._keyspace
         chosen = [self._bound_indexes[name] for name in names]
         self._require_live()
         for index in chosen:
             index._require_open()
-            index._clear(t)
-        total = int(t.stat(self._db)["entries"])
+            index._clear(view)
+        total = view.count(self._keyspace)
         done = 0
-        with t.cursor(self._db) as cursor:
-            for key, raw_value in cursor:
-                raw_key = bytes(key)
-                try:
-                    record = self.value_coder.deserialize(raw_value)
-                except Exception as exc:
-                    raise DecodeError(
-                        f"collection {self._label}: cannot build indexes {names}: the value "
-                        f"of key {self._show_raw_key(raw_key)} does not decode with "
-                        f"{self.value_coder!r} (delete or overwrite that record, then build "
-                        f"again): {exc}"
-                    ) from exc
-                for index in chosen:
-                    keys = index._entry_keys(record, raw_key)
-                    index._check_unique(t, raw_key, keys)
-                    index._update_entries(t, raw_key, set(), keys)
-                done += 1
-                if report is not None and done % PROGRESS_EVERY == 0:
-                    report(done, total)
+        for raw_key, raw_value in view.range(self._keyspace):
+            try:
+                record = self.value_coder.deserialize(raw_value)
+            except Exception as exc:
+                raise DecodeError(
+                    f"collection {self._label}: cannot build indexes {names}: the value "
+                    f"of key {self._show_raw_key(raw_key)} does not decode with "
+                    f"{self.value_coder!r} (delete or overwrite that record, then build "
+                    f"again): {exc}"
+                ) from exc
+            for index in chosen:
+                keys = index._entry_keys(record, raw_key)
+                index._check_unique(view, raw_key, keys)
+                index._update_entries(view, raw_key, set(), keys)
+            done += 1
+            if report is not None and done % PROGRESS_EVERY == 0:
+                report(done, total)
         for index in chosen:
-            t.put(index._meta_key, index._signature, db=meta_db)
+            view.put(meta, index._meta_key, index._signature)
         if report is not None:
             report(done, total)
 
     # -- drop() empties or deletes the indexes with the records ----------
 
-    def _empty(self, t: lmdb.Transaction) -> None:
+    def _empty(self, view: WriteView) -> None:
         for index in self._indexes:
             index._require_open()
-        super()._empty(t)
+        super()._empty(view)
         for index in self._indexes:
-            index._clear(t)
-        self._mark_removed_stale(t)
+            index._clear(view)
+        self._mark_removed_stale(view)
 
-    def _delete(self, t: lmdb.Transaction) -> None:
-        super()._delete(t)
+    def _delete(self, view: WriteView) -> None:
+        super()._delete(view)
         if self._meta is None:
             return  # no index, declared or removed
         for index in self._indexes:
-            index._drop_storage(t)
-            t.delete(index._meta_key, db=self._meta._db)
-        self._delete_removed(t)
+            index._drop_storage(view)
+            view.delete(self._meta._keyspace, index._meta_key)
+        self._delete_removed(view)
 
     def _forget_deleted(self) -> None:
         super()._forget_deleted()
         for index in self._indexes:
-            self.env._forget_handle(index._opened)
+            self.env.engine.forget_keyspace(index._keyspace)
         self._forget_removed()
 
     # -- record writes keep the indexes in step --------------------------
 
     def _store(
-        self, t: lmdb.Transaction, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
+        self, view: WriteView, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
     ) -> bool:
         if not self._indexes:
-            self._mark_removed_stale(t)
-            return super()._store(t, raw_key, raw_value, value, overwrite)
-        self._require_indexes_current(t)
-        old_buf = t.get(raw_key, db=self._db)
+            self._mark_removed_stale(view)
+            return super()._store(view, raw_key, raw_value, value, overwrite)
+        self._require_indexes_current(view)
+        old_buf = view.get(self._keyspace, raw_key)
         if old_buf is not None and not overwrite:
             return False
         new = self._read_back(raw_key, raw_value)
-        olds = self._stored_entries(t, raw_key, old_buf)
+        olds = self._stored_entries(view, raw_key, old_buf)
         # Every check before any write: a failure leaves the transaction as it was.
         changes = []
         for index, before in zip(self._indexes, olds, strict=True):
             after = index._entry_keys(new, raw_key)
-            index._check_unique(t, raw_key, after - before)
+            index._check_unique(view, raw_key, after - before)
             changes.append((index, before, after))
-        self._mark_removed_stale(t)
+        self._mark_removed_stale(view)
         for index, before, after in changes:
-            index._update_entries(t, raw_key, before, after)
-        return t.put(raw_key, raw_value, db=self._db)
+            index._update_entries(view, raw_key, before, after)
+        return view.put(self._keyspace, raw_key, raw_value)
 
     def _stored_entries(
-        self, t: lmdb.Transaction, raw_key: bytes, old_buf: bytes | memoryview | None
+        self, view: ReadView, raw_key: bytes, old_buf: bytes | memoryview | None
     ) -> list[set[bytes]]:
         """The entries each index holds for the record stored under ``raw_key``."""
         if old_buf is None:
@@ -588,7 +584,7 @@ class Collection(AsyncDatabase[K, M]):
                 self.value_coder,
                 exc,
             )
-            return [index._entries_pointing_at(t, raw_key) for index in self._indexes]
+            return [index._entries_pointing_at(view, raw_key) for index in self._indexes]
         return [index._entry_keys(old, raw_key) for index in self._indexes]
 
     def _read_back(self, raw_key: bytes, raw_value: bytes) -> M:
@@ -605,19 +601,19 @@ class Collection(AsyncDatabase[K, M]):
                 f"would not read back with {self.value_coder!r}: {exc}"
             ) from exc
 
-    def _remove(self, t: lmdb.Transaction, raw_key: bytes) -> bool:
+    def _remove(self, view: WriteView, raw_key: bytes) -> bool:
         if not self._indexes:
-            self._mark_removed_stale(t)
-            return super()._remove(t, raw_key)
-        self._require_indexes_current(t)
-        old_buf = t.get(raw_key, db=self._db)
+            self._mark_removed_stale(view)
+            return super()._remove(view, raw_key)
+        self._require_indexes_current(view)
+        old_buf = view.get(self._keyspace, raw_key)
         if old_buf is None:
             return False
-        olds = self._stored_entries(t, raw_key, old_buf)
-        self._mark_removed_stale(t)
+        olds = self._stored_entries(view, raw_key, old_buf)
+        self._mark_removed_stale(view)
         for index, before in zip(self._indexes, olds, strict=True):
-            index._update_entries(t, raw_key, before, set())
-        return t.delete(raw_key, db=self._db)
+            index._update_entries(view, raw_key, before, set())
+        return view.delete(self._keyspace, raw_key)
 
 
 def _value_type_argument(cls: type) -> Any | None:

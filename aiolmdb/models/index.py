@@ -1,6 +1,6 @@
 """Secondary indexes of a collection, kept in the same transaction as its records.
 
-Each index lives in its own LMDB database, keyed by the escaped, terminated
+Each index lives in its own keyspace, keyed by the escaped, terminated
 index key. In a plain index the record's primary key follows it and the value
 is empty: entries sort by index key, then by primary key, and one record may
 have many entries (``multi=True``) or none (the extractor returned None). In a
@@ -14,12 +14,9 @@ import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
-import lmdb
-
-from .._scan import Fetch, prefix_end
 from ..coders import Coder
 from ..coders.base import escape_element, unescape_element
-from ..database import TOO_LARGE, OpenedHandle, _show
+from ..database import TOO_LARGE, show
 from ..errors import (
     AiolmdbError,
     DatabaseDroppedError,
@@ -27,6 +24,8 @@ from ..errors import (
     UniqueViolationError,
     UnorderedKeyError,
 )
+from ..scanning import Fetch, prefix_end
+from ..storage import Buffer, Keyspace, ReadView, WriteView
 
 if TYPE_CHECKING:
     from ..transaction import Transaction
@@ -146,31 +145,24 @@ class BoundIndex(Generic[K, M, IK]):
     ``count``, ``first`` and ``last``.
     """
 
-    def __init__(
-        self, index: Index[IK], collection: Collection[K, M], opened: OpenedHandle
-    ) -> None:
-        """Bind ``index`` to ``collection``, its entries stored in the database ``opened``."""
+    def __init__(self, index: Index[IK], collection: Collection[K, M], keyspace: Keyspace) -> None:
+        """Bind ``index`` to ``collection``, its entries stored in ``keyspace``."""
         self.index = index
         self.collection = collection
-        self._opened = opened
+        self._keyspace = keyspace
         # Where the collection records the declaration this index was built for.
         self._meta_key = collection._meta_key(index.name)
         self._signature = json.dumps(index.signature()).encode()
         self._label = f"index {collection._label}.{index.name}"
 
-    @property
-    def _db(self) -> Any:
-        """The LMDB handle of the index's database (read when used: it may be opened again)."""
-        return self._opened.db
+    def _require_open(self, opened: Keyspace | None = None) -> None:
+        """Raise if the index's keyspace (``opened``, by default the current one) is not open.
 
-    def _require_open(self, opened: OpenedHandle | None = None) -> None:
-        """Raise if the index's database (``opened``, by default the current one) is not open.
-
-        Deleted, its LMDB handle is dead, and LMDB may have given its slot to
-        another database: nothing may go through it. Opened again, it may not
-        be open yet, or its open may have failed.
+        Deleted, its handle is dead (LMDB may have given its slot to another
+        database): nothing may go through it. Opened again, it may not be
+        open yet, or its open may have failed.
         """
-        opened = self._opened if opened is None else opened
+        opened = self._keyspace if opened is None else opened
         if opened.dropped:
             raise DatabaseDroppedError(
                 f"{self._label}: its database was deleted (by another declaration of the "
@@ -184,17 +176,17 @@ class BoundIndex(Generic[K, M, IK]):
                 )
             opened.check()
 
-    def _require_usable(self, opened: OpenedHandle | None = None) -> None:
+    def _require_usable(self, opened: Keyspace | None = None) -> None:
         """Raise if the collection or the index's database (``opened``, or the current) is gone."""
         self.collection._require_live()
         self._require_open(opened)
 
     def _reopen(self) -> None:
         """Open the index's database again after it was deleted."""
-        self._opened = self.collection._open_index_db(self.index.name, True)
+        self._keyspace = self.collection._open_index_db(self.index.name, True)
 
-    def _require_current(self, t: lmdb.Transaction, opened: OpenedHandle | None = None) -> None:
-        """Raise unless ``t`` records this index as built for its declaration.
+    def _require_current(self, view: ReadView, opened: Keyspace | None = None) -> None:
+        """Raise unless ``view`` records this index as built for its declaration.
 
         Also raises when the collection or the index's database (``opened``,
         by default the current one) was deleted.
@@ -202,14 +194,14 @@ class BoundIndex(Generic[K, M, IK]):
         self._require_usable(opened)
         meta = self.collection._meta
         assert meta is not None  # opened with the declared indexes
-        if not self._is_current(t, meta._db):
+        if not self._is_current(view, meta._keyspace):
             raise AiolmdbError(
                 f"{self._label} is out of date: records were written by a declaration of "
                 "the collection without it; await collection.build_indexes()"
             )
 
-    def _is_current(self, t: lmdb.Transaction, meta_db: Any) -> bool:
-        return t.get(self._meta_key, db=meta_db) == self._signature
+    def _is_current(self, view: ReadView, meta: Keyspace) -> bool:
+        return view.get(meta, self._meta_key) == self._signature
 
     # -- maintenance (runs inside the collection's write transactions) ---
 
@@ -227,11 +219,11 @@ class BoundIndex(Generic[K, M, IK]):
             try:
                 entry = escape_element(self.index.coder.serialize(value))
             except Exception as exc:
-                raise self._error(raw_key, f"cannot encode {_show(value)} ({exc})") from exc
+                raise self._error(raw_key, f"cannot encode {show(value)} ({exc})") from exc
             if len(entry) + extra > limit:
                 raise self._error(
                     raw_key,
-                    f"the index key {_show(value)} makes an entry of {len(entry) + extra} "
+                    f"the index key {show(value)} makes an entry of {len(entry) + extra} "
                     f"bytes, over LMDB's key limit of {limit} bytes"
                     + ("" if self.index.unique else " (an entry holds the index key and the key)"),
                 )
@@ -253,7 +245,7 @@ class BoundIndex(Generic[K, M, IK]):
             raise self._error(
                 raw_key,
                 f"a multi=True index needs an iterable of index keys, and the extractor "
-                f"returned a {type(extracted).__name__} ({_show(extracted)})",
+                f"returned a {type(extracted).__name__} ({show(extracted)})",
             )
         try:
             return [value for value in extracted if value is not None]
@@ -269,52 +261,48 @@ class BoundIndex(Generic[K, M, IK]):
         )
 
     def _update_entries(
-        self, t: lmdb.Transaction, raw_key: bytes, old: set[bytes], new: set[bytes]
+        self, view: WriteView, raw_key: bytes, old: set[bytes], new: set[bytes]
     ) -> None:
         """Move the entries of record ``raw_key`` from ``old`` to ``new`` index keys."""
-        unique = self.index.unique
+        unique, keyspace = self.index.unique, self._keyspace
         for entry in old - new:
-            t.delete(entry if unique else entry + raw_key, db=self._db)
+            view.delete(keyspace, entry if unique else entry + raw_key)
         for entry in new - old:
             if unique:
-                t.put(entry, raw_key, db=self._db)
+                view.put(keyspace, entry, raw_key)
             else:
-                t.put(entry + raw_key, b"", db=self._db)
+                view.put(keyspace, entry + raw_key, b"")
 
-    def _record_key(self, entry: bytes, value: memoryview | bytes) -> bytes:
+    def _record_key(self, entry: bytes, value: Buffer) -> bytes:
         """The primary key an entry (as stored: key and value) points to."""
         if self.index.unique:
             return bytes(value)
         _, end = unescape_element(entry, 0)
         return entry[end:]
 
-    def _entries_pointing_at(self, t: lmdb.Transaction, raw_key: bytes) -> set[bytes]:
+    def _entries_pointing_at(self, view: ReadView, raw_key: bytes) -> set[bytes]:
         """The escaped index keys of record ``raw_key``'s entries, found by scanning the index.
 
         For a record whose stored value no longer decodes, so that its entries
         cannot be computed from it. Costs a pass over the whole index.
         """
         found = set()
-        with t.cursor(self._db) as cursor:
+        for entry, holder in view.range(self._keyspace):
             if self.index.unique:  # the entry's value is the record's key
-                for entry, holder in cursor.iternext():
-                    if holder == raw_key:
-                        found.add(bytes(entry))
-            else:  # the record's key follows the escaped index key
-                for stored in cursor.iternext(values=False):
-                    entry = bytes(stored)
-                    if entry.endswith(raw_key):
-                        _, end = unescape_element(entry, 0)
-                        if entry[end:] == raw_key:
-                            found.add(entry[:end])
+                if holder == raw_key:
+                    found.add(entry)
+            elif entry.endswith(raw_key):  # the record's key follows the escaped index key
+                _, end = unescape_element(entry, 0)
+                if entry[end:] == raw_key:
+                    found.add(entry[:end])
         return found
 
-    def _check_unique(self, t: lmdb.Transaction, raw_key: bytes, added: set[bytes]) -> None:
+    def _check_unique(self, view: ReadView, raw_key: bytes, added: set[bytes]) -> None:
         """Raise UniqueViolationError if another record already has one of ``added``."""
         if not self.index.unique:
             return
         for entry in added:
-            holder = t.get(entry, db=self._db)
+            holder = view.get(self._keyspace, entry)
             if holder is not None and bytes(holder) != raw_key:
                 value, _ = unescape_element(entry, 0)
                 raise UniqueViolationError(
@@ -328,16 +316,15 @@ class BoundIndex(Generic[K, M, IK]):
         except Exception:
             return repr(raw)
 
-    def _clear(self, t: lmdb.Transaction) -> None:
+    def _clear(self, view: WriteView) -> None:
         """Remove every entry (before a rebuild, or when the collection is emptied)."""
-        t.drop(self._db, delete=False)
+        view.clear(self._keyspace)
 
-    def _drop_storage(self, t: lmdb.Transaction) -> None:
-        """Delete the index's database (when the collection is deleted)."""
-        if self._opened.dropped:
+    def _drop_storage(self, view: WriteView) -> None:
+        """Delete the index's keyspace (when the collection is deleted)."""
+        if self._keyspace.dropped:
             return  # deleted already, by another declaration of the collection
-        self._opened.dropped = True  # LMDB closes the handle at once
-        t.drop(self._db, delete=True)
+        view.drop(self._keyspace)
 
     # -- queries ---------------------------------------------------------
 
@@ -391,21 +378,19 @@ class BoundIndex(Generic[K, M, IK]):
             return collection._after_open(
                 txn, lambda: self._records(low, high, reverse, limit, txn, make)
             )
-        main_db, ctx = collection._resolve(txn)
+        main, ctx = collection._resolve(txn)
         collection._require_indexes_built()
-        # The scan reads this handle in every batch: each checks it is still open
+        # The scan reads this keyspace in every batch: each checks it is still open
         # (the index may be deleted and opened again, in another slot, meanwhile).
-        opened = self._opened
+        opened = self._keyspace
 
-        def fetcher(t: lmdb.Transaction) -> Fetch:
-            self._require_current(t, opened)
+        def fetcher(view: ReadView) -> Fetch:
+            self._require_current(view, opened)
 
-            def record_of(
-                entry: bytes, value: memoryview | bytes
-            ) -> tuple[bytes, memoryview | bytes]:
-                # The entry names the record; fetch it in the same transaction.
+            def record_of(entry: bytes, value: Buffer) -> tuple[bytes, Buffer]:
+                # The entry names the record; fetch it in the same view.
                 raw_key = self._record_key(entry, value)
-                buf = t.get(raw_key, db=main_db)
+                buf = view.get(main, raw_key)
                 # A drop marks the handles before LMDB closes them: a read that
                 # went through a closed handle is caught here, after it.
                 self._require_usable(opened)
@@ -415,11 +400,11 @@ class BoundIndex(Generic[K, M, IK]):
 
             return record_of
 
-        stream = collection._stream(ctx, opened.db, low, high, reverse, limit, fetcher, make)
+        stream = collection._stream(ctx, opened, low, high, reverse, limit, fetcher, make)
         return self._stopped_by_drops(stream, opened)
 
     async def _stopped_by_drops(
-        self, stream: AsyncIterator[Any], opened: OpenedHandle
+        self, stream: AsyncIterator[Any], opened: Keyspace
     ) -> AsyncIterator[Any]:
         """``stream``, ended by DatabaseDroppedError if the collection or index is deleted.
 
@@ -502,19 +487,19 @@ class BoundIndex(Generic[K, M, IK]):
         collection = self.collection
         if collection._pending:
             await collection._until_open(txn)
-        main_db, ctx = collection._resolve(txn)
+        main, ctx = collection._resolve(txn)
         collection._require_indexes_built()
-        opened = self._opened
+        opened = self._keyspace
 
-        def read(t: lmdb.Transaction, small_only: bool) -> Any:
-            self._require_current(t, opened)
-            holder = t.get(entry, db=opened.db)
+        def read(view: ReadView, small_only: bool) -> Any:
+            self._require_current(view, opened)
+            holder = view.get(opened, entry)
             # A drop marks the handle before LMDB closes it: checked after the read.
             self._require_open(opened)
             if holder is None:
                 return None
             raw_key = bytes(holder)
-            buf = t.get(raw_key, db=main_db)
+            buf = view.get(main, raw_key)
             if buf is None:  # pragma: no cover - entries are written with their records
                 raise AssertionError(f"{self._label} has an entry for a missing record")
             if small_only and not collection._decodes_inline(buf):
@@ -552,26 +537,21 @@ class BoundIndex(Generic[K, M, IK]):
             await self.collection._until_open(txn)
         self.collection._require_indexes_built()
         ctx = self.collection._resolve(txn)[1]
-        opened = self._opened
+        opened = self._keyspace
         if value is None:
 
-            def count_all(t: lmdb.Transaction) -> int:
-                self._require_current(t, opened)
-                entries = int(t.stat(opened.db)["entries"])
+            def count_all(view: ReadView) -> int:
+                self._require_current(view, opened)
+                entries = view.count(opened)
                 self._require_open(opened)  # a drop may have closed the handle meanwhile
                 return entries
 
             return await self.collection._read(count_all, ctx)
         entry = self._exact(value)
 
-        def count_entries(t: lmdb.Transaction) -> int:
-            self._require_current(t, opened)
-            found = 0
-            with t.cursor(opened.db) as cursor:
-                more = cursor.set_range(entry)
-                while more and bytes(cursor.key()).startswith(entry):
-                    found += 1
-                    more = cursor.next()
+        def count_entries(view: ReadView) -> int:
+            self._require_current(view, opened)
+            found = view.count(opened, entry, prefix_end(entry))
             self._require_open(opened)  # a drop may have closed the handle meanwhile
             return found
 

@@ -5,7 +5,17 @@ Engines live in subpackages (:mod:`aiolmdb.storage.lmdb`,
 names them: ``import aiolmdb`` loads no engine.
 """
 
-from .base import Buffer, Capabilities, Engine, NotNowError, ReadView, Session, Snapshot, WriteView
+from .base import (
+    Buffer,
+    Capabilities,
+    Engine,
+    NotNowError,
+    ReadView,
+    Session,
+    Snapshot,
+    WriteView,
+    transaction_label,
+)
 from .keyspace import Keyspace
 
 __all__ = [
@@ -18,4 +28,5 @@ __all__ = [
     "Session",
     "Snapshot",
     "WriteView",
+    "transaction_label",
 ]

@@ -29,12 +29,19 @@ __all__ = [
     "Session",
     "Snapshot",
     "WriteView",
+    "transaction_label",
 ]
 
 R = TypeVar("R")
 
 #: Bytes as an engine hands them out: valid until the view they came from ends.
 Buffer = bytes | memoryview
+
+
+def transaction_label(kind: str, task: asyncio.Task[Any] | None, where: str) -> str:
+    """How messages name a transaction: its kind, the task that opened it, where it is."""
+    by = f"task {task.get_name()!r}" if task is not None else "no task"
+    return f"the {kind} opened by {by} {where}"
 
 
 class NotNowError(Exception):
@@ -196,7 +203,10 @@ class Session(Protocol):
         ...
 
     async def commit(self) -> None:
-        """Commit the transaction (refused, and everything aborted, with a savepoint open)."""
+        """Commit the transaction (refused, and everything aborted, with a savepoint open).
+
+        From the call on, writes made outside the transaction no longer wait for it.
+        """
         ...
 
     async def abort(self) -> None:
@@ -272,12 +282,13 @@ class Engine(Protocol):
         ...
 
     def read_point(
-        self, keyspace: Keyspace, key: bytes, decode: Callable[[bytes, Buffer], R]
-    ) -> R | None:
-        """The hot read: ``decode(key, value)`` of one value, read on the event loop.
+        self, keyspace: Keyspace, key: bytes, decode: Callable[[bytes, Buffer | None], R]
+    ) -> R:
+        """The hot read: ``decode(key, value)`` of one value (None when it is missing),
+        read on the event loop.
 
-        Returns None for a missing key. Raises :class:`NotNowError` when the read
-        cannot be made on the event loop now: the caller reads with :meth:`read`.
+        Raises :class:`NotNowError` when the read cannot be made on the event
+        loop now: the caller reads with :meth:`read`.
         """
         ...
 
@@ -298,10 +309,19 @@ class Engine(Protocol):
         """Run ``fn(view)`` in a write transaction of its own, between group commits."""
         ...
 
-    def queue_alone(self, fn: Callable[[WriteView], R], what: str) -> asyncio.Future[R] | None:
+    def queue_alone(
+        self,
+        fn: Callable[[WriteView], R],
+        what: str,
+        *,
+        committed: Callable[[R], None] | None = None,
+        failed: Callable[[BaseException], None] | None = None,
+    ) -> asyncio.Future[R] | None:
         """Queue ``fn(view)`` alone, now: every write queued afterwards runs after it.
 
-        For opening ``what`` (a collection's set-up). Outside an event loop
+        For opening ``what`` (a collection's set-up). ``committed(result)``
+        runs once it is committed, ``failed(error)`` once it failed, both
+        before any write queued afterwards runs. Outside an event loop
         (set-up code before ``asyncio.run``) it runs at once, blocking, and
         this gives None.
         """
@@ -315,16 +335,8 @@ class Engine(Protocol):
         """Begin an interactive write transaction (waits for the ones open to end)."""
         ...
 
-    def end_session(self, session: Session) -> None:
-        """The transaction layer is ending ``session``: it no longer holds back writes."""
-        ...
-
     async def begin_snapshot(self) -> Snapshot:
         """Begin a read snapshot."""
-        ...
-
-    async def end_snapshot(self, snapshot: Snapshot) -> None:
-        """Release a snapshot begun here."""
         ...
 
     async def sync(self, force: bool = False) -> None:

@@ -25,20 +25,23 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import itertools
 import queue
 import threading
-from collections.abc import Awaitable, Callable, Collection, Iterator
+from collections.abc import Callable, Collection, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
 
 import lmdb
 
-from ._writer import call_awaitably, deliver, disk_full_error, map_full_error
-from .errors import TransactionError
+from ...errors import TransactionError
+from ..base import transaction_label
+from ..deadlock import Queued, Watch
+from ..waiting import call_awaitably, deliver, ignore_outcome, outlast_cancellation
+from .views import LmdbReadView, LmdbWriteView
+from .writer import disk_full_error, map_full_error
 
-__all__ = ["ReadSnapshot", "WriteSession", "opener", "submit_behind"]
+__all__ = ["ReadSnapshot", "WriteSession"]
 
 R = TypeVar("R")
 
@@ -46,10 +49,6 @@ R = TypeVar("R")
 #: the wait doubles after each look, up to IDLE_CHECK_MAX, until the owner's next call.
 IDLE_CHECK = 0.05
 IDLE_CHECK_MAX = 1.0
-#: Futures visited at most when looking for who awaits a queued write.
-_AWAIT_WALK_LIMIT = 10_000
-#: Queued writes looked at per turn of the event loop.
-_LOOK_SLICE = 256
 
 _BEGIN, _CALL, _SAVEPOINT, _RELEASE, _ROLLBACK, _COMMIT, _ABORT = range(7)
 
@@ -60,7 +59,7 @@ class _Op:
     def __init__(
         self,
         kind: int,
-        fn: Callable[[lmdb.Transaction], Any] | None,
+        fn: Callable[[LmdbWriteView], Any] | None,
         loop: asyncio.AbstractEventLoop,
         savepoint: int = 0,
         level: int = 0,
@@ -72,127 +71,6 @@ class _Op:
         # The savepoint a _CALL/_SAVEPOINT was made in (0: the root): it must be innermost.
         self.level = level
         self.future: asyncio.Future[Any] = loop.create_future()
-
-
-def opener(kind: str, task: asyncio.Task[Any] | None, where: str) -> str:
-    """How messages name a transaction: its kind, the task that opened it, where it is."""
-    by = f"task {task.get_name()!r}" if task is not None else "no task"
-    return f"the {kind} opened by {by} {where}"
-
-
-class _Queued:
-    """Work queued behind open sessions (a write, or another session): refused, or begun.
-
-    The event loop may refuse it (its future then fails) only until the writer
-    thread begins it; once refused, the writer thread never runs it.
-    """
-
-    __slots__ = ("error", "future", "lock", "started", "what")
-
-    def __init__(self, what: str) -> None:
-        self.what = what  # how the refusal names it
-        self.future: asyncio.Future[Any] | None = None  # what its caller awaits, once queued
-        self.lock = threading.Lock()
-        self.started = False
-        self.error: TransactionError | None = None
-
-    def start(self) -> None:
-        """On the writer thread: raise the refusal, or make refusing it impossible."""
-        with self.lock:
-            if self.error is not None:
-                raise self.error
-            self.started = True
-
-    def guarding(self, fn: Callable[[lmdb.Transaction], R]) -> Callable[[lmdb.Transaction], R]:
-        """``fn``, run only if the work was not refused."""
-
-        def run(txn: lmdb.Transaction) -> R:
-            self.start()
-            return fn(txn)
-
-        return run
-
-    def watch(self, future: asyncio.Future[Any], sessions: Collection[WriteSession]) -> None:
-        """Have ``sessions`` watch the work, whose caller awaits ``future``, until it is done.
-
-        Done (refused, cancelled, or run once the sessions ended), it leaves
-        their ``behind`` at once: a session kept busy never looks at it, and
-        would hold on to it for as long as it is open.
-        """
-        self.future = future
-        watchers = tuple(sessions)  # the sessions open now, not those opened later
-        for session in watchers:
-            session.behind.add(self)
-        future.add_done_callback(functools.partial(self._unwatch, watchers))
-
-    def _unwatch(self, watchers: tuple[WriteSession, ...], _: asyncio.Future[Any]) -> None:
-        for session in watchers:
-            session.behind.discard(self)
-
-    def refuse(self, error: TransactionError) -> None:
-        """On the event loop: fail the work, unless the writer thread has begun it."""
-        with self.lock:
-            if self.started:
-                return
-            self.error = error
-        if self.future is not None and not self.future.done():
-            self.future.set_exception(error)
-
-
-def submit_behind(
-    sessions: Collection[WriteSession],
-    submit: Callable[[Callable[[lmdb.Transaction], Any]], Awaitable[Any]],
-    fn: Callable[[lmdb.Transaction], R],
-) -> Awaitable[R]:
-    """Submit an auto-commit write with ``submit`` while ``sessions`` are open.
-
-    Each session then watches for its owner awaiting this write, which would
-    never finish (it waits behind the session): that write is refused with
-    :class:`~aiolmdb.TransactionError` instead. A write made to wait for room
-    in the writer's queue (not a future yet) is not watched.
-    """
-    queued = _Queued("a write made outside it")
-    job = submit(queued.guarding(fn))
-    if isinstance(job, asyncio.Future):
-        queued.watch(job, sessions)
-    return job
-
-
-def _awaited_by(start: asyncio.Future[Any], target: asyncio.Future[Any]) -> bool:
-    """True when ``target`` (a task) waits, through any chain of awaits, for ``start``.
-
-    Follows each future's done callbacks up to whoever waits for it: a task's
-    wake-up, and the futures held by asyncio's wrappers (gather, wait, wait_for,
-    shield, task groups). Best effort: a wrapper it does not know ends the chain.
-    """
-    seen: set[int] = set()
-    pending = [start]
-    while pending and len(seen) < _AWAIT_WALK_LIMIT:
-        future = pending.pop()
-        if future is target:
-            return True
-        if id(future) in seen:
-            continue
-        seen.add(id(future))
-        for callback, *_ in getattr(future, "_callbacks", None) or ():
-            pending.extend(_futures_held_by(callback))
-    return False
-
-
-def _futures_held_by(callback: Any) -> Iterator[asyncio.Future[Any]]:
-    bound_to = getattr(callback, "__self__", None)
-    if isinstance(bound_to, asyncio.Future):
-        yield bound_to  # a task's wake-up: that task awaits the future
-    parent = getattr(bound_to, "_parent_task", None)  # an asyncio.TaskGroup
-    if isinstance(parent, asyncio.Future):
-        yield parent
-    held: list[Any] = []
-    if isinstance(callback, functools.partial):
-        held.extend(callback.args)
-    for cell in getattr(callback, "__closure__", None) or ():
-        with contextlib.suppress(ValueError):  # an empty cell
-            held.append(cell.cell_contents)
-    yield from (obj for obj in held if isinstance(obj, asyncio.Future))
 
 
 class WriteSession:
@@ -208,8 +86,11 @@ class WriteSession:
         begin: Callable[[], lmdb.Transaction],
         name: str,
         growth_refusal: Callable[[], str | None],
+        on_end: Callable[[WriteSession], None],
     ) -> None:
         self._env = env
+        # Tells the engine the session is ending: writes no longer wait behind it.
+        self._on_end = on_end
         self._begin = begin  # begins the root write transaction
         self._name = name
         # Why the map cannot grow (None: it can), asked when a call finds it full.
@@ -220,17 +101,16 @@ class WriteSession:
         self.owner = asyncio.current_task()
         self._loop = asyncio.get_running_loop()
         #: How error messages name the session's transaction.
-        self.label = opener("write transaction", self.owner, f"on environment {name}")
-        #: Work queued while the session is open: writes (submit_behind), sessions (begin).
-        self.behind: set[_Queued] = set()
+        self.label = transaction_label("write transaction", self.owner, f"on environment {name}")
+        #: Looks out for work queued behind the session that its owner awaits.
+        self.watch = Watch(self.owner, self.label, lambda: self._ended)
         # Set when the session was queued behind others: it may be refused.
-        self._queued: _Queued | None = None
-        self._looking = False  # a look for awaited work is under way (on the event loop)
+        self._queued: Queued | None = None
         self._ops: queue.SimpleQueue[_Op] = queue.SimpleQueue()
         self._lock = threading.Lock()
         self._ended = False
-        # (savepoint id, transaction), the root first: touched by the writer thread only.
-        self._stack: list[tuple[int, lmdb.Transaction]] = []
+        # (savepoint id, transaction, its view), the root first: the writer thread's only.
+        self._stack: list[tuple[int, lmdb.Transaction, LmdbWriteView]] = []
         #: Ids of the open savepoints, innermost last: the loop side's view of the stack.
         self.savepoints: list[int] = []
         self._ids = itertools.count(1)
@@ -250,7 +130,7 @@ class WriteSession:
     async def _send(
         self,
         kind: int,
-        fn: Callable[[lmdb.Transaction], Any] | None = None,
+        fn: Callable[[LmdbWriteView], Any] | None = None,
         savepoint: int = 0,
         level: int = 0,
     ) -> Any:
@@ -275,7 +155,7 @@ class WriteSession:
         if self._ended:
             return
         op = _Op(kind, None, asyncio.get_running_loop(), savepoint)
-        op.future.add_done_callback(_ignore_outcome)
+        op.future.add_done_callback(ignore_outcome)
         with self._lock:
             if not self._ended:
                 self._ops.put(op)
@@ -289,11 +169,11 @@ class WriteSession:
         """
         op = _Op(_BEGIN, None, asyncio.get_running_loop())
         if behind:  # before it is queued: the writer thread reads it when serving it
-            self._queued = _Queued("another write transaction")
-            self._queued.watch(op.future, behind)
+            self._queued = Queued("another write transaction")
+            self._queued.watch(op.future, [session.watch for session in behind])
         await self._put(op)
 
-    async def call(self, fn: Callable[[lmdb.Transaction], Any], level: int = 0) -> Any:
+    async def call(self, fn: Callable[[LmdbWriteView], Any], level: int = 0) -> Any:
         """Run ``fn`` in savepoint ``level`` (0: the root); return its result.
 
         Refused with :class:`~aiolmdb.TransactionError` unless that savepoint
@@ -337,6 +217,7 @@ class WriteSession:
         With a savepoint still open, everything is aborted instead, and
         :class:`~aiolmdb.TransactionError` raised.
         """
+        self._on_end(self)
         await self._send(_COMMIT)
 
     async def abort(self) -> None:
@@ -345,6 +226,7 @@ class WriteSession:
         Does nothing once the session has ended (whoever ended it: its
         writes are gone, or committed, either way).
         """
+        self._on_end(self)
         if not self._ended:
             await self._send(_ABORT)
 
@@ -357,6 +239,7 @@ class WriteSession:
 
     def abort_later(self) -> None:
         """Queue an abort without waiting for it (when the opener was cancelled)."""
+        self._on_end(self)
         self._send_later(_ABORT)
 
     # -- writer thread side ----------------------------------------------
@@ -366,7 +249,8 @@ class WriteSession:
         try:
             if self._queued is not None:
                 self._queued.start()  # refused: it never begins
-            self._stack = [(0, self._begin())]
+            txn = self._begin()
+            self._stack = [(0, txn, LmdbWriteView(self._env, txn))]
         except BaseException as exc:
             self._finish(exc)
             raise
@@ -376,9 +260,7 @@ class WriteSession:
                 try:
                     op = self._ops.get(timeout=idle)
                 except queue.Empty:
-                    if self.behind:  # is the owner awaiting any of it?
-                        with contextlib.suppress(RuntimeError):  # its loop is closed
-                            self._loop.call_soon_threadsafe(self._look_for_awaited_work)
+                    self.watch.look_soon()  # is the owner awaiting work queued behind?
                     # A long legitimate wait (the owner awaits I/O) costs few looks.
                     idle = min(idle * 2, IDLE_CHECK_MAX)
                     continue
@@ -393,36 +275,6 @@ class WriteSession:
             self._abort_from(0)
             self._finish(TransactionError(f"the write transaction on {self._name} has ended"))
 
-    def _look_for_awaited_work(self) -> None:
-        """On the owner's event loop: refuse the work queued behind it that the owner awaits."""
-        if not self._looking:  # else the look under way will do
-            self._looking = True
-            self._look_at(iter(list(self.behind)))
-
-    def _look_at(self, pending: Iterator[_Queued]) -> None:
-        # A slice per turn of the event loop: a long queue never stalls it.
-        owner = self.owner
-        looked = 0
-        if not self._ended and owner is not None and not owner.done():
-            for queued in itertools.islice(pending, _LOOK_SLICE):
-                looked += 1
-                assert queued.future is not None  # only queued work is watched
-                if queued.future.done():
-                    self.behind.discard(queued)
-                elif _awaited_by(queued.future, owner):
-                    self.behind.discard(queued)
-                    queued.refuse(
-                        TransactionError(
-                            f"{self.label} awaits {queued.what}, which waits for this "
-                            "transaction to end: it would never finish, so it was refused "
-                            "(make the write inside the transaction, or await it after the block)"
-                        )
-                    )
-        if looked == _LOOK_SLICE:
-            self._loop.call_soon(self._look_at, pending)
-        else:
-            self._looking = False
-
     def _apply(self, op: _Op) -> Any:
         stack = self._stack
         if op.kind in (_CALL, _SAVEPOINT) and stack[-1][0] != op.level:
@@ -430,15 +282,16 @@ class WriteSession:
         if op.kind == _CALL:
             assert op.fn is not None
             with self._telling_map_full():
-                return op.fn(stack[-1][1])
+                return op.fn(stack[-1][2])
         if op.kind == _SAVEPOINT:
-            stack.append((op.savepoint, self._env.begin(write=True, parent=stack[-1][1])))
+            child = self._env.begin(write=True, parent=stack[-1][1])
+            stack.append((op.savepoint, child, LmdbWriteView(self._env, child)))
         elif op.kind == _RELEASE:
             if stack[-1][0] != op.savepoint:
                 raise TransactionError("cannot release a savepoint that is not the innermost")
             stack.pop()[1].commit()
         elif op.kind == _ROLLBACK:
-            ids = [savepoint for savepoint, _ in stack]
+            ids = [savepoint for savepoint, _, _ in stack]
             if op.savepoint in ids:  # else it is already gone
                 self._abort_from(ids.index(op.savepoint))
         elif op.kind == _COMMIT:
@@ -456,7 +309,7 @@ class WriteSession:
 
     def _not_innermost(self, op: _Op) -> str:
         where = "the transaction" if op.level == 0 else f"savepoint {op.level}"
-        if op.level not in [savepoint for savepoint, _ in self._stack]:
+        if op.level not in [savepoint for savepoint, _, _ in self._stack]:
             return f"{self.label}: {where} this call was made in has ended"
         return (
             f"{self.label}: a savepoint is open inside {where}, where this call was made: "
@@ -513,8 +366,12 @@ class ReadSnapshot:
         txn: lmdb.Transaction,
         end: Callable[[lmdb.Transaction], None],
         executor: Executor,
+        on_release: Callable[[ReadSnapshot], None],
     ) -> None:
+        # Tells the engine the snapshot has ended.
+        self._on_release = on_release
         self._txn: lmdb.Transaction | None = txn
+        self._view = LmdbReadView(txn)
         self._end = end
         self._executor = executor
         self._lock = asyncio.Lock()
@@ -530,21 +387,22 @@ class ReadSnapshot:
             raise TransactionError("the read snapshot has ended")
         return self._txn
 
-    async def call(self, fn: Callable[[lmdb.Transaction], Any], *, offload: bool = False) -> Any:
-        """Run ``fn(txn)``: inline on the loop thread, or on a worker when ``offload``."""
+    async def call(self, fn: Callable[[LmdbReadView], Any], *, offload: bool = False) -> Any:
+        """Run ``fn(view)``: inline on the loop thread, or on a worker when ``offload``."""
         async with self._lock:
-            txn = self._require()
+            self._require()
+            view = self._view
             try:
                 if not offload:
-                    return fn(txn)
+                    return fn(view)
                 loop = asyncio.get_running_loop()
                 # Hold the lock until the worker is done: the transaction is not
                 # to be used by two threads at once, even if our caller is cancelled.
-                work = loop.run_in_executor(self._executor, call_awaitably, fn, txn)
+                work = loop.run_in_executor(self._executor, call_awaitably, fn, view)
                 try:
                     return await asyncio.shield(work)
                 except asyncio.CancelledError:
-                    await _outlast_cancellation(work)
+                    await outlast_cancellation(work)
                     raise
             finally:
                 if self._closing:  # release() came meanwhile: this call was the last
@@ -574,20 +432,7 @@ class ReadSnapshot:
     def release_now(self) -> None:
         """End the snapshot immediately (the caller knows nothing is in flight)."""
         self._closing = True
+        self._on_release(self)
         if self._txn is not None:
             txn, self._txn = self._txn, None
             self._end(txn)
-
-
-def _ignore_outcome(future: asyncio.Future[Any]) -> None:
-    if not future.cancelled():
-        future.exception()  # retrieved, so asyncio does not log it
-
-
-async def _outlast_cancellation(work: asyncio.Future[Any]) -> None:
-    """Wait for ``work`` to finish, however many times the waiter is cancelled meanwhile."""
-    while not work.done():
-        try:
-            await asyncio.wait([work])
-        except asyncio.CancelledError:
-            continue

@@ -1,6 +1,6 @@
-"""Key ranges and batched scans: the part of range queries that touches LMDB.
+"""Key ranges and batched scans over the engine's views.
 
-A scan reads raw records in batches, each in a read transaction of its own;
+A scan reads raw records in batches, each in a read of its own;
 the event loop decodes them one by one as they are consumed. Decoding there,
 rather than with the batch on a reader thread, keeps the decoded objects
 short-lived (a batch of live objects makes the garbage collector work hard)
@@ -13,7 +13,7 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
-import lmdb
+from .storage import Keyspace, ReadView
 
 __all__ = ["Batch", "Fetch", "fetch_batch", "prefix_end", "scan"]
 
@@ -47,8 +47,8 @@ def prefix_end(prefix: bytes) -> bytes | None:
 
 
 def fetch_batch(
-    txn: lmdb.Transaction,
-    db: Any,
+    view: ReadView,
+    keyspace: Keyspace,
     low: bytes | None,
     high: bytes | None,
     resume_after: bytes | None,
@@ -62,67 +62,38 @@ def fetch_batch(
 
     ``resume_after`` is the raw key of the last record of the previous batch:
     the batch starts strictly after it (before it, reversed). ``fetch(key,
-    buffer)`` finds what is to be decoded, which the batch copies out of
-    LMDB's map. The batch stops once it holds ``max_bytes`` of fetched keys
-    and values; with ``within_budget`` it also leaves out a fetched record
-    whose size would take it over, even the first one (the batch may then
-    be empty without the range being exhausted).
+    buffer)`` finds what is to be decoded, which the batch copies out of the
+    view. The batch stops once it holds ``max_bytes`` of fetched keys and
+    values; with ``within_budget`` it also leaves out a fetched record whose
+    size would take it over, even the first one (the batch may then be empty
+    without the range being exhausted).
     """
     out: list[tuple[bytes, bytes]] = []
     last: bytes | None = None
     used = 0
-    with txn.cursor(db) as cursor:
-        if reverse:
-            found = _seek_below(cursor, resume_after if resume_after is not None else high)
-        else:
-            found = _seek_from(cursor, low, resume_after)
-        if not found:
-            return out, last, True
-        # iternext/iterprev yield the current record first, then move on.
-        for view, value in cursor.iterprev() if reverse else cursor.iternext():
-            if len(out) == count or used >= max_bytes:
-                return out, last, False
-            key = bytes(view)  # memoryviews do not compare by order
-            bound = low if reverse else high
-            if bound is not None and ((key < bound) if reverse else (key >= bound)):
-                return out, last, True
-            raw_key, buf = fetch(key, value)
-            size = len(raw_key) + len(buf)
-            if within_budget and used + size > max_bytes:
-                return out, last, False
-            out.append((raw_key, bytes(buf)))
-            used += size
-            last = key
+    # One record more than asked for tells whether the range goes on.
+    records = view.range(keyspace, low, high, reverse=reverse, after=resume_after, limit=count + 1)
+    for key, value in records:
+        if len(out) == count or used >= max_bytes:
+            return out, last, False
+        raw_key, buf = fetch(key, value)
+        size = len(raw_key) + len(buf)
+        if within_budget and used + size > max_bytes:
+            return out, last, False
+        out.append((raw_key, bytes(buf)))
+        used += size
+        last = key
     return out, last, True
 
 
-def _seek_from(cursor: lmdb.Cursor, low: bytes | None, resume_after: bytes | None) -> bool:
-    if resume_after is None:
-        return cursor.set_range(low) if low is not None else cursor.first()
-    if not cursor.set_range(resume_after):
-        return False
-    if bytes(cursor.key()) == resume_after:
-        return cursor.next()
-    return True
-
-
-def _seek_below(cursor: lmdb.Cursor, bound: bytes | None) -> bool:
-    """Position on the greatest key strictly below ``bound`` (the last key if None)."""
-    if bound is None:
-        return cursor.last()
-    if cursor.set_range(bound):
-        return cursor.prev()
-    return cursor.last()
-
-
 async def scan(
-    read: Callable[[Callable[[lmdb.Transaction], Batch], bool], Awaitable[Batch]],
-    db: Any,
+    read: Callable[[Callable[[ReadView], Batch], bool], Awaitable[Batch]],
+    keyspace: Keyspace,
     low: bytes | None,
     high: bytes | None,
     reverse: bool,
     limit: int | None,
-    fetcher: Callable[[lmdb.Transaction], Fetch],
+    fetcher: Callable[[ReadView], Fetch],
     decode: Callable[[bytes, bytes], Any],
     decode_large: Callable[[bytes, bytes], Awaitable[Any]],
     small: int,
@@ -132,9 +103,9 @@ async def scan(
 ) -> AsyncIterator[Any]:
     """Stream the records of ``[low, high)``, decoded, batch by batch.
 
-    ``read(fn, offload)`` runs ``fn`` in a read transaction (on a reader
-    thread when ``offload``); ``fetcher(txn)`` gives the :data:`Fetch` of
-    that transaction. The first batch is small, in records and in bytes, and
+    ``read(fn, offload)`` runs ``fn`` on a read view (off the event loop
+    when ``offload``); ``fetcher(view)`` gives the :data:`Fetch` of that
+    view. The first batch is small, in records and in bytes, and
     read inline, so short queries cost no thread hop; later batches are
     large (bounded in bytes too), read on a reader thread, and each is
     fetched while the previous one is consumed, unless ``prefetch`` is off:
@@ -150,9 +121,9 @@ async def scan(
         # A batch read on the loop leaves a large record to a reader thread.
         max_bytes = FIRST_SCAN_BATCH_BYTES if inline else SCAN_BATCH_BYTES
 
-        def batch(t: lmdb.Transaction) -> Batch:
+        def batch(view: ReadView) -> Batch:
             return fetch_batch(
-                t, db, low, high, after, reverse, count, fetcher(t), max_bytes, inline
+                view, keyspace, low, high, after, reverse, count, fetcher(view), max_bytes, inline
             )
 
         return read(batch, not inline)

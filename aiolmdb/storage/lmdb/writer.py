@@ -9,8 +9,8 @@ the commit that holds its write.
 
 Two kinds of work go through the queue:
 
-- batched writes: functions of the batch's ``lmdb.Transaction`` that only read
-  and write through it, so they can be replayed. If one raises, the batch is
+- batched writes: functions of the batch's write view (one view per batch)
+  that only read and write through it, so they can be replayed. If one raises, the batch is
   aborted and replayed without it, each write then in a nested transaction of
   its own (so that a further failure aborts only itself): a failing write
   fails alone, and many failures cost no more than one replay. With
@@ -32,21 +32,15 @@ import os
 import threading
 from collections import deque
 from collections.abc import Awaitable, Callable
-from typing import Any, Protocol, TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 
-from .errors import ClosedError, DiskFullError
+from ...errors import ClosedError, DiskFullError
+from ..waiting import Outcome, Waiting, deliver
+from .views import LmdbWriteView
 
-__all__ = [
-    "Waiting",
-    "Writer",
-    "call_awaitably",
-    "deliver",
-    "disk_full_error",
-    "grown_or_error",
-    "map_full_error",
-]
+__all__ = ["Writer", "disk_full_error", "grown_or_error", "map_full_error"]
 
 R = TypeVar("R")
 
@@ -55,13 +49,10 @@ logger = logging.getLogger("aiolmdb")
 #: Free bytes below which a file system that failed a write is taken to be full.
 _NEARLY_FULL = 1 << 20
 
-BatchFn = Callable[[lmdb.Transaction], Any]
+BatchFn = Callable[[LmdbWriteView], Any]
 ExclusiveFn = Callable[[], Any]
 
 _DONE = object()
-
-# (future, ok, value): what the writer hands back to an event loop.
-_Outcome = tuple["asyncio.Future[Any]", bool, Any]
 
 
 class _Job:
@@ -88,67 +79,6 @@ class _Urgent:
     def __init__(self, fn: ExclusiveFn) -> None:
         self.fn = fn
         self.result: concurrent.futures.Future[Any] = concurrent.futures.Future()
-
-
-def _settle(outcomes: list[_Outcome]) -> None:
-    """Runs on the event loop: resolve every future of one delivery."""
-    for future, ok, value in outcomes:
-        if future.done():  # cancelled by its caller meanwhile
-            continue
-        if ok:
-            future.set_result(value)
-        else:
-            future.set_exception(_awaitable_error(value))
-
-
-def _awaitable_error(exc: BaseException) -> BaseException:
-    """``exc`` as an awaiting task can receive it.
-
-    asyncio refuses ``StopIteration`` as a future's exception (the future
-    would never resolve): like PEP 479 in a generator, it becomes a
-    ``RuntimeError`` caused by it.
-    """
-    if not isinstance(exc, StopIteration):
-        return exc
-    error = RuntimeError(f"a function run by aiolmdb raised StopIteration: {exc!r}")
-    error.__cause__ = exc
-    return error
-
-
-def call_awaitably(fn: Callable[..., R], *args: Any) -> R:
-    """``fn(*args)`` for a worker thread whose outcome an asyncio future receives.
-
-    A ``StopIteration`` it raises is raised as a ``RuntimeError`` instead.
-    """
-    try:
-        return fn(*args)
-    except StopIteration as exc:
-        raise _awaitable_error(exc) from exc
-
-
-class Waiting(Protocol):
-    """Anything a task awaits the outcome of: its loop and its future."""
-
-    @property
-    def loop(self) -> asyncio.AbstractEventLoop: ...
-
-    @property
-    def future(self) -> asyncio.Future[Any]: ...
-
-
-#: A finished piece of work: who waits for it, whether it succeeded, its result or error.
-Outcome = tuple[Waiting, bool, Any]
-
-
-def deliver(outcomes: list[Outcome]) -> None:
-    """Wake the waiters of finished work: one thread-safe call per event loop."""
-    by_loop: dict[asyncio.AbstractEventLoop, list[_Outcome]] = {}
-    for job, ok, value in outcomes:
-        by_loop.setdefault(job.loop, []).append((job.future, ok, value))
-    for loop, items in by_loop.items():
-        # A closed loop raises RuntimeError: nobody is waiting any more.
-        with contextlib.suppress(RuntimeError):
-            loop.call_soon_threadsafe(_settle, items)
 
 
 class Writer:
@@ -279,6 +209,11 @@ class Writer:
             self._stopping = True
             self._work.notify()
             return self._thread
+
+    @property
+    def queued(self) -> int:
+        """How many jobs wait in the queue."""
+        return len(self._queue)
 
     @property
     def stopping(self) -> bool:
@@ -418,13 +353,11 @@ class Writer:
             return _DONE
         results: list[Outcome] = []
         failed: list[Outcome] = []  # jobs that failed alone, in their nested transaction
+        view = LmdbWriteView(self._env, txn)
         for job in jobs:
             try:
-                if isolated:
-                    with self._env.begin(write=True, parent=txn) as child:
-                        value = job.fn(child)  # committed into txn on return
-                else:
-                    value = job.fn(txn)
+                # In a nested transaction, the job's view is the nested one's.
+                value = view.atomically(job.fn) if isolated else job.fn(view)
             except BaseException as exc:
                 if isolated and not isinstance(exc, lmdb.MapFullError):
                     failed.append((job, False, disk_full_error(exc, self._env, self._name)))

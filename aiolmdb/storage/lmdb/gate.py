@@ -34,6 +34,11 @@ class ReadGate:
         self._resizes = 0  # resizes waiting for the readers inside to leave
 
     @property
+    def readers(self) -> int:
+        """How many read transactions are counted in now."""
+        return self._readers
+
+    @property
     def resizing(self) -> bool:
         """True while a resize waits for the readers inside to leave."""
         return self._resizes > 0
