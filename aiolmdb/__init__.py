@@ -1,6 +1,7 @@
-"""aiolmdb: a typed, asyncio-native data layer over LMDB.
+"""aiolmdb: a typed, asyncio-native data layer: LMDB embedded, or in memory.
 
-Open an environment with :func:`open`, databases with
+Open an environment with :func:`open` (a path: LMDB; ``":memory:"``: the
+in-memory engine), databases with
 :meth:`AsyncEnvironment.open_db`, and group several calls atomically with
 ``async with env.transaction():``. Coders live in :mod:`aiolmdb.coders`.
 """
@@ -15,12 +16,14 @@ from .errors import (
     DecodeError,
     DiskFullError,
     EncodeError,
+    IndexNotReadyError,
     KeyExistsError,
     KeyNotFoundError,
     MapNotAdoptedError,
     TransactionError,
     UniqueViolationError,
     UnorderedKeyError,
+    UnsupportedError,
 )
 from .transaction import Transaction
 
@@ -37,6 +40,7 @@ __all__ = [
     "DecodeError",
     "DiskFullError",
     "EncodeError",
+    "IndexNotReadyError",
     "KeyExistsError",
     "KeyNotFoundError",
     "MapNotAdoptedError",
@@ -44,6 +48,7 @@ __all__ = [
     "TransactionError",
     "UniqueViolationError",
     "UnorderedKeyError",
+    "UnsupportedError",
     "__version__",
     "open",
     "version",

@@ -7,7 +7,6 @@ The environment is engine-neutral: what a location names (a path: LMDB;
 from __future__ import annotations
 
 import os
-from collections.abc import Awaitable, Callable
 from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
@@ -15,7 +14,7 @@ from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, as_ints
 from .errors import TransactionError, UnsupportedError
-from .storage import Capabilities, Engine, Keyspace, NotNowError, ReadView, WriteView
+from .storage import Capabilities, Engine, Keyspace
 from .storage.locations import lmdb_version, open_engine
 from .transaction import Transaction
 
@@ -326,7 +325,7 @@ class AsyncEnvironment:
         """
         label = "<default>" if name is None else repr(name)
         # Queued behind the transactions open now, which open_db refuses to do.
-        self._open_keyspace(
+        self.open_keyspace(
             name,
             label,
             create,
@@ -342,10 +341,10 @@ class AsyncEnvironment:
             reverse_key=reverse_key,
             integerkey=integerkey,
         )
-        await database._until_open(None)
+        await database.access.until_open(None)
         return database
 
-    def _open_keyspace(
+    def open_keyspace(
         self,
         name: str | bytes | None,
         label: str,
@@ -355,7 +354,10 @@ class AsyncEnvironment:
         reverse_keys: bool = False,
         behind_other_tasks: bool = False,
     ) -> Keyspace:
-        """The keyspace of a database (see ``Engine.open_keyspace``): never waits."""
+        """The keyspace of database ``name`` (see ``Engine.open_keyspace``): never waits.
+
+        For layers built on the environment; applications open databases.
+        """
         self._check()
         if (integer_keys or reverse_keys) and not self.capabilities.native_key_orders:
             flag = "integerkey" if integer_keys else "reverse_key"
@@ -389,8 +391,12 @@ class AsyncEnvironment:
         self._check()
         return Transaction(self, write=write)
 
-    def _context(self, txn: Transaction | None) -> Transaction | None:
-        """The transaction a call runs in: the one given, else the task's own current one."""
+    def transaction_for(self, txn: Transaction | None) -> Transaction | None:
+        """The transaction a call made with ``txn=txn`` joins: ``txn``, else the task's own
+        current one (None: the call is a transaction of its own).
+
+        Raises :class:`TransactionError` for a transaction that cannot be used now.
+        """
         if self._engine.closed:
             self._engine.check()
         if txn is None:
@@ -408,53 +414,6 @@ class AsyncEnvironment:
         txn.check_usable()
         return txn
 
-    # -- running work (used by databases and collections) ---------------
-
-    async def _read(
-        self, fn: Callable[[ReadView], R], ctx: Transaction | None, *, offload: bool = False
-    ) -> R:
-        """Run ``fn(view)`` in ``ctx`` (see :meth:`_context`), else in a read of its own.
-
-        A read of its own runs inline, or off the event loop when ``offload``.
-        """
-        engine = self._engine
-        if engine.closed:  # a scan may outlive its environment (or its transaction)
-            engine.check()
-        if ctx is not None:
-            result: R = await ctx.run_read(fn, offload=offload)
-            return result
-        if not offload:
-            try:
-                return engine.read_now(fn)
-            except NotNowError:
-                pass  # off the loop, where it may wait
-        return await engine.read(fn, offload=True)
-
-    def _write(
-        self,
-        fn: Callable[[WriteView], R],
-        ctx: Transaction | None,
-        *,
-        may_fail_midway: bool = False,
-    ) -> Awaitable[R]:
-        """Run ``fn(view)`` in ``ctx`` (see :meth:`_context`), else in the next group commit.
-
-        A group commit that a call fails is aborted and replayed without it,
-        so the call leaves nothing behind. In a transaction, a call that may
-        fail after writing part of its work (``may_fail_midway``) runs in a
-        savepoint of its own for the same effect; the others do not pay for
-        one (LMDB copies every page a nested transaction touches). Not a
-        coroutine: outside a transaction the caller awaits the engine's
-        awaitable directly.
-        """
-        if ctx is None:
-            return self._engine.write(fn)
-        if self._engine.closed:  # the caller may have yielded since it found its transaction
-            self._check()
-        if may_fail_midway:
-            return ctx.run_write(lambda view: view.atomically(fn))
-        return ctx.run_write(fn)
-
     # -- what the engine tells ----------------------------------------------
 
     def max_key_size(self) -> int:
@@ -470,8 +429,9 @@ class AsyncEnvironment:
 
     # -- what only LMDB has ------------------------------------------------
 
-    def _lmdb_only(self, what: str) -> LmdbEngine:
-        """The LMDB engine, for ``what`` only it has; UnsupportedError elsewhere."""
+    def require_lmdb(self, what: str) -> LmdbEngine:
+        """The LMDB engine, for ``what`` only it has; :class:`UnsupportedError` naming the
+        engine elsewhere."""
         self._check()
         if not self.capabilities.raw_transactions:
             raise UnsupportedError(
@@ -482,28 +442,28 @@ class AsyncEnvironment:
 
     def path(self) -> str:
         """The directory (or file, with ``subdir=False``) of the LMDB environment."""
-        return self._lmdb_only("path()").path()
+        return self.require_lmdb("path()").path()
 
     def info(self) -> dict[str, int]:
         """LMDB's ``mdb_env_info``: map size, last page, last transaction id, readers."""
-        return as_ints(self._lmdb_only("info()").lmdb_env.info())
+        return as_ints(self.require_lmdb("info()").lmdb_env.info())
 
     def stat(self) -> dict[str, int]:
         """LMDB's ``mdb_env_stat`` for the main database."""
-        return as_ints(self._lmdb_only("stat()").lmdb_env.stat())
+        return as_ints(self.require_lmdb("stat()").lmdb_env.stat())
 
     def flags(self) -> dict[str, bool]:
         """The flags the LMDB environment was opened with."""
-        flags = self._lmdb_only("flags()").lmdb_env.flags()
+        flags = self.require_lmdb("flags()").lmdb_env.flags()
         return {name: bool(value) for name, value in flags.items()}
 
     def readers(self) -> str:
         """LMDB's reader table, as a multi-line string."""
-        return self._lmdb_only("readers()").lmdb_env.readers()
+        return self.require_lmdb("readers()").lmdb_env.readers()
 
     async def copy(self, path: str | os.PathLike[str], *, compact: bool = False) -> None:
         """Write a consistent backup of the LMDB environment into the directory ``path``."""
-        await self._lmdb_only("copy()").copy(os.fspath(path), compact=compact)
+        await self.require_lmdb("copy()").copy(os.fspath(path), compact=compact)
 
     @property
     def lmdb_env(self) -> lmdb.Environment:
@@ -511,4 +471,4 @@ class AsyncEnvironment:
 
         Do not begin write transactions on it: they belong to the writer thread.
         """
-        return self._lmdb_only("lmdb_env").lmdb_env
+        return self.require_lmdb("lmdb_env").lmdb_env

@@ -18,6 +18,7 @@ __all__ = [
     "DecodeError",
     "DiskFullError",
     "EncodeError",
+    "IndexNotReadyError",
     "KeyExistsError",
     "KeyNotFoundError",
     "MapNotAdoptedError",
@@ -78,6 +79,15 @@ class DiskFullError(AiolmdbError, OSError):
 
 class TransactionError(AiolmdbError):
     """A transaction was used wrongly: after it ended, or from a bad place."""
+
+
+class IndexNotReadyError(AiolmdbError):
+    """An index cannot be used yet: it is not built, is being built, is out of date, or
+    its database is being opened again.
+
+    The message names the collection and the index. ``await
+    collection.build_indexes()`` (or ``await Collection.open(env)``) makes it usable.
+    """
 
 
 class UnorderedKeyError(AiolmdbError, TypeError):

@@ -10,12 +10,13 @@ and costs no more: both threads share the GIL.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from .storage import Keyspace, ReadView
 
-__all__ = ["Batch", "Fetch", "fetch_batch", "prefix_end", "scan"]
+__all__ = ["Batch", "Fetch", "Scan", "as_stored", "fetch_batch", "key_only", "prefix_end", "scan"]
 
 #: Records read by the first batch of a scan, on the loop thread (fast small queries).
 FIRST_SCAN_BATCH = 64
@@ -36,6 +37,11 @@ Batch = tuple[list[tuple[bytes, bytes]], bytes | None, bool]
 def as_stored(key: bytes, value: memoryview | bytes) -> tuple[bytes, memoryview | bytes]:
     """The default :data:`Fetch`: the record itself."""
     return key, value
+
+
+def key_only(key: bytes, value: memoryview | bytes) -> tuple[bytes, memoryview | bytes]:
+    """A :data:`Fetch` for key scans: the value is not copied."""
+    return key, b""
 
 
 def prefix_end(prefix: bytes) -> bytes | None:
@@ -86,34 +92,53 @@ def fetch_batch(
     return out, last, True
 
 
+@dataclasses.dataclass(frozen=True)
+class Scan:
+    """One range read: which records of which keyspace, in which order, made into what."""
+
+    keyspace: Keyspace
+    #: Inclusive lower bound of the raw keys (None: from the first).
+    low: bytes | None
+    #: Exclusive upper bound (None: to the last).
+    high: bytes | None
+    reverse: bool
+    #: At most this many records (None: every one).
+    limit: int | None
+    #: Gives, for the view a batch is read in, what is fetched for each record.
+    fetcher: Callable[[ReadView], Fetch]
+    #: Makes a result of a fetched record (raw key, raw value).
+    decode: Callable[[bytes, bytes], Any]
+
+
 async def scan(
+    spec: Scan,
     read: Callable[[Callable[[ReadView], Batch], bool], Awaitable[Batch]],
-    keyspace: Keyspace,
-    low: bytes | None,
-    high: bytes | None,
-    reverse: bool,
-    limit: int | None,
-    fetcher: Callable[[ReadView], Fetch],
-    decode: Callable[[bytes, bytes], Any],
     decode_large: Callable[[bytes, bytes], Awaitable[Any]],
-    small: int,
     decodes_inline: Callable[[bytes], bool],
     *,
+    small: int,
     prefetch: bool = True,
 ) -> AsyncIterator[Any]:
-    """Stream the records of ``[low, high)``, decoded, batch by batch.
+    """Stream the records ``spec`` describes, decoded, batch by batch.
 
     ``read(fn, offload)`` runs ``fn`` on a read view (off the event loop
-    when ``offload``); ``fetcher(view)`` gives the :data:`Fetch` of that
-    view. The first batch is small, in records and in bytes, and
-    read inline, so short queries cost no thread hop; later batches are
-    large (bounded in bytes too), read on a reader thread, and each is
-    fetched while the previous one is consumed, unless ``prefetch`` is off:
-    inside a write transaction, where the consumer's own writes must be seen
-    by the next batch. A value is decoded by ``decode`` when it is at most
+    when ``offload``). The first batch is small, in records and in bytes,
+    and read inline, so short queries cost no thread hop; later batches are
+    large (bounded in bytes too), read off the loop, and each is fetched
+    while the previous one is consumed, unless ``prefetch`` is off: inside a
+    write transaction, where the consumer's own writes must be seen by the
+    next batch. A value is decoded by ``spec.decode`` when it is at most
     ``small`` bytes long or ``decodes_inline(value)`` says so, else by
     ``decode_large`` (off the loop).
     """
+    keyspace, low, high, reverse, limit = (
+        spec.keyspace,
+        spec.low,
+        spec.high,
+        spec.reverse,
+        spec.limit,
+    )
+    fetcher, decode = spec.fetcher, spec.decode
     if limit is not None and limit < 0:
         raise ValueError(f"limit must be >= 0, got {limit}")
 

@@ -271,13 +271,16 @@ async def test_a_cancelled_build_is_recorded_when_it_completes(tmp_path: Path) -
         with pytest.raises(asyncio.CancelledError):
             await building
         await gate.release()
-        for _ in range(200):  # it goes on without its caller
+        # Writes go on while it is built (the records indexed so far kept in step).
+        await bounded(accounts.put(11, account(11, "u11@x", "hi")))
+        for _ in range(200):  # it goes on without its caller, and is then trusted
             try:
-                await accounts.put(11, account(11, "u11@x", "hi"))
+                assert await accounts.by_bio.count("hi") == 11
                 break
             except aiolmdb.AiolmdbError:
                 await asyncio.sleep(0.01)
-        assert await accounts.by_bio.count("hi") == 11
+        else:
+            raise AssertionError("the build never completed")
 
 
 # -- dropped index databases: never read or written through a dead handle ----------

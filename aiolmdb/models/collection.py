@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import json
+import functools
 import logging
 import typing
 from collections.abc import Callable
@@ -14,33 +14,32 @@ from pydantic import BaseModel
 from typing_extensions import Self
 
 from ..coders import Coder, PydanticCoder
-from ..database import AsyncDatabase
+from ..database import INTERNAL_DATABASE, AsyncDatabase
 from ..environment import AsyncEnvironment
 from ..errors import (
-    AiolmdbError,
     ClosedError,
     DatabaseNotFoundError,
     DecodeError,
-    EncodeError,
+    IndexNotReadyError,
     TransactionError,
-    raise_again,
 )
-from ..scanning import prefix_end
-from ..storage import Keyspace, ReadView, WriteView
+from ..storage import Buffer, Keyspace, ReadView, WriteView
+from .catalog import IndexCatalog
 from .index import BoundIndex, Index
+from .upkeep import IndexedRecords, IndexUpkeep
 
-__all__ = ["Collection", "IndexProgress"]
+__all__ = ["BUILD_CHUNK", "Collection", "IndexProgress"]
 
 K = TypeVar("K")
 M = TypeVar("M")
 
-logger = logging.getLogger("aiolmdb.models")
+logger = logging.getLogger(__name__)
 
 #: ``progress(index_names, records_done, records_total)``, called on the event loop.
 IndexProgress = Callable[[list[str], int, int], None]
 
-#: The database where aiolmdb keeps what it knows of indexes.
-META_DATABASE = "__aiolmdb__"
+#: Records indexed per write transaction by an index build.
+BUILD_CHUNK = 1_000
 #: Records between two progress reports of an index build.
 PROGRESS_EVERY = 10_000
 
@@ -59,7 +58,7 @@ class Collection(AsyncDatabase[K, M]):
         user = await users.get(1)                    # User | None to mypy
         same = await users.by_email.get("a@x")       # User | None
 
-    A collection is an :class:`~aiolmdb.AsyncDatabase`: it has every call
+    A collection is an :class:`AsyncDatabase`: it has every call
     (``get``, ``put``, ``items``, ``update``, ...) typed in ``K`` and ``M``,
     and joins ``env.transaction()`` blocks like any database. Every write
     keeps the indexes in step, in the same transaction.
@@ -71,14 +70,14 @@ class Collection(AsyncDatabase[K, M]):
     - ``value_coder``: a ``Coder[M]``; by default ``PydanticCoder(M)`` when
       ``M`` is a pydantic model;
     - ``name``: the database's name, by default the class's name;
-    - any number of :class:`~aiolmdb.models.Index` attributes.
+    - any number of :class:`Index` attributes.
 
     Mistakes in the declaration raise ``TypeError`` when the class is defined.
 
     An index that is new (or whose declaration changed) is built when the
     collection is opened: at once when the collection is empty, otherwise by
     ``await Users.open(env)`` or ``await users.build_indexes()``. Until then
-    writes and index queries raise :class:`~aiolmdb.AiolmdbError` saying so.
+    writes and index queries raise :class:`IndexNotReadyError` saying so.
 
     ``Users(env)`` never waits for the writer thread: the collection's
     databases are opened, and its stored index declarations read, by a job
@@ -91,11 +90,8 @@ class Collection(AsyncDatabase[K, M]):
     key_coder: Coder[K]
     value_coder: Coder[M]
     name: str | bytes | None
-    _kind = "collection"
     _declared_coders: ClassVar[tuple[Coder[Any], Coder[Any]] | None] = None
     _declared_indexes: ClassVar[tuple[Index[Any], ...]] = ()
-    #: How many times an index was marked stale in this process.
-    _stale_marks: ClassVar[int] = 0
 
     def __init_subclass__(cls, **kwargs: Any) -> None:
         super().__init_subclass__(**kwargs)
@@ -110,13 +106,13 @@ class Collection(AsyncDatabase[K, M]):
         value_type = _value_type_argument(cls)
         if value_type is None:
             return  # still generic (a base for other collections): nothing to check yet
-        key_coder = getattr(cls, "key_coder", None)
+        key_coder = _declared(cls, "key_coder")
         if not isinstance(key_coder, Coder):
             raise TypeError(
                 f"Collection {cls.__qualname__} needs a key coder: add a class attribute "
                 f"such as `key_coder = UInt64Coder()` (got {key_coder!r})"
             )
-        value_coder = getattr(cls, "value_coder", None)
+        value_coder = _declared(cls, "value_coder")
         if value_coder is None:
             if not (isinstance(value_type, type) and issubclass(value_type, BaseModel)):
                 raise TypeError(
@@ -131,9 +127,9 @@ class Collection(AsyncDatabase[K, M]):
             )
         if "name" not in cls.__dict__:
             cls.name = cls.__name__
-        if isinstance(cls.name, str) and cls.name.startswith(META_DATABASE):
+        if isinstance(cls.name, str) and cls.name.startswith(INTERNAL_DATABASE):
             raise TypeError(
-                f"Collection {cls.__qualname__}: names starting with {META_DATABASE!r} "
+                f"Collection {cls.__qualname__}: names starting with {INTERNAL_DATABASE!r} "
                 f"are reserved, got {cls.name!r}"
             )
         if cls._declared_indexes and not isinstance(cls.name, str):
@@ -147,7 +143,7 @@ class Collection(AsyncDatabase[K, M]):
         """Open (creating unless ``create=False``) the collection's databases in ``env``.
 
         Returns at once (see the class documentation); ``create=False``
-        raises :class:`~aiolmdb.DatabaseNotFoundError` at once.
+        raises :class:`DatabaseNotFoundError` at once.
         """
         coders = type(self)._declared_coders
         if coders is None:
@@ -155,27 +151,30 @@ class Collection(AsyncDatabase[K, M]):
                 f"{type(self).__qualname__} is generic: subclass it as "
                 "Collection[KeyType, ModelType] with a key_coder to use it"
             )
-        super().__init__(env, type(self).name, coders[0], coders[1], create=create)
-        self._indexes: list[BoundIndex[K, M, Any]] = []
+        self._create = create
         self._bound_indexes: dict[str, BoundIndex[K, M, Any]] = {}
-        #: Names of indexes that must be built before writes and index queries.
-        self._unbuilt: list[str] = []
-        #: Indexes recorded for this collection but no longer declared (known once open).
-        self.removed_indexes: list[str] = []
-        self._removed_handles: list[Keyspace] = []
-        self._meta: AsyncDatabase[bytes, bytes] | None = None
-        # The write view (and count of stale marks) the indexes were last checked in.
-        self._checked_in: tuple[WriteView, int] | None = None
-        #: The writer's job reading which indexes are built (None: read already, or none to read).
-        self._setup: asyncio.Future[Any] | None = None
-        #: Why the writer could not read the indexes (for the writes queued behind it).
-        self._setup_error: BaseException | None = None
-        if isinstance(self.name, str):  # a collection with indexes has a str name
+        # Set by the records factory, called while the database opens.
+        self._indexed: IndexedRecords[K, M] | None = None
+        self._internal: AsyncDatabase[bytes, bytes] | None = None
+        # An index build under way (one at a time).
+        self._building: asyncio.Future[None] | None = None
+        super().__init__(
+            env,
+            type(self).name,
+            coders[0],
+            coders[1],
+            create=create,
+            records=self._indexed_records,
+            kind="collection",
+        )
+        records = self._records_of()
+        for upkeep in records.upkeeps:
+            self._bound_indexes[upkeep.index.name] = BoundIndex(upkeep.index, self, upkeep, records)
+        if records.catalog is not None:
             try:
-                self._open_indexes(self.name, create)
+                self._set_up(records)
             except TransactionError as exc:  # it names a database of the collection's own
-                raise TransactionError(f"collection {self._label}: {exc}") from exc
-        self._pending = self._pending or self._setup is not None
+                raise TransactionError(f"collection {self.label}: {exc}") from exc
 
     @classmethod
     async def open(
@@ -189,431 +188,519 @@ class Collection(AsyncDatabase[K, M]):
         await collection.build_indexes(progress=progress)
         return collection
 
-    # -- indexes ---------------------------------------------------------
+    @property
+    def removed_indexes(self) -> list[str]:
+        """Indexes recorded for this collection but no longer declared (known once open)."""
+        return list(self._records_of().removed)
 
-    def _meta_key(self, index_name: str) -> bytes:
-        return f"index/{self._index_base}/{index_name}".encode()
+    def bound_index(self, name: str) -> BoundIndex[K, M, Any]:
+        """The declared index ``name``, bound to this collection (what ``self.<name>`` gives)."""
+        return self._bound_indexes[name]
 
-    async def _opening(self) -> None:
-        await super()._opening()
-        if self._setup is not None:
-            await asyncio.shield(self._setup)  # raises what the opening raised
+    # -- opening -------------------------------------------------------------
 
-    def _open_indexes(self, name: str, create: bool) -> None:
-        """Open the databases of the indexes, and have the writer read which are built.
+    def _records_of(self) -> IndexedRecords[K, M]:
+        assert self._indexed is not None  # made while the database opened
+        return self._indexed
 
-        Nothing here waits for the writer: the opens and the reading are
-        queued on it (calls wait for them), except inside this task's write
-        transaction, where every database is open already (else the open is
-        refused) and the signatures are read at once.
-        """
-        self._index_base = name
+    def _indexed_records(self, keyspace: Keyspace) -> IndexedRecords[K, M]:
+        """The collection's record logic: opens the databases of its indexes (never waits)."""
         declared = type(self)._declared_indexes
-        try:
-            self._meta = self.env.open_db(META_DATABASE, create=bool(declared))
-        except DatabaseNotFoundError:
-            return  # no collection of this environment ever had an index
-        for index in declared:
-            opened = self._open_index_db(index.name, create)
-            bound: BoundIndex[K, M, Any] = BoundIndex(index, self, opened)
-            self._indexes.append(bound)
-            self._bound_indexes[index.name] = bound
-        if self._in_write_transaction():
-            # The writer serves this transaction: read what is committed, build nothing.
-            self.env.engine.read_now(self._read_indexes)
+        catalog = None
+        if isinstance(self.name, str):  # a collection with indexes has a str name
+            try:
+                self._internal = self.env.open_db(INTERNAL_DATABASE, create=bool(declared))
+            except DatabaseNotFoundError:
+                pass  # no collection of this environment ever had an index
+            except TransactionError as exc:
+                raise TransactionError(f"collection {self.label}: {exc}") from exc
+            else:
+                catalog = IndexCatalog(self._internal, self.name)
+        records = IndexedRecords(self.env.engine, keyspace, self.codec, self.label, catalog)
+        if catalog is not None:
+            for index in declared:
+                try:
+                    opened = self._open_index_keyspace(index.name, self._create)
+                except TransactionError as exc:
+                    raise TransactionError(f"collection {self.label}: {exc}") from exc
+                records.upkeeps.append(self._upkeep(index, opened))
+        self._indexed = records
+        return records
+
+    def _upkeep(self, index: Index[Any], keyspace: Keyspace) -> IndexUpkeep[M]:
+        return IndexUpkeep(
+            index,
+            keyspace,
+            self.codec,
+            self.label,
+            index.signature_bytes(),
+            self.env.max_key_size(),
+        )
+
+    def _open_index_keyspace(self, index_name: str, create: bool) -> Keyspace:
+        # Under the reserved prefix: no user database can be named like it.
+        assert isinstance(self.name, str)
+        name = f"{INTERNAL_DATABASE}/index/{self.name}/{index_name}"
+        return self.env.open_keyspace(name, f"{self.label}.{index_name}", create)
+
+    def _set_up(self, records: IndexedRecords[K, M]) -> None:
+        """Have the engine read which indexes are built (every call waits for it).
+
+        Nothing here waits: the reading is queued (after the opens, and before
+        every write made on the collection), except inside this task's write
+        transaction, where every database is open already (else the open is
+        refused) and the catalog is read at once.
+        """
+        if self.access.in_write_transaction():
+            # The engine serves this transaction: read what is committed, build nothing.
+            self.env.engine.read_now(self._read_catalog)
             self._open_removed()
             return
 
         def read_and_record(view: WriteView) -> list[str]:
-            if self._read_indexes(view) != 0 or not self._unbuilt:
+            if self._read_catalog(view) != 0 or not records.unbuilt:
                 return []
             # Nothing to index yet: record the declarations now, cheaply.
-            self._build(view, self._unbuilt, None)
-            return list(self._unbuilt)
+            for upkeep in records.upkeeps:
+                if upkeep.index.name in records.unbuilt:
+                    view.clear(upkeep.keyspace)
+                    self._catalog().record_built(view, upkeep.index.name, upkeep.signature)
+            return list(records.unbuilt)
 
         def recorded(names: list[str]) -> None:
             # Committed: the writes queued behind trust them.
-            self._unbuilt = [name for name in self._unbuilt if name not in names]
+            records.unbuilt = [name for name in records.unbuilt if name not in names]
 
         def failed(exc: BaseException) -> None:
-            self._setup_error = exc  # for the writes queued behind
+            records.setup_error = exc  # for the writes queued behind
 
-        # Queued after the opens above (so it runs once they are done), and
-        # before every write made on the collection.
         setup = self.env.engine.queue_alone(
-            read_and_record, f"collection {self._label}", committed=recorded, failed=failed
+            read_and_record, f"collection {self.label}", committed=recorded, failed=failed
         )
         if setup is None:  # it ran at once, outside an event loop
             self._open_removed()
             return
-        self._setup = setup
+        records.setup = setup
+        self.access.pending = True
         setup.add_done_callback(self._setup_done)
 
     def _setup_done(self, setup: asyncio.Future[Any]) -> None:
-        """On the event loop, once the writer read the indexes (before any call goes on)."""
+        """On the event loop, once the catalog was read (before any call goes on)."""
         if setup.cancelled() or setup.exception() is not None:
             return  # every call raises it
         with contextlib.suppress(ClosedError):  # closed meanwhile: nothing is left to drop
             self._open_removed()
 
-    def _take_handle(self) -> None:
-        super()._take_handle()
-        if self._setup_error is not None:
-            raise_again(self._setup_error)
+    def _catalog(self) -> IndexCatalog:
+        catalog = self._records_of().catalog
+        assert catalog is not None  # opened with the declared indexes
+        return catalog
 
-    def _read_indexes(self, view: ReadView) -> int:
+    def _read_catalog(self, view: ReadView) -> int:
         """Read which indexes are built, and which are recorded but no longer declared.
 
-        Adopts the handles of the collection's databases first (raising,
-        naming the collection, what their opens raised). Returns how many
-        records the collection holds.
+        Checks first that the collection's databases opened (raising, naming
+        the collection, what their opens raised). Returns how many records
+        the collection holds.
         """
-        assert self._meta is not None  # opened with the declared indexes
+        records = self._records_of()
         try:
-            self._take_handle()
-            self._meta._take_handle()
-            for index in self._indexes:
-                index._keyspace.check()
+            self.access.keyspace.check()
+            self._catalog().keyspace.check()
+            for upkeep in records.upkeeps:
+                upkeep.keyspace.check()
         except Exception as exc:
             # The same error, naming the collection (the engine's own type kept).
-            raise type(exc)(f"collection {self._label}: {exc}") from exc
-        prefix = f"index/{self._index_base}/".encode()
-        stored: dict[str, Any] = {}
-        for key, value in view.range(self._meta._keyspace, prefix, prefix_end(prefix)):
-            name = key[len(prefix) :].decode()
-            if "/" not in name:  # else it belongs to a collection named name/...
-                stored[name] = json.loads(bytes(value))
-        records = view.count(self._keyspace)
-        declared = type(self)._declared_indexes
-        declared_signatures = {index.name: index.signature() for index in declared}
-        self._unbuilt = [
-            name for name, sig in declared_signatures.items() if stored.get(name) != sig
-        ]
-        self.removed_indexes = sorted(set(stored) - set(declared_signatures))
-        if self.removed_indexes:
+            raise type(exc)(f"collection {self.label}: {exc}") from exc
+        stored = self._catalog().stored(view)
+        declared = {index.name: index.signature() for index in type(self)._declared_indexes}
+        records.unbuilt = [name for name, sig in declared.items() if stored.get(name) != sig]
+        records.removed = sorted(set(stored) - set(declared))
+        if records.removed:
             logger.warning(
                 "collection %s: indexes %s are no longer declared; "
                 "drop them with drop_removed_indexes()",
-                self._label,
-                self.removed_indexes,
+                self.label,
+                records.removed,
             )
-        self._plain_writes = not (self._indexes or self.removed_indexes)
-        return records
+        return view.count(self.access.keyspace)
 
     def _open_removed(self) -> None:
         """Open the databases of the removed indexes (for drop_removed_indexes() and drop())."""
-        self._removed_handles = [self._open_index_db(name, True) for name in self.removed_indexes]
+        records = self._records_of()
+        records.removed_keyspaces = [
+            self._open_index_keyspace(name, True) for name in records.removed
+        ]
 
-    def _open_index_db(self, index_name: str, create: bool) -> Keyspace:
-        # Under the reserved prefix: no user database can be named like it.
-        name = f"{META_DATABASE}/{self._meta_key(index_name).decode()}"
-        return self.env._open_keyspace(name, f"{self._label}.{index_name}", create)
-
-    def _require_indexes_built(self) -> None:
-        if self._unbuilt:
-            raise AiolmdbError(
-                f"collection {self._label}: indexes {self._unbuilt} are not built yet; "
-                f"await {type(self).__name__}.open(env) or await collection.build_indexes()"
-            )
-
-    def _require_indexes_current(self, view: WriteView) -> None:
-        """Raise unless every index is built and recorded as built in ``view``.
-
-        Another declaration of the collection (another version of the code,
-        in this process or another) may have written records without an
-        index since this one was opened: it then recorded the index as stale.
-        """
-        self._require_indexes_built()
-        for index in self._indexes:  # a dead handle's slot may serve another database
-            index._require_open()
-        last = self._checked_in
-        if last is not None and last[0] is view and last[1] == Collection._stale_marks:
-            return  # checked in this transaction, and nothing was marked stale since
-        for index in self._indexes:
-            index._require_current(view)
-        self._checked_in = (view, Collection._stale_marks)
+    # -- building ------------------------------------------------------------
 
     async def build_indexes(self, *, progress: IndexProgress | None = None) -> None:
         """Build the indexes that are new or changed (no-op when there are none).
 
-        All of it happens in one write transaction: a record that breaks a
-        unique index raises :class:`~aiolmdb.UniqueViolationError` and nothing
-        is built. ``progress(names, done, total)`` is called on the event loop
-        every 10 000 records; progress is also logged to ``aiolmdb.models``.
-        A build needs a write transaction of its own: inside a write
-        ``env.transaction()`` it raises :class:`~aiolmdb.TransactionError` (when
-        there is one to do); inside a read snapshot it runs.
-        Cancelling the call does not stop the build: it completes (or fails,
-        changing nothing) without its caller.
+        The build runs in write transactions of 1 000 records each, so it
+        never holds the writer long: writes made meanwhile go on, and keep
+        the records already indexed in step. Its progress is recorded with
+        each transaction: a build cut short (a crash, a failure) resumes
+        where it stopped. Until it is done, index queries raise
+        :class:`IndexNotReadyError` saying the index is not built. A record that
+        breaks a unique index raises :class:`UniqueViolationError` and the
+        index stays unbuilt. ``progress(names, done, total)`` is called on
+        the event loop every 10 000 records; progress is also logged.
+
+        A build needs write transactions of its own: inside a write
+        ``env.transaction()`` it raises :class:`TransactionError` (when there
+        is one to do); inside a read snapshot it runs. Cancelling the call
+        does not stop the build: it completes (or fails) without its caller.
         """
-        if self._pending:
-            await self._until_open(None)
-        in_transaction = self._in_write_transaction()
-        names = await self._indexes_to_build()
-        if not names:
-            return
-        if in_transaction:
-            raise self._needs_the_writer_alone(
-                f"build_indexes() (which {type(self).__name__}.open(env) calls, here to "
-                f"build {names})"
-            )
+        if self.access.pending:
+            await self.access.until_open(None)
+        in_transaction = self.access.in_write_transaction()
+        while True:
+            names = await self._indexes_to_build()
+            if not names:
+                return
+            if in_transaction:
+                raise self._needs_the_writer_alone(
+                    f"build_indexes() (which {type(self).__name__}.open(env) calls, here to "
+                    f"build {names})"
+                )
+            if self._building is None:
+                break
+            # One build at a time: once the one under way is done, what is left.
+            await asyncio.wait([self._building])
         await self._build_indexes(names, progress)
 
-    async def _build_indexes(self, names: list[str], progress: IndexProgress | None) -> None:
-        """Build the indexes ``names`` in one write transaction, then trust them.
-
-        A build that fails changes nothing: the indexes that were current stay so.
-        A cancelled one goes on without its caller.
-        """
-        for name in names:
-            if self._bound_indexes[name]._keyspace.dropped:
-                self._bound_indexes[name]._reopen()
-        loop = asyncio.get_running_loop()
-
-        def report(done: int, total: int) -> None:
-            logger.info("collection %s: indexing %s: %d/%d", self._label, names, done, total)
-            if progress is not None:
-                loop.call_soon_threadsafe(progress, names, done, total)
-
-        async def build_then_trust() -> None:
-            await self.env.engine.write_alone(lambda view: self._build(view, names, report))
-            self._unbuilt = [name for name in self._unbuilt if name not in names]
-
-        # A cancelled caller does not stop a build the writer may already run:
-        # it goes on without the caller, and what it built is trusted.
-        await asyncio.shield(asyncio.ensure_future(build_then_trust()))
-
-    async def _indexes_to_build(self) -> list[str]:
-        """The indexes not built yet, or recorded stale since (by another declaration)."""
-        if self._meta is None:
-            return []
-        meta = self._meta._keyspace
-
-        def to_build(view: ReadView) -> list[str]:
-            return [
-                index.index.name
-                for index in self._indexes
-                if index.index.name in self._unbuilt or not index._is_current(view, meta)
-            ]
-
-        return await self.env._read(to_build, None)
-
     async def rebuild_indexes(self, *, progress: IndexProgress | None = None) -> None:
-        """Rebuild every index of the collection from its records (not in a write transaction)."""
-        if self._pending:
-            await self._until_open(None)
-        in_transaction = self._in_write_transaction()
-        if not self._indexes:
+        """Rebuild every index of the collection from its records, in place (not in a write
+        transaction).
+
+        The entries every record should have are written, then every entry no
+        record has is deleted, 1 000 at a time: the indexes stay usable
+        throughout, and a rebuild that fails (a record that does not decode,
+        or breaks a unique index) leaves them as they were, less any stray
+        entry removed. Cancelling the call does not stop it.
+        """
+        if self.access.pending:
+            await self.access.until_open(None)
+        in_transaction = self.access.in_write_transaction()
+        upkeeps = self._records_of().upkeeps
+        if not upkeeps:
             return
         if in_transaction:
             raise self._needs_the_writer_alone("rebuild_indexes()")
-        await self._build_indexes([index.index.name for index in self._indexes], progress)
+        while self._building is not None:
+            await asyncio.wait([self._building])
+        await asyncio.shield(self._start_building(IndexRepair(self, self._records_of(), progress)))
+
+    async def _indexes_to_build(self) -> list[str]:
+        """The indexes not built yet, or recorded stale since (by another declaration)."""
+        records = self._records_of()
+        if records.catalog is None:
+            return []
+        catalog = records.catalog
+
+        def to_build(view: ReadView) -> list[str]:
+            return [
+                upkeep.index.name
+                for upkeep in records.upkeeps
+                if upkeep.index.name in records.unbuilt
+                or not catalog.is_current(view, upkeep.index.name, upkeep.signature)
+            ]
+
+        return await self.access.read(to_build, None)
+
+    async def _build_indexes(self, names: list[str], progress: IndexProgress | None) -> None:
+        """Build the indexes ``names`` in bounded chunks, then trust them.
+
+        A cancelled build goes on without its caller.
+        """
+        records = self._records_of()
+        for upkeep in records.upkeeps:
+            if upkeep.index.name in names and upkeep.keyspace.dropped:
+                # Deleted by another declaration: opened afresh, to be built again.
+                upkeep.keyspace = self._open_index_keyspace(upkeep.index.name, True)
+        await asyncio.shield(self._start_building(IndexBuild(self, records, names, progress)))
+
+    def _start_building(self, work: IndexBuild[K, M] | IndexRepair[K, M]) -> asyncio.Future[None]:
+        """Run ``work``, the one build of the collection under way, to its end."""
+        running = asyncio.ensure_future(work.run())
+        self._building = running
+
+        def done(finished: asyncio.Future[None]) -> None:
+            if self._building is finished:
+                self._building = None
+            if not finished.cancelled():
+                finished.exception()  # told to the caller, if it still waits
+
+        running.add_done_callback(done)
+        return running
+
+    # -- removed indexes ------------------------------------------------------
 
     async def drop_removed_indexes(self) -> list[str]:
         """Delete the stored entries of indexes no longer declared; returns their names.
 
         Their databases and declarations go in one transaction of its own (so
         not inside a write ``env.transaction()``: that raises
-        :class:`~aiolmdb.TransactionError`).
+        :class:`TransactionError`).
         """
-        if self._pending:
-            await self._until_open(None)
-        removed = list(self.removed_indexes)
+        if self.access.pending:
+            await self.access.until_open(None)
+        records = self._records_of()
+        removed = list(records.removed)
         if removed:
-            if self._in_write_transaction():
+            if self.access.in_write_transaction():
                 raise self._needs_the_writer_alone("drop_removed_indexes()")
-            await self._write_alone_then_forget(self._delete_removed, self._forget_removed)
+            await self.access.write_alone_then_forget(
+                records.delete_removed, records.forget_removed
+            )
         return removed
-
-    def _in_write_transaction(self) -> bool:
-        """Whether this task's calls join a write transaction (checks the collection is usable)."""
-        ctx = self._resolve(None)[1]
-        return ctx is not None and ctx.sees_own_writes
 
     def _needs_the_writer_alone(self, call: str) -> TransactionError:
         # The call's write transaction would queue behind the caller's own,
         # which cannot end while the caller waits: a deadlock, refused instead.
         return TransactionError(
-            f"collection {self._label}: {call} cannot run inside a write transaction: it needs "
+            f"collection {self.label}: {call} cannot run inside a write transaction: it needs "
             "a write transaction of its own, and the writer serves this one until it ends; "
             "call it before or after the `async with env.transaction()` block"
         )
 
-    def _delete_removed(self, view: WriteView) -> None:
-        if self._meta is None:
-            return  # nothing was ever recorded
-        for opened in self._removed_handles:
-            if not opened.dropped:  # else an earlier attempt deleted it
-                opened.check()  # an open that failed has nothing to drop
-                view.drop(opened)
-        for name in self.removed_indexes:
-            view.delete(self._meta._keyspace, self._meta_key(name))
 
-    def _forget_removed(self) -> None:
-        """After :meth:`_delete_removed` ran: forget the indexes it dropped."""
-        kept = [
-            (name, opened)
-            for name, opened in zip(self.removed_indexes, self._removed_handles, strict=True)
-            if not opened.dropped
-        ]
-        for opened in self._removed_handles:
-            if opened.dropped:
-                self.env.engine.forget_keyspace(opened)
-        self.removed_indexes = [name for name, _ in kept]
-        self._removed_handles = [opened for _, opened in kept]
-        self._plain_writes = not (self._indexes or self.removed_indexes)
+class IndexBuild(typing.Generic[K, M]):
+    """One build of some indexes of a collection, in chunks of :data:`BUILD_CHUNK` records.
 
-    def _mark_removed_stale(self, view: WriteView) -> None:
-        """In a write's transaction: the removed indexes missed it, so if they are
-        declared again they are rebuilt rather than trusted."""
-        if not self.removed_indexes:
-            return
-        assert self._meta is not None  # removed indexes were read from it
-        meta = self._meta._keyspace
-        for name in self.removed_indexes:
-            key = self._meta_key(name)
-            stored = view.get(meta, key)
-            if stored is None:
-                continue
-            signature = json.loads(bytes(stored))
-            if not signature.get("stale"):
-                signature["stale"] = True
-                view.put(meta, key, json.dumps(signature).encode())
-                Collection._stale_marks += 1
+    Each chunk is a write transaction of its own: it indexes the next records
+    after the last one indexed and records how far it got in the catalog, so
+    that the build resumes there after a crash. Between chunks, the writes of
+    the collection keep the records indexed so far in step (see
+    :meth:`IndexUpkeep.covers`). Everything that changes the build's state
+    happens in the chunks, where the engine runs them: the writes queued
+    after a chunk see the state it committed.
+    """
 
-    def _build(
-        self, view: WriteView, names: list[str], report: Callable[[int, int], None] | None
+    def __init__(
+        self,
+        collection: Collection[K, M],
+        records: IndexedRecords[K, M],
+        names: list[str],
+        progress: IndexProgress | None,
     ) -> None:
-        assert self._meta is not None  # opened with the declared indexes
-        meta = self._meta._keyspace
-        chosen = [self._bound_indexes[name] for name in names]
-        self._require_live()
-        for index in chosen:
-            index._require_open()
-            index._clear(view)
-        total = view.count(self._keyspace)
-        done = 0
-        for raw_key, raw_value in view.range(self._keyspace):
+        self._collection = collection
+        self._records = records
+        self._names = names
+        self._chosen = [upkeep for upkeep in records.upkeeps if upkeep.index.name in names]
+        self._progress = progress
+        catalog = records.catalog
+        assert catalog is not None  # there are indexes
+        self._catalog = catalog
+        self._label = collection.label
+
+    async def run(self) -> None:
+        """Build, chunk after chunk, reporting progress on the event loop."""
+        access = self._collection.access
+        try:
+            total = await access.write_alone(self._start)
+            done = 0
+            finished = False
+            while not finished:
+                indexed, finished = await access.write_alone(self._chunk)
+                before, done = done, done + indexed
+                if finished or done // PROGRESS_EVERY > before // PROGRESS_EVERY:
+                    self._report(done, max(total, done))
+        except BaseException:
+            for upkeep in self._chosen:
+                upkeep.building = False  # writes are refused again until a build succeeds
+            raise
+
+    def _report(self, done: int, total: int) -> None:
+        logger.info("collection %s: indexing %s: %d/%d", self._label, self._names, done, total)
+        if self._progress is not None:
+            self._progress(list(self._names), done, total)
+
+    def _start(self, view: WriteView) -> int:
+        """The first chunk: resume a build cut short, or clear the indexes and begin."""
+        self._records.require_live()
+        resumed = {
+            upkeep.index.name: self._catalog.progress(
+                view, upkeep.index.name, upkeep.index.signature()
+            )
+            for upkeep in self._chosen
+        }
+        positions = {under_way for under_way in resumed.values()}
+        # Every index resumes from one position, or they all begin again.
+        resume = len(positions) == 1 and next(iter(positions))[0]
+        built_up_to = next(iter(positions))[1] if resume else None
+        for upkeep in self._chosen:
+            upkeep.require_open()
+            if not resume:
+                view.clear(upkeep.keyspace)
+                self._catalog.record_progress(
+                    view, upkeep.index.name, upkeep.index.signature(), None
+                )
+            upkeep.building = True
+            upkeep.built_up_to = built_up_to
+        if resume:
+            logger.info(
+                "collection %s: resuming the build of %s after key %s",
+                self._label,
+                self._names,
+                "<none>" if built_up_to is None else self._collection.codec.show_key(built_up_to),
+            )
+        return view.count(self._collection.access.keyspace)
+
+    def _chunk(self, view: WriteView) -> tuple[int, bool]:
+        """Index the next records; whether the build is done."""
+        self._records.require_live()
+        codec, main = self._collection.codec, self._collection.access.keyspace
+        after = self._chosen[0].built_up_to
+        for upkeep in self._chosen:
+            upkeep.require_open()
+            if self._catalog.progress(view, upkeep.index.name, upkeep.index.signature()) != (
+                True,
+                after,
+            ):
+                raise IndexNotReadyError(
+                    f"{upkeep.label}: another declaration of the collection wrote records "
+                    "without it while it was being built; build it again"
+                )
+        indexed, last = 0, after
+        for raw_key, raw_value in view.range(main, after=after, limit=BUILD_CHUNK):
             try:
-                record = self.value_coder.deserialize(raw_value)
+                record = codec.value_coder.deserialize(raw_value)
             except Exception as exc:
                 raise DecodeError(
-                    f"collection {self._label}: cannot build indexes {names}: the value "
-                    f"of key {self._show_raw_key(raw_key)} does not decode with "
-                    f"{self.value_coder!r} (delete or overwrite that record, then build "
+                    f"collection {self._label}: cannot build indexes {self._names}: the value "
+                    f"of key {codec.show_key(raw_key)} does not decode with "
+                    f"{codec.value_coder!r} (delete or overwrite that record, then build "
                     f"again): {exc}"
                 ) from exc
-            for index in chosen:
-                keys = index._entry_keys(record, raw_key)
-                index._check_unique(view, raw_key, keys)
-                index._update_entries(view, raw_key, set(), keys)
-            done += 1
-            if report is not None and done % PROGRESS_EVERY == 0:
-                report(done, total)
-        for index in chosen:
-            view.put(meta, index._meta_key, index._signature)
-        if report is not None:
-            report(done, total)
+            for upkeep in self._chosen:
+                keys = upkeep.entry_keys(record, raw_key)
+                upkeep.check_unique(view, raw_key, keys)
+                upkeep.update_entries(view, raw_key, set(), keys)
+            indexed += 1
+            last = raw_key
+        finished = indexed < BUILD_CHUNK
+        for upkeep in self._chosen:
+            if finished:
+                self._catalog.record_built(view, upkeep.index.name, upkeep.signature)
+            else:
+                self._catalog.record_progress(
+                    view, upkeep.index.name, upkeep.index.signature(), last
+                )
+            # The writes queued after this chunk keep the records up to here in step.
+            upkeep.built_up_to = last
+            upkeep.building = not finished
+        if finished:
+            self._records.unbuilt = [
+                name for name in self._records.unbuilt if name not in self._names
+            ]
+        return indexed, finished
 
-    # -- drop() empties or deletes the indexes with the records ----------
 
-    def _empty(self, view: WriteView) -> None:
-        for index in self._indexes:
-            index._require_open()
-        super()._empty(view)
-        for index in self._indexes:
-            index._clear(view)
-        self._mark_removed_stale(view)
+class IndexRepair(typing.Generic[K, M]):
+    """A rebuild of every index of a collection, in place, in chunks of :data:`BUILD_CHUNK`.
 
-    def _delete(self, view: WriteView) -> None:
-        super()._delete(view)
-        if self._meta is None:
-            return  # no index, declared or removed
-        for index in self._indexes:
-            index._drop_storage(view)
-            view.delete(self._meta._keyspace, index._meta_key)
-        self._delete_removed(view)
+    First every record's entries are written (those present already are left
+    as they are), then every entry that its record does not have is deleted.
+    The indexes stay current throughout: the writes made between two chunks
+    keep them in step as always, and each chunk sees what they wrote.
+    """
 
-    def _forget_deleted(self) -> None:
-        super()._forget_deleted()
-        for index in self._indexes:
-            self.env.engine.forget_keyspace(index._keyspace)
-        self._forget_removed()
+    def __init__(
+        self,
+        collection: Collection[K, M],
+        records: IndexedRecords[K, M],
+        progress: IndexProgress | None,
+    ) -> None:
+        self._collection = collection
+        self._records = records
+        self._progress = progress
+        self._names = [upkeep.index.name for upkeep in records.upkeeps]
+        self._label = collection.label
 
-    # -- record writes keep the indexes in step --------------------------
-
-    def _store(
-        self, view: WriteView, raw_key: bytes, raw_value: bytes, value: M, overwrite: bool
-    ) -> bool:
-        if not self._indexes:
-            self._mark_removed_stale(view)
-            return super()._store(view, raw_key, raw_value, value, overwrite)
-        self._require_indexes_current(view)
-        old_buf = view.get(self._keyspace, raw_key)
-        if old_buf is not None and not overwrite:
-            return False
-        new = self._read_back(raw_key, raw_value)
-        olds = self._stored_entries(view, raw_key, old_buf)
-        # Every check before any write: a failure leaves the transaction as it was.
-        changes = []
-        for index, before in zip(self._indexes, olds, strict=True):
-            after = index._entry_keys(new, raw_key)
-            index._check_unique(view, raw_key, after - before)
-            changes.append((index, before, after))
-        self._mark_removed_stale(view)
-        for index, before, after in changes:
-            index._update_entries(view, raw_key, before, after)
-        return view.put(self._keyspace, raw_key, raw_value)
-
-    def _stored_entries(
-        self, view: ReadView, raw_key: bytes, old_buf: bytes | memoryview | None
-    ) -> list[set[bytes]]:
-        """The entries each index holds for the record stored under ``raw_key``."""
-        if old_buf is None:
-            return [set() for _ in self._indexes]
-        try:
-            old = self.value_coder.deserialize(old_buf)
-        except Exception as exc:
-            # It no longer decodes (its model was tightened since, say): its
-            # entries cannot be computed, so find them by where they point.
-            logger.warning(
-                "collection %s: the value of key %s does not decode with %r (%s); "
-                "finding its index entries by scanning the indexes",
-                self._label,
-                self._show_raw_key(raw_key),
-                self.value_coder,
-                exc,
+    async def run(self) -> None:
+        """Write the missing entries, then delete the stray ones, chunk after chunk."""
+        access = self._collection.access
+        total = await access.read(lambda view: view.count(access.keyspace), None)
+        done, after, finished = 0, None, False
+        while not finished:
+            indexed, after, finished = await access.write_alone(
+                functools.partial(self._add_missing, after)
             )
-            return [index._entries_pointing_at(view, raw_key) for index in self._indexes]
-        return [index._entry_keys(old, raw_key) for index in self._indexes]
+            before, done = done, done + indexed
+            if finished or done // PROGRESS_EVERY > before // PROGRESS_EVERY:
+                self._report(done, max(total, done))
+        for upkeep in self._records.upkeeps:
+            after, finished = None, False
+            while not finished:
+                after, finished = await access.write_alone(
+                    functools.partial(self._delete_strays, upkeep, after)
+                )
 
-    def _read_back(self, raw_key: bytes, raw_value: bytes) -> M:
-        """The record as it will be read: what its index entries are computed from.
+    def _report(self, done: int, total: int) -> None:
+        logger.info("collection %s: reindexing %s: %d/%d", self._label, self._names, done, total)
+        if self._progress is not None:
+            self._progress(list(self._names), done, total)
 
-        The object passed to a write may differ (fields the coder leaves out,
-        a subclass stored as its model).
-        """
+    def _entries_of(self, raw_key: bytes, raw_value: Buffer) -> M:
+        codec = self._collection.codec
         try:
-            return self.value_coder.deserialize(raw_value)
+            return codec.value_coder.deserialize(raw_value)
         except Exception as exc:
-            raise EncodeError(
-                f"collection {self._label}: the value for key {self._show_raw_key(raw_key)} "
-                f"would not read back with {self.value_coder!r}: {exc}"
+            raise DecodeError(
+                f"collection {self._label}: cannot rebuild indexes {self._names}: the value "
+                f"of key {codec.show_key(raw_key)} does not decode with {codec.value_coder!r} "
+                f"(delete or overwrite that record, then rebuild): {exc}"
             ) from exc
 
-    def _remove(self, view: WriteView, raw_key: bytes) -> bool:
-        if not self._indexes:
-            self._mark_removed_stale(view)
-            return super()._remove(view, raw_key)
-        self._require_indexes_current(view)
-        old_buf = view.get(self._keyspace, raw_key)
-        if old_buf is None:
-            return False
-        olds = self._stored_entries(view, raw_key, old_buf)
-        self._mark_removed_stale(view)
-        for index, before in zip(self._indexes, olds, strict=True):
-            index._update_entries(view, raw_key, before, set())
-        return view.delete(self._keyspace, raw_key)
+    def _add_missing(self, after: bytes | None, view: WriteView) -> tuple[int, bytes | None, bool]:
+        """Write the entries of the next records; (records done, last key, whether done)."""
+        records = self._records
+        records.require_live()
+        for upkeep in records.upkeeps:
+            records.require_current(view, upkeep, upkeep.keyspace)
+        indexed, last = 0, after
+        main = self._collection.access.keyspace
+        for raw_key, raw_value in view.range(main, after=after, limit=BUILD_CHUNK):
+            record = self._entries_of(raw_key, raw_value)
+            for upkeep in records.upkeeps:
+                keys = upkeep.entry_keys(record, raw_key)
+                upkeep.check_unique(view, raw_key, keys)
+                upkeep.update_entries(view, raw_key, set(), keys)
+            indexed += 1
+            last = raw_key
+        return indexed, last, indexed < BUILD_CHUNK
+
+    def _delete_strays(
+        self, upkeep: IndexUpkeep[M], after: bytes | None, view: WriteView
+    ) -> tuple[bytes | None, bool]:
+        """Delete the next entries that their records do not have; (last entry, whether done)."""
+        self._records.require_live()
+        upkeep.require_open()
+        main = self._collection.access.keyspace
+        seen, last = 0, after
+        strays: list[bytes] = []
+        for entry, value in view.range(upkeep.keyspace, after=after, limit=BUILD_CHUNK):
+            seen += 1
+            last = entry
+            raw_key = upkeep.record_key(entry, value)
+            buf = view.get(main, raw_key)
+            index_key = entry if upkeep.index.unique else entry[: len(entry) - len(raw_key)]
+            if buf is None or index_key not in upkeep.entry_keys(
+                self._entries_of(raw_key, buf), raw_key
+            ):
+                strays.append(entry)
+        for entry in strays:
+            view.delete(upkeep.keyspace, entry)
+        return last, seen < BUILD_CHUNK
+
+
+def _declared(cls: type, attribute: str) -> Any:
+    """The class attribute ``attribute`` a collection class declares (None: not declared;
+    the database's own accessor does not count)."""
+    value = getattr(cls, attribute, None)
+    return None if isinstance(value, property) else value
 
 
 def _value_type_argument(cls: type) -> Any | None:

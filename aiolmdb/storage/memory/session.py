@@ -17,8 +17,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 from ...errors import TransactionError
-from ..base import WriteView
-from ..base import transaction_label
+from ..base import WriteView, transaction_label
 from ..deadlock import Watch
 from .image import Image
 from .store import Store
