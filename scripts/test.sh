@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The whole test suite: pytest (with the typing cases and the quick benchmark run),
-# mypy --strict and ruff. Works on a fresh clone with Python >= 3.10 and pip.
+# mypy --strict, the import-linter layering contracts (pyproject.toml) and ruff.
+# Works on a fresh clone with Python >= 3.10 and pip.
 source "$(dirname "$0")/_venv.sh" "[dev,bench]"
 .venv/bin/python -m pytest "$@"
 .venv/bin/python -m mypy
+# No cache: the graph is small, and a cache directory would litter the checkout.
+.venv/bin/lint-imports --no-cache
 .venv/bin/python -m ruff check .
 .venv/bin/python -m ruff format --check .
