@@ -503,6 +503,8 @@ class IndexBuild(typing.Generic[K, M]):
             done = 0
             finished = False
             while not finished:
+                # Other tasks run between two chunks, whatever the engine.
+                await asyncio.sleep(0)
                 indexed, finished = await access.write_alone(self._chunk)
                 before, done = done, done + indexed
                 if finished or done // PROGRESS_EVERY > before // PROGRESS_EVERY:
@@ -625,6 +627,7 @@ class IndexRepair(typing.Generic[K, M]):
         total = await access.read(lambda view: view.count(access.keyspace), None)
         done, after, finished = 0, None, False
         while not finished:
+            await asyncio.sleep(0)  # other tasks run between two chunks, whatever the engine
             indexed, after, finished = await access.write_alone(
                 functools.partial(self._add_missing, after)
             )
