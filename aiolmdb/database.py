@@ -147,6 +147,11 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         #: The checked path from this database's calls to the engine.
         self.access = DatabaseAccess(env, keyspace, self.codec, logic, kind)
         self._records: RecordLogic[V] = logic
+        # What the hot get uses, looked up once.
+        self._keyspace = keyspace
+        self._engine = env.engine
+        self._encode_key = self.codec.encode_key
+        self._decode_small_value = self._decode_small
         self._ranges_of = DatabaseRanges[K, V](self.access)
         super().__init__(self._ranges_of)
 
@@ -187,17 +192,17 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
     async def get(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """The value stored under ``key``, or ``default`` when there is none."""
         access = self.access
-        raw_key = self.codec.encode_key(key)
+        raw_key = self._encode_key(key)
         if access.pending:
             await access.until_open(txn)
         if next(yield_due):  # before the checks: a drop may run meanwhile
             await asyncio.sleep(0)
         ctx = access.resolve(txn)
-        keyspace = access.keyspace
+        keyspace = self._keyspace
         if ctx is None:
             # The hot path: a read of its own, on the loop thread.
             try:
-                value = access.engine.read_point(keyspace, raw_key, self._decode_small)
+                value = self._engine.read_point(keyspace, raw_key, self._decode_small_value)
             except NotNowError:
                 value = TOO_LARGE  # the read must wait: off the loop
             if value is not TOO_LARGE:
@@ -215,7 +220,7 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
 
     def _decode_small(self, raw_key: bytes, buf: Buffer | None) -> Any:
         """A value read on the event loop: decoded, or :data:`TOO_LARGE` to decode there."""
-        if self.access.keyspace.dropped:  # since the call's checks: buf is not ours
+        if self._keyspace.dropped:  # since the call's checks: buf is not ours
             self.access.require_live()
         if buf is None:
             return _MISSING

@@ -6,6 +6,7 @@ The environment is engine-neutral: what a location names (a path: LMDB;
 
 from __future__ import annotations
 
+import contextvars
 import os
 from contextvars import ContextVar
 from types import TracebackType
@@ -116,7 +117,7 @@ class AsyncEnvironment:
         settings = {name: value for name, value in given.items() if value is not None}
         self._engine: Engine = open_engine(location, settings, lmdb_kwargs)
         self._name = self._engine.description
-        self._current: ContextVar[Transaction | None] = ContextVar(
+        self._current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
             f"aiolmdb transaction {self._name}", default=None
         )
 
@@ -390,6 +391,18 @@ class AsyncEnvironment:
         """
         self._check()
         return Transaction(self, write=write)
+
+    def current_transaction(self) -> Transaction | None:
+        """The transaction this task's calls join (None: each call is its own)."""
+        return self._current.get()
+
+    def enter_transaction(self, txn: Transaction) -> contextvars.Token[Transaction | None]:
+        """Make ``txn`` the one this task's calls join (for :class:`Transaction`)."""
+        return self._current.set(txn)
+
+    def leave_transaction(self, token: contextvars.Token[Transaction | None]) -> None:
+        """Undo :meth:`enter_transaction` (for :class:`Transaction`)."""
+        self._current.reset(token)
 
     def transaction_for(self, txn: Transaction | None) -> Transaction | None:
         """The transaction a call made with ``txn=txn`` joins: ``txn``, else the task's own

@@ -87,12 +87,12 @@ class Transaction:
         return self._session is not None
 
     async def __aenter__(self) -> Transaction:
-        self.env._check()
+        self.env.engine.check()
         if self._state != _NEW:
             raise TransactionError("a Transaction can be entered only once")
         self.owner = asyncio.current_task()
         self.handles_known = self.env.engine.keyspace_serial
-        outer = self.env._current.get()
+        outer = self.env.current_transaction()
         if outer is not None and outer.owner is not self.owner:
             # Inherited: nest in it while it is open, never escape it once it ended.
             outer.check_inherited()
@@ -103,7 +103,7 @@ class Transaction:
         else:
             self._snapshot = await self.env.engine.begin_snapshot()
         self._state = _ACTIVE
-        self._token = self.env._current.set(self)
+        self._token = self.env.enter_transaction(self)
         return self
 
     async def _nest_in(self, outer: Transaction) -> None:
@@ -143,7 +143,7 @@ class Transaction:
                     await self.abort()
         finally:
             if self._token is not None:
-                self.env._current.reset(self._token)
+                self.env.leave_transaction(self._token)
                 self._token = None
 
     async def commit(self) -> None:
@@ -188,7 +188,7 @@ class Transaction:
             raise TransactionError(f"cannot {action}: the transaction has already ended")
         session = self._session
         if session is not None:
-            self.env._check()  # closed (or forked) since: its writes cannot be committed
+            self.env.engine.check()  # closed (or forked) since: its writes cannot be committed
         if self._owner and session is not None and session.depth > self._depth:
             raise TransactionError(f"cannot {action}: a savepoint opened inside is still open")
         self.check_usable()
@@ -201,7 +201,7 @@ class Transaction:
         if self._session is not None:
             return self._session.label
         kind = "write transaction" if self.write else "read snapshot"
-        return transaction_label(kind, self.owner, f"on environment {self.env._name}")
+        return transaction_label(kind, self.owner, f"on environment {self.env.engine.description}")
 
     def check_inherited(self) -> None:
         """Like :meth:`check_usable`, for a call that found this transaction in its context.

@@ -202,8 +202,8 @@ class LmdbEngine:
         self._settings = settings
         self._gate = ReadGate()
         self._state = _State.OPEN
-        #: True unless open: the one flag the hot paths check.
-        self._closed = False
+        #: True once closing began (or in the child of a fork): the one flag hot paths check.
+        self.closed = False
         self._closing: asyncio.Future[None] | None = None
         self.inline_value_limit = settings.inline_value_limit
         self._max_key_size = self.lmdb_env.max_key_size()
@@ -228,11 +228,6 @@ class LmdbEngine:
         _live.add(self)
 
     # -- what the typed API asks of every engine --------------------------
-
-    @property
-    def closed(self) -> bool:
-        """True once closing began (or in the child of a fork)."""
-        return self._closed
 
     @property
     def description(self) -> str:
@@ -278,7 +273,7 @@ class LmdbEngine:
 
     def check(self) -> None:
         """Raise :class:`ClosedError` unless the environment is open."""
-        if self._closed:
+        if self.closed:
             if self._state is _State.FORKED:
                 raise ClosedError(
                     f"environment {self._name} was opened before this process forked: "
@@ -296,7 +291,7 @@ class LmdbEngine:
         """
         if self._state in (_State.CLOSED, _State.FORKED):
             return
-        self._closed = True
+        self.closed = True
         self._state = _State.CLOSING
         closing = self._closing
         if closing is None or closing.done() or closing.get_loop().is_closed():
@@ -324,7 +319,7 @@ class LmdbEngine:
 
     def _release(self) -> None:
         """Free the handles once the writer thread has ended."""
-        self._closed = True
+        self.closed = True
         self._state = _State.CLOSED
         self._pool.shutdown(wait=True)
         for snapshot in list(self._snapshots):
@@ -339,7 +334,7 @@ class LmdbEngine:
         """Interpreter exit without a finished ``close()``: commit what is queued, then release."""
         if self._state in (_State.CLOSED, _State.FORKED):
             return
-        self._closed = True
+        self.closed = True
         thread = self._writer.stop()
         if thread is not None:
             thread.join(timeout=5.0)
@@ -505,7 +500,7 @@ class LmdbEngine:
 
     async def read(self, fn: Callable[[ReadView], R], *, offload: bool = False) -> R:
         """``fn(view)`` in a read transaction of its own: inline, or on a reader thread."""
-        if self._closed:  # a scan may outlive its environment
+        if self.closed:  # a scan may outlive its environment
             self.check()
         if not offload:
             try:
@@ -579,7 +574,7 @@ class LmdbEngine:
         )
 
     def _end_read(self, txn: lmdb.Transaction) -> None:
-        if self._closed and self._state is _State.FORKED:  # the open case checks one flag
+        if self.closed and self._state is _State.FORKED:  # the open case checks one flag
             # The parent's transaction: ending it here would free the parent's
             # slot in the reader table (shared through the lock file).
             return
@@ -826,7 +821,7 @@ class LmdbEngine:
         child never ends, commits or closes any of them (py-lmdb leaves them
         alone too when the child lets go of them).
         """
-        self._closed = True
+        self.closed = True
         self._state = _State.FORKED
         for snapshot in self._snapshots:
             snapshot.abandon()
