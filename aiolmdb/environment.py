@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import contextvars
 import os
-from contextvars import ContextVar
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
 

@@ -287,7 +287,7 @@ async def test_run_read(docs: JsonDB) -> None:
 
 
 async def test_run_read_cannot_write(docs: JsonDB) -> None:
-    with pytest.raises(aiolmdb.TransactionError, match="'docs'.*read-only"):
+    with pytest.raises(aiolmdb.TransactionError, match=r"'docs'.*read-only"):
         await bounded(docs.run(lambda t: t.put("x", 1)))
     assert await docs.get("x") is None
 

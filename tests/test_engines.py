@@ -89,7 +89,7 @@ async def test_what_only_lmdb_has_is_refused_elsewhere_when_awaited(call: str) -
 
 async def test_a_raw_cursor_is_refused_elsewhere() -> None:
     async with aiolmdb.open(":memory:") as env:
-        with pytest.raises(aiolmdb.UnsupportedError, match="raw transaction.*memory engine"):
+        with pytest.raises(aiolmdb.UnsupportedError, match=r"raw transaction.*memory engine"):
             await env.open_db("db").run(lambda t: t.cursor())
 
 

@@ -15,7 +15,7 @@ from pydantic import BaseModel, Field
 import aiolmdb
 from aiolmdb.coders import Int64Coder, StringCoder, TupleCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
-from aiolmdb.models.collection import BUILD_CHUNK
+from aiolmdb.models.build import BUILD_CHUNK
 
 
 class Account(BaseModel):
@@ -68,7 +68,7 @@ async def assert_indexes_match(accounts: Accounts, plain: PlainAccounts) -> None
     """Every record is found through both indexes, and nothing else is."""
     records = {key: value async for key, value in plain.items()}
     assert await accounts.by_email.count() == len(records)
-    for key, record in records.items():
+    for record in records.values():
         assert await accounts.by_email.get(record.email) == record
     by_bio = [key async for key in accounts.by_bio.keys()]
     assert sorted(by_bio) == sorted(records)

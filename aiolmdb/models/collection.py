@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import functools
 import logging
 import typing
-from collections.abc import Callable
 from typing import Any, ClassVar, TypeVar
 
 from pydantic import BaseModel
@@ -19,29 +17,20 @@ from ..environment import AsyncEnvironment
 from ..errors import (
     ClosedError,
     DatabaseNotFoundError,
-    DecodeError,
-    IndexNotReadyError,
     TransactionError,
 )
-from ..storage import Buffer, Keyspace, ReadView, WriteView
+from ..storage import Keyspace, ReadView, WriteView
+from .build import IndexBuild, IndexProgress, IndexRepair
 from .catalog import IndexCatalog
 from .index import BoundIndex, Index
 from .upkeep import IndexedRecords, IndexUpkeep
 
-__all__ = ["BUILD_CHUNK", "Collection", "IndexProgress"]
+__all__ = ["Collection", "IndexProgress"]
 
 K = TypeVar("K")
 M = TypeVar("M")
 
 logger = logging.getLogger(__name__)
-
-#: ``progress(index_names, records_done, records_total)``, called on the event loop.
-IndexProgress = Callable[[list[str], int, int], None]
-
-#: Records indexed per write transaction by an index build.
-BUILD_CHUNK = 1_000
-#: Records between two progress reports of an index build.
-PROGRESS_EVERY = 10_000
 
 
 class Collection(AsyncDatabase[K, M]):
@@ -383,14 +372,16 @@ class Collection(AsyncDatabase[K, M]):
         if self.access.pending:
             await self.access.until_open(None)
         in_transaction = self.access.in_write_transaction()
-        upkeeps = self._records_of().upkeeps
-        if not upkeeps:
+        records = self._records_of()
+        if not records.upkeeps:
             return
         if in_transaction:
             raise self._needs_the_writer_alone("rebuild_indexes()")
         while self._building is not None:
             await asyncio.wait([self._building])
-        await asyncio.shield(self._start_building(IndexRepair(self, self._records_of(), progress)))
+        await asyncio.shield(
+            self._start_building(IndexRepair(self, records, records.upkeeps, progress))
+        )
 
     async def _indexes_to_build(self) -> list[str]:
         """The indexes not built yet, or recorded stale since (by another declaration)."""
@@ -419,7 +410,8 @@ class Collection(AsyncDatabase[K, M]):
             if upkeep.index.name in names and upkeep.keyspace.dropped:
                 # Deleted by another declaration: opened afresh, to be built again.
                 upkeep.keyspace = self._open_index_keyspace(upkeep.index.name, True)
-        await asyncio.shield(self._start_building(IndexBuild(self, records, names, progress)))
+        chosen = [upkeep for upkeep in records.upkeeps if upkeep.index.name in names]
+        await asyncio.shield(self._start_building(IndexBuild(self, records, chosen, progress)))
 
     def _start_building(self, work: IndexBuild[K, M] | IndexRepair[K, M]) -> asyncio.Future[None]:
         """Run ``work``, the one build of the collection under way, to its end."""
@@ -464,239 +456,6 @@ class Collection(AsyncDatabase[K, M]):
             "a write transaction of its own, and the writer serves this one until it ends; "
             "call it before or after the `async with env.transaction()` block"
         )
-
-
-class IndexBuild(typing.Generic[K, M]):
-    """One build of some indexes of a collection, in chunks of :data:`BUILD_CHUNK` records.
-
-    Each chunk is a write transaction of its own: it indexes the next records
-    after the last one indexed and records how far it got in the catalog, so
-    that the build resumes there after a crash. Between chunks, the writes of
-    the collection keep the records indexed so far in step (see
-    :meth:`IndexUpkeep.covers`). Everything that changes the build's state
-    happens in the chunks, where the engine runs them: the writes queued
-    after a chunk see the state it committed.
-    """
-
-    def __init__(
-        self,
-        collection: Collection[K, M],
-        records: IndexedRecords[K, M],
-        names: list[str],
-        progress: IndexProgress | None,
-    ) -> None:
-        self._collection = collection
-        self._records = records
-        self._names = names
-        self._chosen = [upkeep for upkeep in records.upkeeps if upkeep.index.name in names]
-        self._progress = progress
-        catalog = records.catalog
-        assert catalog is not None  # there are indexes
-        self._catalog = catalog
-        self._label = collection.label
-
-    async def run(self) -> None:
-        """Build, chunk after chunk, reporting progress on the event loop."""
-        access = self._collection.access
-        try:
-            total = await access.write_alone(self._start)
-            done = 0
-            finished = False
-            while not finished:
-                # Other tasks run between two chunks, whatever the engine.
-                await asyncio.sleep(0)
-                indexed, finished = await access.write_alone(self._chunk)
-                before, done = done, done + indexed
-                if finished or done // PROGRESS_EVERY > before // PROGRESS_EVERY:
-                    self._report(done, max(total, done))
-        except BaseException:
-            for upkeep in self._chosen:
-                upkeep.building = False  # writes are refused again until a build succeeds
-            raise
-
-    def _report(self, done: int, total: int) -> None:
-        logger.info("collection %s: indexing %s: %d/%d", self._label, self._names, done, total)
-        if self._progress is not None:
-            self._progress(list(self._names), done, total)
-
-    def _start(self, view: WriteView) -> int:
-        """The first chunk: resume a build cut short, or clear the indexes and begin."""
-        self._records.require_live()
-        resumed = {
-            upkeep.index.name: self._catalog.progress(
-                view, upkeep.index.name, upkeep.index.signature()
-            )
-            for upkeep in self._chosen
-        }
-        positions = {under_way for under_way in resumed.values()}
-        # Every index resumes from one position, or they all begin again.
-        resume = len(positions) == 1 and next(iter(positions))[0]
-        built_up_to = next(iter(positions))[1] if resume else None
-        for upkeep in self._chosen:
-            upkeep.require_open()
-            if not resume:
-                view.clear(upkeep.keyspace)
-                self._catalog.record_progress(
-                    view, upkeep.index.name, upkeep.index.signature(), None
-                )
-            upkeep.building = True
-            upkeep.built_up_to = built_up_to
-        if resume:
-            logger.info(
-                "collection %s: resuming the build of %s after key %s",
-                self._label,
-                self._names,
-                "<none>" if built_up_to is None else self._collection.codec.show_key(built_up_to),
-            )
-        return view.count(self._collection.access.keyspace)
-
-    def _chunk(self, view: WriteView) -> tuple[int, bool]:
-        """Index the next records; whether the build is done."""
-        self._records.require_live()
-        codec, main = self._collection.codec, self._collection.access.keyspace
-        after = self._chosen[0].built_up_to
-        for upkeep in self._chosen:
-            upkeep.require_open()
-            if self._catalog.progress(view, upkeep.index.name, upkeep.index.signature()) != (
-                True,
-                after,
-            ):
-                raise IndexNotReadyError(
-                    f"{upkeep.label}: another declaration of the collection wrote records "
-                    "without it while it was being built; build it again"
-                )
-        indexed, last = 0, after
-        for raw_key, raw_value in view.range(main, after=after, limit=BUILD_CHUNK):
-            try:
-                record = codec.value_coder.deserialize(raw_value)
-            except Exception as exc:
-                raise DecodeError(
-                    f"collection {self._label}: cannot build indexes {self._names}: the value "
-                    f"of key {codec.show_key(raw_key)} does not decode with "
-                    f"{codec.value_coder!r} (delete or overwrite that record, then build "
-                    f"again): {exc}"
-                ) from exc
-            for upkeep in self._chosen:
-                keys = upkeep.entry_keys(record, raw_key)
-                upkeep.check_unique(view, raw_key, keys)
-                upkeep.update_entries(view, raw_key, set(), keys)
-            indexed += 1
-            last = raw_key
-        finished = indexed < BUILD_CHUNK
-        for upkeep in self._chosen:
-            if finished:
-                self._catalog.record_built(view, upkeep.index.name, upkeep.signature)
-            else:
-                self._catalog.record_progress(
-                    view, upkeep.index.name, upkeep.index.signature(), last
-                )
-            # The writes queued after this chunk keep the records up to here in step.
-            upkeep.built_up_to = last
-            upkeep.building = not finished
-        if finished:
-            self._records.unbuilt = [
-                name for name in self._records.unbuilt if name not in self._names
-            ]
-        return indexed, finished
-
-
-class IndexRepair(typing.Generic[K, M]):
-    """A rebuild of every index of a collection, in place, in chunks of :data:`BUILD_CHUNK`.
-
-    First every record's entries are written (those present already are left
-    as they are), then every entry that its record does not have is deleted.
-    The indexes stay current throughout: the writes made between two chunks
-    keep them in step as always, and each chunk sees what they wrote.
-    """
-
-    def __init__(
-        self,
-        collection: Collection[K, M],
-        records: IndexedRecords[K, M],
-        progress: IndexProgress | None,
-    ) -> None:
-        self._collection = collection
-        self._records = records
-        self._progress = progress
-        self._names = [upkeep.index.name for upkeep in records.upkeeps]
-        self._label = collection.label
-
-    async def run(self) -> None:
-        """Write the missing entries, then delete the stray ones, chunk after chunk."""
-        access = self._collection.access
-        total = await access.read(lambda view: view.count(access.keyspace), None)
-        done, after, finished = 0, None, False
-        while not finished:
-            await asyncio.sleep(0)  # other tasks run between two chunks, whatever the engine
-            indexed, after, finished = await access.write_alone(
-                functools.partial(self._add_missing, after)
-            )
-            before, done = done, done + indexed
-            if finished or done // PROGRESS_EVERY > before // PROGRESS_EVERY:
-                self._report(done, max(total, done))
-        for upkeep in self._records.upkeeps:
-            after, finished = None, False
-            while not finished:
-                after, finished = await access.write_alone(
-                    functools.partial(self._delete_strays, upkeep, after)
-                )
-
-    def _report(self, done: int, total: int) -> None:
-        logger.info("collection %s: reindexing %s: %d/%d", self._label, self._names, done, total)
-        if self._progress is not None:
-            self._progress(list(self._names), done, total)
-
-    def _entries_of(self, raw_key: bytes, raw_value: Buffer) -> M:
-        codec = self._collection.codec
-        try:
-            return codec.value_coder.deserialize(raw_value)
-        except Exception as exc:
-            raise DecodeError(
-                f"collection {self._label}: cannot rebuild indexes {self._names}: the value "
-                f"of key {codec.show_key(raw_key)} does not decode with {codec.value_coder!r} "
-                f"(delete or overwrite that record, then rebuild): {exc}"
-            ) from exc
-
-    def _add_missing(self, after: bytes | None, view: WriteView) -> tuple[int, bytes | None, bool]:
-        """Write the entries of the next records; (records done, last key, whether done)."""
-        records = self._records
-        records.require_live()
-        for upkeep in records.upkeeps:
-            records.require_current(view, upkeep, upkeep.keyspace)
-        indexed, last = 0, after
-        main = self._collection.access.keyspace
-        for raw_key, raw_value in view.range(main, after=after, limit=BUILD_CHUNK):
-            record = self._entries_of(raw_key, raw_value)
-            for upkeep in records.upkeeps:
-                keys = upkeep.entry_keys(record, raw_key)
-                upkeep.check_unique(view, raw_key, keys)
-                upkeep.update_entries(view, raw_key, set(), keys)
-            indexed += 1
-            last = raw_key
-        return indexed, last, indexed < BUILD_CHUNK
-
-    def _delete_strays(
-        self, upkeep: IndexUpkeep[M], after: bytes | None, view: WriteView
-    ) -> tuple[bytes | None, bool]:
-        """Delete the next entries that their records do not have; (last entry, whether done)."""
-        self._records.require_live()
-        upkeep.require_open()
-        main = self._collection.access.keyspace
-        seen, last = 0, after
-        strays: list[bytes] = []
-        for entry, value in view.range(upkeep.keyspace, after=after, limit=BUILD_CHUNK):
-            seen += 1
-            last = entry
-            raw_key = upkeep.record_key(entry, value)
-            buf = view.get(main, raw_key)
-            index_key = entry if upkeep.index.unique else entry[: len(entry) - len(raw_key)]
-            if buf is None or index_key not in upkeep.entry_keys(
-                self._entries_of(raw_key, buf), raw_key
-            ):
-                strays.append(entry)
-        for entry in strays:
-            view.delete(upkeep.keyspace, entry)
-        return last, seen < BUILD_CHUNK
 
 
 def _declared(cls: type, attribute: str) -> Any:
