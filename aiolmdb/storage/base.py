@@ -18,6 +18,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
+from ..errors import TransactionError
 from .keyspace import Keyspace
 
 __all__ = [
@@ -29,6 +30,7 @@ __all__ = [
     "Session",
     "Snapshot",
     "WriteView",
+    "open_refusal",
     "transaction_label",
 ]
 
@@ -36,6 +38,21 @@ R = TypeVar("R")
 
 #: Bytes as an engine hands them out: valid until the view they came from ends.
 Buffer = bytes | memoryview
+
+
+def open_refusal(label: str, own: bool, where: str) -> TransactionError:
+    """Why database ``label`` cannot be opened now, in environment ``where``: a write
+    transaction (``own``: the caller's) is open.
+
+    LMDB opens databases on its writer, which serves that transaction until it
+    ends; every engine refuses alike, so that code that works on one works on all.
+    """
+    holder = "this write transaction" if own else "a write transaction of another task"
+    return TransactionError(
+        f"database {label} cannot be opened while {holder} is open in environment "
+        f"{where}: opening a database needs the writer, which serves that transaction "
+        "until it ends; open databases before the transaction (at start-up, for instance)"
+    )
 
 
 def transaction_label(kind: str, task: asyncio.Task[Any] | None, where: str) -> str:

@@ -19,7 +19,7 @@ import threading
 import weakref
 from collections.abc import Awaitable, Callable
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 import lmdb
 
@@ -30,7 +30,7 @@ from ...errors import (
     MapNotAdoptedError,
     TransactionError,
 )
-from ..base import Buffer, Capabilities, NotNowError, ReadView, WriteView
+from ..base import Buffer, Capabilities, NotNowError, ReadView, WriteView, open_refusal
 from ..deadlock import submit_behind
 from ..keyspace import Keyspace
 from ..waiting import call_awaitably
@@ -380,7 +380,7 @@ class LmdbEngine:
             # The open would wait for the writer, which serves the transaction
             # until it ends: the transaction could not see the database, and
             # whatever awaits the open may be what the transaction awaits.
-            self._refuse_open(label, in_own_session)
+            raise open_refusal(label, in_own_session, self._name)
         if not create and self._lacks(name):
             raise DatabaseNotFoundError(
                 f"database {label} does not exist in environment {self._name} (create=False)"
@@ -398,16 +398,6 @@ class LmdbEngine:
         self._handle_serial = keyspace.serial
         self._handles[key] = keyspace
         return keyspace
-
-    def _refuse_open(self, label: str, own: bool) -> NoReturn:
-        """Refuse to open a database while a write transaction (``own``: this task's) is open."""
-        holder = "this write transaction" if own else "a write transaction of another task"
-        raise TransactionError(
-            f"database {label} cannot be opened while {holder} is open in environment "
-            f"{self._name}: opening a database needs the writer, which serves that "
-            "transaction until it ends; open databases before the transaction "
-            "(at start-up, for instance)"
-        )
 
     def _lacks(self, raw_name: bytes | None) -> bool:
         """True when the main database holds no record named ``raw_name`` (read here, now).

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 import functools
 from collections.abc import Awaitable, Callable
-from typing import Any, NoReturn, TypeVar
+from typing import Any, TypeVar
 
 from ...errors import (
     ClosedError,
@@ -21,7 +21,7 @@ from ...errors import (
     TransactionError,
     UnsupportedError,
 )
-from ..base import Buffer, Capabilities, ReadView, WriteView
+from ..base import Buffer, Capabilities, ReadView, WriteView, open_refusal
 from ..deadlock import Queued, submit_behind
 from ..keyspace import Keyspace
 from ..waiting import awaitable_error, call_awaitably
@@ -137,7 +137,7 @@ class MemoryEngine:
         if known is not None and not known.dropped and not known.handle.dropped:
             return known
         if self._sessions and (in_own_session or not behind_other_tasks):
-            self._refuse_open(label, in_own_session)
+            raise open_refusal(label, in_own_session, self.description)
         if not create and name is not None:
             raise DatabaseNotFoundError(
                 f"database {label} does not exist in environment {self.description} (create=False)"
@@ -148,15 +148,6 @@ class MemoryEngine:
         keyspace.open_with(lambda: table)
         self._keyspaces[name] = keyspace
         return keyspace
-
-    def _refuse_open(self, label: str, own: bool) -> NoReturn:
-        holder = "this write transaction" if own else "a write transaction of another task"
-        raise TransactionError(
-            f"database {label} cannot be opened while {holder} is open in environment "
-            f"{self.description}: on LMDB, opening a database needs the writer, which serves "
-            "that transaction until it ends; open databases before the transaction "
-            "(at start-up, for instance)"
-        )
 
     def forget_keyspace(self, keyspace: Keyspace) -> None:
         """After a drop: the keyspace is dead; opening its name again creates a fresh one."""
