@@ -4,7 +4,7 @@ Record and index logic is written once, as synchronous functions over a
 view (``fn(view) -> result``). A function touches storage only through its
 view and may run more than once: each engine decides where it runs (LMDB
 on its writer thread inside a group commit, the memory engine on the event
-loop under its writer lock) and replays it when the group it ran in fails.
+loop, one function at a time) and replays it when the group it ran in fails.
 
 Keys are the coders' bytes. Every keyspace (one per database, one per
 index) orders its keys byte by byte, unless the engine supports LMDB's
