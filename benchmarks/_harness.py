@@ -21,6 +21,7 @@ import lmdb
 import aiolmdb
 
 __all__ = [
+    "AIOLMDB_MEMORY",
     "MAP_SIZE",
     "Check",
     "Row",
@@ -32,6 +33,7 @@ __all__ = [
     "make_pairs",
     "make_values",
     "median_sample",
+    "memory_env",
     "sqlite_db",
     "sync_env",
     "temp_dir",
@@ -43,6 +45,9 @@ __all__ = [
 MAP_SIZE = 4 << 30
 #: Name of the database every raw-bytes LMDB contender uses (named, like aiolmdb's).
 KV_DB = b"kv"
+#: The contender running aiolmdb over its in-memory engine: what the API costs
+#: without storage (informative, so it never carries a target).
+AIOLMDB_MEMORY = "aiolmdb :memory:"
 KEY_BYTES = 16
 VALUE_BYTES = 100
 
@@ -252,6 +257,24 @@ def populate(path: str, pairs: Sequence[tuple[bytes, bytes]], name: bytes = KV_D
 async def aiolmdb_env(path: str) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
     env = aiolmdb.open(path, map_size=MAP_SIZE)
     try:
+        yield env
+    finally:
+        await env.close()
+
+
+@contextlib.asynccontextmanager
+async def memory_env(
+    pairs: Sequence[tuple[bytes, bytes]] = (), name: bytes = KV_DB
+) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
+    """A fresh ``aiolmdb.open(":memory:")``, with ``pairs`` loaded into database ``name``.
+
+    Loaded through the API (``put_multi``), as nothing else reaches the
+    store; the records are the ones ``populate`` writes for LMDB.
+    """
+    env = aiolmdb.open(":memory:")
+    try:
+        if pairs:
+            await env.open_db(name).put_multi(pairs)
         yield env
     finally:
         await env.close()

@@ -10,6 +10,11 @@ Contenders:
 
 - ``sync py-lmdb``: the limit; blocking calls on the event loop thread;
 - ``aiolmdb``: this project;
+- ``aiolmdb :memory:``: this project over its in-memory engine, on the same
+  data, timed in the same turns as ``aiolmdb``: what the API costs without
+  storage (informative, no target; no row in W5, which bulk-loads more than
+  that engine is sized for, nor in W8, which measures what a writer thread
+  leaves the event loop);
 - ``lmdb.aio``: py-lmdb's own asyncio wrapper, used as its documentation says
   (``async with aenv.begin(...) as txn: await txn.get(...)``; every write
   transaction gets a private single-thread executor);
@@ -38,6 +43,7 @@ import lmdb.aio
 import aiolmdb
 
 from ._harness import (
+    AIOLMDB_MEMORY,
     KV_DB,
     Row,
     Sizes,
@@ -48,6 +54,7 @@ from ._harness import (
     lateness_stats,
     make_pairs,
     median_sample,
+    memory_env,
     populate,
     sqlite_db,
     sync_env,
@@ -126,6 +133,19 @@ def _read_reps(sizes: Sizes) -> int:
     return max(sizes.reps, 5)
 
 
+def _gets(
+    db: aiolmdb.AsyncDatabase[Any, Any], keys: Sequence[Any]
+) -> Callable[[], Awaitable[None]]:
+    """Work that awaits ``db.get`` of every key in turn, from one task."""
+
+    async def gets() -> None:
+        get = db.get
+        for k in keys:
+            await get(k)
+
+    return gets
+
+
 # -- W1 / W2: point gets from one task ------------------------------------------------
 
 
@@ -151,19 +171,17 @@ async def _w1(sizes: Sizes, notes: Notes) -> list[Row]:
                 with begin() as txn:
                     txn.get(k, db=db)
 
-        async with aiolmdb_env(apath) as aenv:
-            adb = aenv.open_db(KV_DB)
-            assert await adb.get(lookups[0]) == expected[lookups[0]]
-
-            async def aiolmdb_gets() -> None:
-                get = adb.get
-                for k in lookups:
-                    await get(k)
-
-            got = await _interleaved(
-                _read_reps(sizes), [(SYNC, sync_gets), (AIOLMDB, aiolmdb_gets)]
-            )
-        rows.extend(_row(wid, name, len(lookups), got[name]) for name in (SYNC, AIOLMDB))
+        async with aiolmdb_env(apath) as aenv, memory_env(pairs) as menv:
+            adb, mdb = aenv.open_db(KV_DB), menv.open_db(KV_DB)
+            for some in (adb, mdb):
+                assert await some.get(lookups[0]) == expected[lookups[0]]
+            fast = [
+                (SYNC, sync_gets),
+                (AIOLMDB, _gets(adb, lookups)),
+                (AIOLMDB_MEMORY, _gets(mdb, lookups)),
+            ]
+            got = await _interleaved(_read_reps(sizes), fast)
+        rows.extend(_row(wid, name, len(lookups), got[name]) for name, _ in fast)
 
         # run_in_executor and lmdb.aio read the sync environment (idle now).
         loop_executor_row, aio_rows = await _slow_get_contenders(
@@ -183,8 +201,9 @@ async def _w1(sizes: Sizes, notes: Notes) -> list[Row]:
     aio.check = at_least(speedup, 50.0, "aiolmdb ≥ 50x faster", f"{speedup:.0f}x faster")
     notes.append(
         f"W1: {sizes.w1_records:,} records (16-byte keys, 100-byte values), random keys; "
-        f"sync and aiolmdb: median of {_read_reps(sizes)} interleaved runs after a warm-up run; "
-        f"{AIO}, {EXECUTOR} and {SQLITE} measured on {len(slow):,} gets, 1 run. "
+        f"sync, aiolmdb and '{AIOLMDB_MEMORY}': median of {_read_reps(sizes)} interleaved runs "
+        f"after a warm-up run; {AIO}, {EXECUTOR} and {SQLITE} measured on {len(slow):,} gets, "
+        "1 run. "
         f"'{AIO} (txn per get)' = `async with aenv.begin() as txn: await txn.get(k)` "
         "(same semantics as aiolmdb: a fresh snapshot per get; the W1 target applies to it); "
         f"'{AIO} (one shared txn)' reuses one read txn for every get (1 hop/get)."
@@ -289,20 +308,22 @@ async def _w2(sizes: Sizes, notes: Notes) -> list[Row]:
                 if value is not None:
                     validate(value)
 
-        async with aiolmdb_env(apath) as aenv:
+        async with aiolmdb_env(apath) as aenv, memory_env(raw_pairs, b"Users") as menv:
             coll, how = open_users(aenv)
-            assert await coll.get(lookups[0]) == users[lookups[0]][1]
-
-            async def aiolmdb_gets() -> None:
-                get = coll.get
-                for k in lookups:
-                    await get(k)
-
+            mcoll, mhow = open_users(menv)
+            for some in (coll, mcoll):
+                assert await some.get(lookups[0]) == users[lookups[0]][1]
             got = await _interleaved(
-                _read_reps(sizes), [(sync_name, sync_gets), (AIOLMDB, aiolmdb_gets)]
+                _read_reps(sizes),
+                [
+                    (sync_name, sync_gets),
+                    (AIOLMDB, _gets(coll, lookups)),
+                    (AIOLMDB_MEMORY, _gets(mcoll, lookups)),
+                ],
             )
         rows.append(_row(wid, sync_name, len(lookups), got[sync_name]))
         rows.append(_row(wid, AIOLMDB, len(lookups), got[AIOLMDB], note=how))
+        rows.append(_row(wid, AIOLMDB_MEMORY, len(lookups), got[AIOLMDB_MEMORY], note=mhow))
         executor_row, aio_rows = await _slow_get_contenders(
             wid, env, db, slow_raw, validate, users[lookups[0]][1], shared_txn=False
         )
@@ -318,7 +339,7 @@ async def _w2(sizes: Sizes, notes: Notes) -> list[Row]:
     notes.append(
         f"W2: {sizes.w2_records:,} `User` records (int, str, str, float, bool) in a "
         f"UInt64-keyed {mine.note}; the sync baseline adds `User.model_validate_json`; "
-        f"sync and aiolmdb: median of {_read_reps(sizes)} interleaved runs; "
+        f"sync, aiolmdb and '{AIOLMDB_MEMORY}': median of {_read_reps(sizes)} interleaved runs; "
         f"slow contenders on {len(slow_raw):,} gets, 1 run."
     )
     return rows
@@ -365,18 +386,25 @@ async def _w3(sizes: Sizes, notes: Notes) -> list[Row]:
     # can batch when each task awaits its commit before its next put.
     rounds = list(zip(*split(pairs, sizes.w3_tasks), strict=True))
 
+    async def api_sample(aenv: aiolmdb.AsyncEnvironment) -> float:
+        adb = aenv.open_db(KV_DB)
+
+        async def task(items: Sequence[tuple[bytes, bytes]]) -> None:
+            for k, v in items:
+                await adb.put(k, v)
+
+        await asyncio.gather(*(task(c) for c in split(warm, sizes.w3_tasks)))
+        chunks = split(pairs, sizes.w3_tasks)
+        return await timed(lambda: asyncio.gather(*(task(c) for c in chunks)))
+
     async def aiolmdb_sample() -> float:
         with temp_dir("w3-aiolmdb") as path:
             async with aiolmdb_env(path) as aenv:
-                adb = aenv.open_db(KV_DB)
+                return await api_sample(aenv)
 
-                async def task(items: Sequence[tuple[bytes, bytes]]) -> None:
-                    for k, v in items:
-                        await adb.put(k, v)
-
-                await asyncio.gather(*(task(c) for c in split(warm, sizes.w3_tasks)))
-                chunks = split(pairs, sizes.w3_tasks)
-                return await timed(lambda: asyncio.gather(*(task(c) for c in chunks)))
+    async def memory_sample() -> float:
+        async with memory_env() as menv:
+            return await api_sample(menv)
 
     rows: list[Row] = []
     per_round = f"{SYNC} (commit per {sizes.w3_tasks:,}-put round)"
@@ -384,6 +412,7 @@ async def _w3(sizes: Sizes, notes: Notes) -> list[Row]:
         (SYNC + " (1 txn, all puts)", lambda: sync_sample([pairs])),
         (per_round, lambda: sync_sample(rounds)),
         (AIOLMDB, aiolmdb_sample),
+        (AIOLMDB_MEMORY, memory_sample),
     ]
     samples: dict[str, list[float]] = {name: [] for name, _ in fast}
     for _ in range(sizes.reps):  # interleaved: disk speed drifts
@@ -410,7 +439,8 @@ async def _w3(sizes: Sizes, notes: Notes) -> list[Row]:
         row.check = at_least(speedup, 20.0, "aiolmdb ≥ 20x ops/s", f"{speedup:.0f}x")
     notes.append(
         f"W3: {sizes.w3_tasks:,} tasks x {sizes.w3_puts_per_task} `put`s (16 B keys, 100 B "
-        f"values) into a fresh environment, median of {sizes.reps} interleaved runs. "
+        f"values) into a fresh environment, median of {sizes.reps} interleaved runs "
+        f"('{AIOLMDB_MEMORY}' among them: its commits make nothing durable). "
         f"Per-put-commit contenders (sync txn per put, {AIO}, {EXECUTOR}, {SQLITE}) measured "
         f"on {n_slow:,} puts ({sizes.w3_slow_tasks:,} tasks x {sizes.w3_slow_puts_per_task}), "
         "1 run; ratios compare ops/s. aiosqlite: each put is its own transaction "
@@ -537,18 +567,25 @@ async def _w4(sizes: Sizes, notes: Notes) -> list[Row]:
             env.close()
             return elapsed
 
+    async def api_sample(aenv: aiolmdb.AsyncEnvironment) -> float:
+        adb = aenv.open_db(KV_DB)
+
+        async def run(items: Sequence[tuple[bytes, bytes]] = pairs) -> None:
+            put = adb.put
+            for k, v in items:
+                await put(k, v)
+
+        await run(warm)
+        return await timed(run)
+
     async def aiolmdb_sample() -> float:
         with temp_dir("w4-aiolmdb") as path:
             async with aiolmdb_env(path) as aenv:
-                adb = aenv.open_db(KV_DB)
+                return await api_sample(aenv)
 
-                async def run(items: Sequence[tuple[bytes, bytes]] = pairs) -> None:
-                    put = adb.put
-                    for k, v in items:
-                        await put(k, v)
-
-                await run(warm)
-                return await timed(run)
+    async def memory_sample() -> float:
+        async with memory_env() as menv:
+            return await api_sample(menv)
 
     async def bare_hop_sample() -> float:
         with temp_dir("w4-hop") as path:
@@ -569,6 +606,7 @@ async def _w4(sizes: Sizes, notes: Notes) -> list[Row]:
         (SYNC + " (txn per put)", sync_sample),
         (BARE_HOP, bare_hop_sample),
         (AIOLMDB, aiolmdb_sample),
+        (AIOLMDB_MEMORY, memory_sample),
     ]
     samples: dict[str, list[float]] = {name: [] for name, _ in fast}
     for _ in range(sizes.reps):  # interleaved: fsync latency drifts
@@ -585,10 +623,10 @@ async def _w4(sizes: Sizes, notes: Notes) -> list[Row]:
     mine.check = at_most(ratio, 1.3, "≤ 1.3x sync µs/put", f"{ratio:.2f}x sync")
     notes.append(
         f"W4: one task, {len(pairs):,} puts awaited one by one, each its own durable commit; "
-        f"sync, '{BARE_HOP}' and aiolmdb: median of {sizes.reps} interleaved runs, others 1 "
-        f"run. '{BARE_HOP}': sync puts on one thread, fed by a queue, each result handed "
-        "back by call_soon_threadsafe: the least any put that keeps the event loop free "
-        "can cost (two thread wake-ups)."
+        f"sync, '{BARE_HOP}', aiolmdb and '{AIOLMDB_MEMORY}': median of {sizes.reps} interleaved "
+        f"runs, others 1 run. '{BARE_HOP}': sync puts on one thread, fed by a queue, each "
+        "result handed back by call_soon_threadsafe: the least any put that keeps the event "
+        "loop free can cost (two thread wake-ups)."
     )
     return rows
 
@@ -798,7 +836,10 @@ async def _w5(sizes: Sizes, notes: Notes) -> list[Row]:
         f"The 50% target is checked on '{AIOLMDB_ONE_TXN}', which commits once at the end "
         "like its sync 1-txn reference; aiolmdb committing each chunk is held to 50% of "
         f"sync committing each chunk. Not a target: '{AIOLMDB_PIPELINED}' gathers "
-        f"{PIPELINE} chunks at a time, which group commit may put in one transaction."
+        f"{PIPELINE} chunks at a time, which group commit may put in one transaction. "
+        f"No '{AIOLMDB_MEMORY}' row: W5 times loading a fresh environment on disk against "
+        "py-lmdb writing the same file, and the in-memory engine has none (W9's bulk rows "
+        "show its put_multi)."
     )
     return rows
 
@@ -888,7 +929,11 @@ async def _w8_measure(
         f"contender runs the W5 load ({len(pairs):,} records; {SQLITE}: "
         f"{sizes.w5_sqlite_records:,}) once; ops/s is the load's. Lateness: p50/p99/max. "
         "The data set is frozen (gc.freeze) first, for every contender: collecting the "
-        "harness's own million records is not the loop lag of the contender it interrupts."
+        "harness's own million records is not the loop lag of the contender it interrupts. "
+        f"No '{AIOLMDB_MEMORY}' row: that engine applies writes on the event loop by design "
+        "(no writer thread, for deterministic unit tests), so the lag it causes is the "
+        "length of each put_multi, not what this workload measures (what a writer "
+        "thread leaves the loop)."
     )
     return rows
 
@@ -923,20 +968,29 @@ async def _w6(sizes: Sizes, notes: Notes) -> list[Row]:
         async def sync_scan() -> None:
             assert scan() == n
 
-        async with aiolmdb_env(apath) as menv:
-            coll, how = open_users(menv)
-
-            async def aiolmdb_scan() -> None:
+        def items_scan(coll: aiolmdb.AsyncDatabase[int, User]) -> Callable[[], Awaitable[None]]:
+            async def scan_all() -> None:
                 count = 0
                 async for _key, _user in coll.items():
                     count += 1
                 assert count == n
 
+            return scan_all
+
+        async with aiolmdb_env(apath) as disk_env, memory_env(raw_pairs, b"Users") as menv:
+            coll, how = open_users(disk_env)
+            mcoll, mhow = open_users(menv)
             got = await _interleaved(
-                _read_reps(sizes), [(sync_name, sync_scan), (AIOLMDB, aiolmdb_scan)]
+                _read_reps(sizes),
+                [
+                    (sync_name, sync_scan),
+                    (AIOLMDB, items_scan(coll)),
+                    (AIOLMDB_MEMORY, items_scan(mcoll)),
+                ],
             )
         rows.append(_row(wid, sync_name, n, got[sync_name]))
         rows.append(_row(wid, AIOLMDB, n, got[AIOLMDB], note=how))
+        rows.append(_row(wid, AIOLMDB_MEMORY, n, got[AIOLMDB_MEMORY], note=mhow))
 
         async def executor_scan() -> None:
             assert await _loop().run_in_executor(None, scan) == n
@@ -985,8 +1039,8 @@ async def _w6(sizes: Sizes, notes: Notes) -> list[Row]:
     notes.append(
         f"W6: full scan of {n:,} `User` records in key order through a {mine.note} "
         "(`async for k, u in users.items()`); every contender decodes the UInt64 key and "
-        f"validates the JSON; sync and aiolmdb: median of {_read_reps(sizes)} interleaved runs, "
-        f"the others median of {sizes.reps}."
+        f"validates the JSON; sync, aiolmdb and '{AIOLMDB_MEMORY}': median of "
+        f"{_read_reps(sizes)} interleaved runs, the others median of {sizes.reps}."
     )
     return rows
 
@@ -1031,15 +1085,18 @@ async def _w7(sizes: Sizes, notes: Notes) -> list[Row]:
 
         await asyncio.gather(*(task(t) for t in tasks))
 
+    def mixed(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> Callable[[], Awaitable[None]]:
+        return lambda: drive(db.get, db.put, fast_plan)
+
     with temp_dir("w7-aiolmdb") as path:
         populate(path, pairs)
-        async with aiolmdb_env(path) as aenv:
-            adb = aenv.open_db(KV_DB)
-            await drive(adb.get, adb.put, warm_plan)
-            median, samples = await median_sample(
-                sizes.reps, lambda: timed(lambda: drive(adb.get, adb.put, fast_plan))
-            )
-            rows.append(Row(wid, AIOLMDB, n_fast, median, samples))
+        async with aiolmdb_env(path) as aenv, memory_env(pairs) as menv:
+            fast = [
+                (AIOLMDB, mixed(aenv.open_db(KV_DB))),
+                (AIOLMDB_MEMORY, mixed(menv.open_db(KV_DB))),
+            ]
+            got = await _interleaved(sizes.reps, fast)
+        rows.extend(_row(wid, name, n_fast, got[name]) for name, _ in fast)
 
     with temp_dir("w7-sync") as path:
         populate(path, pairs)
@@ -1131,8 +1188,9 @@ async def _w7(sizes: Sizes, notes: Notes) -> list[Row]:
     naive.check = at_least(speedup, 10.0, "aiolmdb ≥ 10x ops/s", f"{speedup:.0f}x")
     notes.append(
         f"W7: {sizes.w7_tasks} tasks, 90% gets / 10% puts (overwrites) of random keys among "
-        f"{len(pairs):,} records; aiolmdb {n_fast:,} ops (median of {sizes.reps}), the others "
-        f"{n_slow:,} ops, 1 run; every put is durable before its await returns."
+        f"{len(pairs):,} records; aiolmdb and '{AIOLMDB_MEMORY}' {n_fast:,} ops (median of "
+        f"{sizes.reps} interleaved runs after a warm-up run), the others {n_slow:,} ops, 1 run; "
+        "every put but the in-memory engine's is durable before its await returns."
     )
     return rows
 

@@ -1,5 +1,8 @@
 """Benchmark suite: aiolmdb against sync py-lmdb, lmdb.aio, run_in_executor and aiosqlite.
 
+aiolmdb runs on LMDB; its in-memory engine (``aiolmdb :memory:`` rows) runs
+beside it, informative only, where a workload is about the API.
+
 Run ``python -m benchmarks.run [--quick] [--only W1,W3] [--json PATH] [--strict]``.
 Prints the machine, then one Markdown table (one row per contender per
 workload, with the issue's targets evaluated as PASS/FAIL), then notes on how
@@ -239,7 +242,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         "\nNotes: every contender runs in this process on its own environment in a fresh "
         "temporary directory on disk, default durability (LMDB sync=True, SQLite "
         "synchronous=FULL); time.perf_counter; a warm-up before each measurement; "
-        "'aiolmdb x' = aiolmdb's ops/s ÷ the row's ops/s."
+        "'aiolmdb x' = aiolmdb's ops/s ÷ the row's ops/s. The 'aiolmdb :memory:' rows run "
+        "aiolmdb.open(':memory:') (no disk, nothing durable) in the same turns as aiolmdb "
+        "on the same data: what the API costs without storage, held to no target."
     )
     for note in notes:
         print(f"- {note}")

@@ -15,6 +15,8 @@ import pytest
 from benchmarks.run import main
 
 WORKLOADS = [f"W{n}" for n in range(1, 10)]
+#: Where the in-memory engine is a contender (not W5's bulk load, not W8's loop lag).
+MEMORY_WORKLOADS = [w for w in WORKLOADS if w not in ("W5", "W8")]
 
 
 def test_quick_run_covers_every_workload_and_contender(
@@ -33,6 +35,16 @@ def test_quick_run_covers_every_workload_and_contender(
         if workload not in ("W8", "W9"):
             assert any("sync py-lmdb" in c for c in contenders), workload
             assert "aiosqlite" in contenders, workload
+    for workload in WORKLOADS:
+        memory = [
+            row
+            for row in rows
+            if row["workload"].startswith(workload)
+            and row["contender"].startswith("aiolmdb :memory:")
+        ]
+        assert bool(memory) == (workload in MEMORY_WORKLOADS), workload
+        # Informative: what the API costs without storage, held to no target.
+        assert all(row["check"] is None and row["seconds"] > 0 for row in memory), workload
     # Every target is evaluated (pass or fail is the full run's business).
     assert results["targets"]["total"] >= 14
     printed = capsys.readouterr().out
