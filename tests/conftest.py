@@ -1,14 +1,16 @@
-"""Shared fixtures: real LMDB environments in pytest's ``tmp_path``."""
+"""Shared fixtures: environments on every engine (LMDB in pytest's ``tmp_path``, memory)."""
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
 import contextvars
+import dataclasses
+import enum
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine, Iterator
+from collections.abc import AsyncIterator, Awaitable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -16,10 +18,14 @@ import lmdb
 import pytest
 
 import aiolmdb
-import aiolmdb.storage.lmdb.engine as environment_module
 from aiolmdb.coders import Buffer, Coder
+from aiolmdb.storage import Capabilities
 from aiolmdb.storage.lmdb import LmdbEngine
 from aiolmdb.storage.lmdb.session import WriteSession
+from aiolmdb.storage.locations import MEMORY
+from aiolmdb.storage.memory import MemoryEngine
+from aiolmdb.storage.memory.session import MemorySession
+from aiolmdb.storage.memory.writer import WriterHold
 
 T = TypeVar("T")
 
@@ -38,27 +44,108 @@ def lmdb_engine(env: aiolmdb.AsyncEnvironment) -> LmdbEngine:
     return env.engine
 
 
+def memory_engine(env: aiolmdb.AsyncEnvironment) -> MemoryEngine:
+    """The memory engine of ``env``, for tests of what only it has."""
+    assert isinstance(env.engine, MemoryEngine), f"{env!r} is not in memory"
+    return env.engine
+
+
+def open_sessions(env: aiolmdb.AsyncEnvironment) -> tuple[WriteSession | MemorySession, ...]:
+    """The write sessions of ``env`` open or waiting to begin, on either engine."""
+    if isinstance(env.engine, MemoryEngine):
+        return env.engine.sessions
+    return lmdb_engine(env).sessions
+
+
+def queued_writes(env: aiolmdb.AsyncEnvironment) -> int:
+    """Work waiting for the writer of ``env``, on either engine."""
+    if isinstance(env.engine, MemoryEngine):
+        return env.engine.queued_writes
+    return lmdb_engine(env).queued_writes
+
+
 def detached(coro: Coroutine[Any, Any, T]) -> asyncio.Task[T]:
     """A task that does not inherit the caller's context (so not its transaction)."""
     return contextvars.Context().run(asyncio.create_task, coro)
 
 
 class EnvFactory(Protocol):
-    """Open an environment (closed at teardown); ``path`` defaults to a fresh directory."""
+    """Open an environment (closed at teardown); ``path`` defaults to a fresh directory.
 
-    def __call__(self, path: Path | None = None, **kwargs: Any) -> aiolmdb.AsyncEnvironment: ...
+    ``lmdb_options`` are given on LMDB only: tuning (map size, batch sizes) a
+    test wants there, with nothing to tune on the other engines.
+    """
+
+    def __call__(
+        self,
+        path: Path | None = None,
+        *,
+        lmdb_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> aiolmdb.AsyncEnvironment: ...
+
+
+class EngineKind(enum.Enum):
+    """The engines every behaviour test runs on (the ids of the ``env`` fixtures)."""
+
+    LMDB = "lmdb"
+    MEMORY = "memory"
+
+
+#: What each engine declares it supports beyond the common API.
+CAPABILITIES: dict[EngineKind, Capabilities] = {
+    EngineKind.LMDB: LmdbEngine.capabilities,
+    EngineKind.MEMORY: MemoryEngine.capabilities,
+}
+
+_CAPABILITY_NAMES = frozenset(field.name for field in dataclasses.fields(Capabilities))
+
+
+def _needed(node: pytest.Item) -> list[str]:
+    """The capabilities the test declares it needs (``@pytest.mark.needs(...)``)."""
+    names: list[str] = []
+    for marker in node.iter_markers("needs"):
+        for name in marker.args:
+            if name not in _CAPABILITY_NAMES:
+                known = ", ".join(sorted(_CAPABILITY_NAMES))
+                raise pytest.UsageError(
+                    f"{node.nodeid}: needs({name!r}) names no capability (known: {known})"
+                )
+            names.append(name)
+    return names
+
+
+def skip_unless_supported(node: pytest.Item, kind: EngineKind) -> None:
+    """Skip the test on ``kind`` if it is LMDB-only or needs what ``kind`` lacks."""
+    if kind is not EngineKind.LMDB and node.get_closest_marker("lmdb_only") is not None:
+        pytest.skip(f"{kind.value} engine: the test is about LMDB's own mechanism")
+    capabilities = CAPABILITIES[kind]
+    for name in _needed(node):
+        if not getattr(capabilities, name):
+            pytest.skip(f"{kind.value} engine lacks the capability {name}")
+
+
+@pytest.fixture(params=list(EngineKind), ids=[kind.value for kind in EngineKind])
+def engine_kind(request: pytest.FixtureRequest) -> EngineKind:
+    """The engine the test runs on: every test using ``env`` or ``open_env`` runs on each."""
+    kind: EngineKind = request.param
+    skip_unless_supported(request.node, kind)
+    return kind
 
 
 @pytest.fixture
 def env_path(tmp_path: Path) -> Path:
-    """Where the ``env`` fixture's environment lives."""
+    """Where the LMDB ``env`` fixture's environment lives (for LMDB-only tests)."""
     return tmp_path / "env"
 
 
 @pytest.fixture
-async def env(env_path: Path) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
-    """An environment on ``tmp_path``, closed after the test."""
-    environment = aiolmdb.open(env_path, map_size=256 * 1024 * 1024)
+async def env(engine_kind: EngineKind, env_path: Path) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
+    """An environment on each engine (LMDB on ``env_path``), closed after the test."""
+    if engine_kind is EngineKind.LMDB:
+        environment = aiolmdb.open(env_path, map_size=256 * 1024 * 1024)
+    else:
+        environment = aiolmdb.open(MEMORY)
     try:
         yield environment
     finally:
@@ -66,17 +153,35 @@ async def env(env_path: Path) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
 
 
 @pytest.fixture
-async def open_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
-    """A factory of environments with any options, every one closed at teardown."""
+async def open_env(engine_kind: EngineKind, tmp_path: Path) -> AsyncIterator[EnvFactory]:
+    """A factory of environments on each engine, every one closed at teardown.
+
+    On LMDB it takes any option and a path (a fresh directory by default);
+    on memory it opens a fresh store, so a test that passes LMDB options or
+    reopens a path declares what it needs (``needs("durable")``, ...).
+    """
     opened: list[aiolmdb.AsyncEnvironment] = []
     counter = 0
 
-    def factory(path: Path | None = None, **kwargs: Any) -> aiolmdb.AsyncEnvironment:
+    def factory(
+        path: Path | None = None,
+        *,
+        lmdb_options: dict[str, Any] | None = None,
+        **kwargs: Any,
+    ) -> aiolmdb.AsyncEnvironment:
         nonlocal counter
-        if path is None:
-            counter += 1
-            path = tmp_path / f"env{counter}"
-        environment = aiolmdb.open(path, **kwargs)
+        if engine_kind is EngineKind.MEMORY:
+            if path is not None:
+                raise AssertionError(
+                    f"memory engine: open_env({path}) reopens a path, which only a durable "
+                    "engine keeps: declare needs('durable')"
+                )
+            environment = aiolmdb.open(MEMORY, **kwargs)
+        else:
+            if path is None:
+                counter += 1
+                path = tmp_path / f"env{counter}"
+            environment = aiolmdb.open(path, **(lmdb_options or {}), **kwargs)
         opened.append(environment)
         return environment
 
@@ -88,10 +193,12 @@ async def open_env(tmp_path: Path) -> AsyncIterator[EnvFactory]:
 
 
 class WriterGate:
-    """Holds the writer thread busy (in a ``run(write=True)``) until released.
+    """Holds the writer busy until released.
 
     While it is held, writes queue up behind it, so that they are applied
-    together in the next group commit once it is released.
+    together in the next group commit once it is released. On LMDB it is a
+    ``run(write=True)`` on the writer thread; on memory, the engine's
+    ``hold_writer()``.
     """
 
     def __init__(self, db: aiolmdb.AsyncDatabase[Any, Any]) -> None:
@@ -99,8 +206,13 @@ class WriterGate:
         self._started = threading.Event()
         self._release = threading.Event()
         self._task: asyncio.Task[bool] | None = None
+        self._hold: WriterHold | None = None
 
     async def hold(self) -> None:
+        if isinstance(self._db.env.engine, MemoryEngine):
+            self._hold = self._db.env.engine.hold_writer()
+            return
+
         def block(_: aiolmdb.DatabaseTxn[Any, Any]) -> bool:
             self._started.set()
             return self._release.wait(TIMEOUT)
@@ -112,6 +224,8 @@ class WriterGate:
     def let_go(self) -> None:
         """Let the writer go on, without waiting for it (from a callback, say)."""
         self._release.set()
+        if self._hold is not None:
+            self._hold.release()
 
     async def release(self) -> None:
         self.let_go()
@@ -185,27 +299,13 @@ async def first_value(db: aiolmdb.AsyncDatabase[bytes, bytes]) -> bytes | None:
     return None if first is None else first[1]
 
 
-@pytest.fixture
-def sessions(monkeypatch: pytest.MonkeyPatch) -> Iterator[list[WriteSession]]:
-    """Records every write session (``env.transaction()``) begun during the test.
+async def abort_orphans(env: aiolmdb.AsyncEnvironment) -> None:
+    """Abort the write sessions of ``env`` still open.
 
-    Lets a test unstick the writer thread (abort a session nobody owns any
-    more) so that a failing test does not hang the environment's close.
+    Lets a test unstick the writer (abort a session nobody owns any more) so
+    that a failing test does not hang the environment's close.
     """
-    recorded: list[WriteSession] = []
-
-    class RecordingSession(WriteSession):
-        def __init__(self, *args: Any, **kwargs: Any) -> None:
-            super().__init__(*args, **kwargs)
-            recorded.append(self)
-
-    monkeypatch.setattr(environment_module, "WriteSession", RecordingSession)
-    yield recorded
-
-
-async def abort_orphans(recorded: list[WriteSession]) -> None:
-    """Abort the recorded sessions that are still open."""
-    for session in recorded:
+    for session in open_sessions(env):
         if not session.ended:
             with contextlib.suppress(aiolmdb.TransactionError, TimeoutError):
                 await bounded(session.abort(), timeout=2)

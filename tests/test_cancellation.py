@@ -17,7 +17,6 @@ from helpers.forking import in_forked_child
 
 import aiolmdb
 from aiolmdb.coders import StringCoder
-from aiolmdb.storage.lmdb.session import WriteSession
 
 HELPERS = Path(__file__).parent / "helpers"
 
@@ -53,7 +52,7 @@ async def cancel_soon(task: asyncio.Task[object], rng: random.Random) -> None:
 
 
 async def test_cancelled_put_multi_is_all_or_nothing(open_env: EnvFactory) -> None:
-    env = open_env(map_size=64 * 1024 * 1024, max_batch_writes=8)
+    env = open_env(lmdb_options={"map_size": 64 * 1024 * 1024, "max_batch_writes": 8})
     db = env.open_db("data", key_coder=StringCoder())
     gate_db = env.open_db("gate")
     rng = random.Random(1)
@@ -118,9 +117,7 @@ async def test_cancelled_single_puts_leave_each_key_old_or_new(open_env: EnvFact
             assert value in (b"old", b"new")
 
 
-async def test_task_cancelled_inside_a_transaction_aborts_it(
-    open_env: EnvFactory, sessions: list[WriteSession]
-) -> None:
+async def test_task_cancelled_inside_a_transaction_aborts_it(open_env: EnvFactory) -> None:
     env = open_env()
     a, b = env.open_db("a"), env.open_db("b")
     inside = asyncio.Event()
@@ -146,11 +143,12 @@ async def test_task_cancelled_inside_a_transaction_aborts_it(
             await b.put(b"after", b"2")
         assert await b.get(b"after") == b"2"
     finally:
-        await abort_orphans(sessions)
+        await abort_orphans(env)
 
 
+@pytest.mark.lmdb_only
 async def test_transactions_cancelled_at_random_points_are_all_or_nothing(
-    open_env: EnvFactory, sessions: list[WriteSession]
+    open_env: EnvFactory,
 ) -> None:
     env = open_env()
     a, b = env.open_db("a", key_coder=StringCoder()), env.open_db("b", key_coder=StringCoder())
@@ -185,12 +183,10 @@ async def test_transactions_cancelled_at_random_points_are_all_or_nothing(
         assert len(acknowledged) < len(tags)
         assert await bounded(a.put("after", b"ok"))
     finally:
-        await abort_orphans(sessions)
+        await abort_orphans(env)
 
 
-async def test_task_cancelled_while_waiting_to_begin_a_transaction(
-    open_env: EnvFactory, sessions: list[WriteSession]
-) -> None:
+async def test_task_cancelled_while_waiting_to_begin_a_transaction(open_env: EnvFactory) -> None:
     """Cancelled while queued behind another transaction: the writer must not be left
     serving a session nobody will end."""
     env = open_env()
@@ -223,7 +219,7 @@ async def test_task_cancelled_while_waiting_to_begin_a_transaction(
         assert await db.get(b"holder") == b"1"
     finally:
         release.set()
-        await abort_orphans(sessions)
+        await abort_orphans(env)
 
 
 async def test_close_with_writes_in_flight(tmp_path: Path) -> None:
@@ -351,6 +347,7 @@ def test_interpreter_exit_with_a_transaction_left_open(tmp_path: Path) -> None:
     assert b"in-transaction" not in records
 
 
+@pytest.mark.lmdb_only
 async def test_environment_used_in_a_forked_child_raises_closed_error(
     open_env: EnvFactory,
 ) -> None:

@@ -10,13 +10,20 @@ from typing import Any
 
 import lmdb
 import pytest
-from conftest import EnvFactory, WriterGate, bounded, detached, raw_records
+from conftest import (
+    EnvFactory,
+    WriterGate,
+    bounded,
+    detached,
+    lmdb_engine,
+    open_sessions,
+    raw_records,
+)
 
 import aiolmdb
-import aiolmdb.storage.lmdb.engine as environment_module
-from aiolmdb.storage.lmdb.session import WriteSession
 
 
+@pytest.mark.lmdb_only
 async def test_writemap_one_failing_write_fails_alone(open_env: EnvFactory) -> None:
     env = open_env(writemap=True)
     db = await env.open_db_async("t")
@@ -39,20 +46,17 @@ async def test_writemap_one_failing_write_fails_alone(open_env: EnvFactory) -> N
     assert [await db.get(b"k%d" % i) for i in range(5)] == [b"v"] * 5
 
 
-async def test_a_block_ended_by_close_raises_closed_error(
-    env_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+async def test_a_block_ended_by_close_raises_closed_error(env_path: Path) -> None:
     # The writer ends a session just after aborting its transaction: held back
     # there, the block's own abort reaches the session between the two.
-    class SlowToEnd(WriteSession):
-        def _abort_from(self, level: int) -> None:
-            whole = level == 0 and bool(self._stack)
-            super()._abort_from(level)
-            if whole:
-                time.sleep(0.1)
-
-    monkeypatch.setattr(environment_module, "WriteSession", SlowToEnd)
     env = aiolmdb.open(env_path)
+    paused: list[float] = []
+
+    def pause() -> None:
+        paused.append(0.1)
+        time.sleep(0.1)
+
+    lmdb_engine(env).after_session_abort = pause
     db = await env.open_db_async("a")
     began = asyncio.Event()
 
@@ -77,6 +81,7 @@ async def test_a_block_ended_by_close_raises_closed_error(
     for outcome in out:
         assert isinstance(outcome, aiolmdb.ClosedError), repr(outcome)
         assert str(env_path) in str(outcome)
+    assert paused  # the writer was held back where the race happens
     assert raw_records(env_path, "a") == {}
 
 
@@ -107,6 +112,7 @@ async def test_close_inside_a_transaction_with_others_queued(open_env: EnvFactor
         await close_inside_a_transaction_with_others_queued(open_env())
 
 
+@pytest.mark.lmdb_only
 async def test_close_from_another_event_loop_waits_for_the_close_under_way(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
@@ -130,12 +136,12 @@ async def test_close_from_another_event_loop_waits_for_the_close_under_way(
 
 
 async def test_writes_queued_behind_a_transaction_are_forgotten_once_done(
-    env: aiolmdb.AsyncEnvironment, sessions: list[WriteSession]
+    env: aiolmdb.AsyncEnvironment,
 ) -> None:
     db = await env.open_db_async("a")
     async with env.transaction():
         await db.put(b"a", b"1")
-        (session,) = sessions
+        (session,) = open_sessions(env)
         # Auto-commit writes of other tasks, and a transaction: all wait behind it.
         writes = [detached(db.put(b"k%d" % i, b"v")) for i in range(100)]
         other = detached(env.transaction().__aenter__())
@@ -148,6 +154,7 @@ async def test_writes_queued_behind_a_transaction_are_forgotten_once_done(
     assert await db.get(b"k0") is None
 
 
+@pytest.mark.needs("map_size")
 async def test_a_transaction_whose_commit_finds_the_map_full_is_told_why(
     open_env: EnvFactory,
 ) -> None:

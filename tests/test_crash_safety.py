@@ -28,6 +28,7 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 from helpers.crash_writer import (
     ACCOUNTS,
     INITIAL_BALANCE,
@@ -43,6 +44,9 @@ from helpers.crash_writer import (
 
 import aiolmdb
 from aiolmdb.coders import StringCoder
+
+# SIGKILLed writers and stale reader slots: what LMDB does itself.
+pytestmark = pytest.mark.lmdb_only
 
 HELPER = Path(__file__).parent / "helpers" / "crash_writer.py"
 LONG = os.environ.get("AIOLMDB_LONG_TESTS") == "1"

@@ -16,7 +16,7 @@ from conftest import (
     WriterGate,
     bounded,
     first_value,
-    lmdb_engine,
+    queued_writes,
 )
 from pydantic import BaseModel
 
@@ -32,7 +32,7 @@ BytesDB = aiolmdb.AsyncDatabase[bytes, bytes]
 async def queued(env: Env, jobs: int) -> None:
     """Wait until ``jobs`` jobs wait in the writer's queue."""
     for _ in range(1000):
-        if lmdb_engine(env).queued_writes >= jobs:
+        if queued_writes(env) >= jobs:
             return
         await asyncio.sleep(0.001)
     raise AssertionError(f"{jobs} jobs never reached the writer's queue")
@@ -54,6 +54,7 @@ WRITES: dict[str, Callable[[BytesDB], Awaitable[Any]]] = {
 }
 
 
+@pytest.mark.lmdb_only  # opening a database takes the writer, and LMDB reuses handle slots
 @pytest.mark.parametrize("write", list(WRITES))
 async def test_a_write_queued_behind_a_drop_never_reaches_the_database_reusing_its_slot(
     env: Env, write: str
@@ -136,6 +137,7 @@ async def hold_readers(db: BytesDB) -> tuple[asyncio.Task[bool], threading.Event
     return task, release
 
 
+@pytest.mark.lmdb_only
 async def test_a_scan_across_a_drop_stops_instead_of_reading_another_database(
     open_env: EnvFactory,
 ) -> None:
@@ -157,6 +159,7 @@ async def test_a_scan_across_a_drop_stops_instead_of_reading_another_database(
     assert all(value == b"doomed" for _, value in seen)
 
 
+@pytest.mark.lmdb_only
 async def test_an_index_scan_across_a_drop_stops_with_a_clear_error(
     open_env: EnvFactory,
 ) -> None:
@@ -176,6 +179,7 @@ async def test_an_index_scan_across_a_drop_stops_with_a_clear_error(
     assert len(seen) < 200
 
 
+@pytest.mark.lmdb_only
 async def test_a_read_on_a_reader_thread_after_a_drop_fails(open_env: EnvFactory) -> None:
     env = open_env(map_size=64 << 20, read_workers=1)
     doomed = env.open_db("doomed")
@@ -304,6 +308,7 @@ def lmdb_order(env: Env, name: str, integerkey: bool, reverse_key: bool) -> list
 FLAGS = [{"integerkey": True}, {"reverse_key": True}]
 
 
+@pytest.mark.needs("native_key_orders")
 @pytest.mark.parametrize("flags", FLAGS, ids=lambda f: next(iter(f)))
 async def test_ranges_on_a_database_lmdb_orders_its_own_way_are_refused(
     env: Env, flags: dict[str, bool]
@@ -334,6 +339,7 @@ async def test_ranges_on_a_database_lmdb_orders_its_own_way_are_refused(
     assert await db.last() == (stored[-1], b"v")
 
 
+@pytest.mark.needs("native_key_orders")
 @pytest.mark.parametrize("raw_key", [b"abc", b"\x01", b"12345", b"123456789"])
 async def test_an_integerkey_database_refuses_keys_of_other_sizes(env: Env, raw_key: bytes) -> None:
     db = env.open_db("ints", integerkey=True)
@@ -347,6 +353,7 @@ async def test_an_integerkey_database_refuses_keys_of_other_sizes(env: Env, raw_
     assert await db.count() == 0
 
 
+@pytest.mark.needs("native_key_orders")
 async def test_an_integerkey_database_keeps_its_keys_one_size(env: Env) -> None:
     db = env.open_db("ints", integerkey=True)
     assert await db.put(b"\x01\x00\x00\x00", b"four")
@@ -379,6 +386,7 @@ def batches(monkeypatch: pytest.MonkeyPatch) -> list[tuple[bool, int, int]]:
 BIG = 256 * 1024
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("limit", [None, 30, 100])
 async def test_a_scan_of_large_values_reads_batches_bounded_in_bytes_off_the_loop(
     env: Env, batches: list[tuple[bool, int, int]], limit: int | None
@@ -463,6 +471,7 @@ SCANS: dict[str, Callable[[aiolmdb.AsyncDatabase[bytes, bytes]], Awaitable[bytes
 }
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("read", list(SCANS))
 async def test_a_small_compressed_value_that_expands_is_decoded_off_the_loop(
     env: Env, read: str
@@ -492,6 +501,7 @@ def test_compressed_coders_say_how_much_they_may_expand() -> None:
     assert StringCoder().compressed().compressed().max_expansion >= 1000 * 1000
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("coder", ["plain", "compressed"])
 async def test_a_small_get_multi_of_large_values_decodes_them_off_the_loop(
     env: Env, coder: str
@@ -573,6 +583,7 @@ async def test_a_get_that_yields_never_reads_the_database_that_took_a_dropped_sl
     assert await other.get(b"k") == b"record of other"
 
 
+@pytest.mark.needs("durable")
 async def test_every_handle_on_an_integerkey_database_keeps_its_key_size(
     open_env: EnvFactory, env_path: Any
 ) -> None:

@@ -33,6 +33,7 @@ async def test_open_returns_an_environment_and_named_dbs_need_no_max_dbs(tmp_pat
     assert env.closed
 
 
+@pytest.mark.lmdb_only
 async def test_open_passes_lmdb_keyword_arguments(open_env: EnvFactory) -> None:
     env = open_env(map_size=8 * 1024 * 1024, sync=False, max_dbs=3)
     assert env.info()["map_size"] == 8 * 1024 * 1024
@@ -94,8 +95,8 @@ async def test_close_racing_unstarted_writes_each_lands_or_raises_closed(tmp_pat
             assert key not in stored
 
 
-async def test_close_twice_is_harmless(tmp_path: Path) -> None:
-    env = aiolmdb.open(tmp_path / "e")
+async def test_close_twice_is_harmless(open_env: EnvFactory) -> None:
+    env = open_env()
     await env.open_db("x").put(b"k", b"v")
     await bounded(env.close())
     await bounded(env.close())
@@ -136,9 +137,9 @@ def _after_close_calls() -> list[Any]:
 
 @pytest.mark.parametrize("call", _after_close_calls())
 async def test_database_calls_after_close_raise_closed_error(
-    tmp_path: Path, call: Callable[[aiolmdb.AsyncDatabase[bytes, bytes]], Awaitable[Any]]
+    open_env: EnvFactory, call: Callable[[aiolmdb.AsyncDatabase[bytes, bytes]], Awaitable[Any]]
 ) -> None:
-    env = aiolmdb.open(tmp_path / "e")
+    env = open_env()
     db = env.open_db("records")
     await db.put(b"k", b"v")
     await bounded(env.close())
@@ -146,8 +147,8 @@ async def test_database_calls_after_close_raise_closed_error(
         await bounded(call(db))
 
 
-async def test_scans_after_close_raise_closed_error(tmp_path: Path) -> None:
-    env = aiolmdb.open(tmp_path / "e")
+async def test_scans_after_close_raise_closed_error(open_env: EnvFactory) -> None:
+    env = open_env()
     db = env.open_db("records")
     await db.put(b"k", b"v")
     await bounded(env.close())
@@ -177,9 +178,9 @@ async def test_scans_after_close_raise_closed_error(tmp_path: Path) -> None:
     ],
 )
 async def test_environment_calls_after_close_raise_closed_error(
-    tmp_path: Path, call: Callable[[aiolmdb.AsyncEnvironment], object]
+    open_env: EnvFactory, call: Callable[[aiolmdb.AsyncEnvironment], object]
 ) -> None:
-    env = aiolmdb.open(tmp_path / "e")
+    env = open_env()
     env.open_db("records")
     await bounded(env.close())
     with pytest.raises(aiolmdb.ClosedError, match="closed"):
@@ -200,9 +201,9 @@ async def test_async_calls_on_environment_after_close_raise_closed_error(tmp_pat
 
 @pytest.mark.parametrize("write", [True, False], ids=["write", "read"])
 async def test_entering_a_transaction_after_close_raises_closed_error(
-    tmp_path: Path, write: bool
+    open_env: EnvFactory, write: bool
 ) -> None:
-    env = aiolmdb.open(tmp_path / "e")
+    env = open_env()
     db = env.open_db("records")
     txn = env.transaction(write=write)
     await bounded(env.close())
@@ -215,8 +216,8 @@ async def test_entering_a_transaction_after_close_raises_closed_error(
         await bounded(enter(), timeout=3)
 
 
-async def test_a_scan_in_progress_at_close(tmp_path: Path) -> None:
-    env = aiolmdb.open(tmp_path / "e")
+async def test_a_scan_in_progress_at_close(open_env: EnvFactory) -> None:
+    env = open_env()
     db = env.open_db("records")
     await db.put_multi([(b"%05d" % i, b"v") for i in range(3000)])
     iterator = db.keys().__aiter__()
@@ -327,6 +328,7 @@ async def test_failed_open_does_not_hold_the_path(tmp_path: Path, option: str) -
         assert await env.open_db("x").put(b"k", b"v")
 
 
+@pytest.mark.lmdb_only
 async def test_good_engine_options_are_accepted(open_env: EnvFactory) -> None:
     env = open_env(max_pending_writes=1, max_batch_writes=1, inline_value_limit=0, read_workers=1)
     db = env.open_db("x")
@@ -339,6 +341,7 @@ async def test_good_engine_options_are_accepted(open_env: EnvFactory) -> None:
 # -- pass-throughs ------------------------------------------------------------
 
 
+@pytest.mark.lmdb_only
 async def test_pass_throughs(env: aiolmdb.AsyncEnvironment, env_path: Path) -> None:
     assert env.path() == os.fspath(env_path)
     db = env.open_db("records")
@@ -369,6 +372,7 @@ def test_version_is_three_ints() -> None:
     assert version >= (0, 9, 0)
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("compact", [False, True])
 async def test_copy_makes_an_openable_backup(
     env: aiolmdb.AsyncEnvironment, tmp_path: Path, compact: bool
@@ -388,6 +392,7 @@ async def test_copy_makes_an_openable_backup(
     }
 
 
+@pytest.mark.lmdb_only
 async def test_sync_force(open_env: EnvFactory, tmp_path: Path) -> None:
     path = tmp_path / "nosync"
     env = open_env(path, sync=False)
@@ -433,12 +438,14 @@ async def test_unsupported_open_db_flags_raise_type_error(
         env.open_db("dups", create=False)
 
 
+@pytest.mark.needs("native_key_orders")
 async def test_supported_open_db_flags(env: aiolmdb.AsyncEnvironment) -> None:
     rev = env.open_db("rev", reverse_key=True)
     await rev.put_multi([(b"ba", b"1"), (b"ab", b"2")])
     assert [k async for k in rev.keys()] == [b"ba", b"ab"]  # compared from the end
 
 
+@pytest.mark.lmdb_only
 async def test_default_database_lists_named_databases(env: aiolmdb.AsyncEnvironment) -> None:
     env.open_db("alpha")
     env.open_db(b"beta")
@@ -495,6 +502,7 @@ async def test_open_new_db_from_another_task_while_a_transaction_is_open(
     assert await db.get(b"a") == b"1"
 
 
+@pytest.mark.lmdb_only
 async def test_open_new_db_right_after_a_transaction_block(open_env: EnvFactory) -> None:
     env = open_env(max_dbs=100)
     db = env.open_db("records")

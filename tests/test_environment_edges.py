@@ -250,6 +250,7 @@ def _leave(snapshot: aiolmdb.Transaction, action: str) -> Awaitable[object]:
     return snapshot.__aexit__(ValueError, ValueError("child"), None)
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("action", ["abort", "exit", "exit_with_error"])
 async def test_a_forked_child_leaves_the_parents_read_snapshot_alone(
     open_env: EnvFactory, action: str
@@ -288,6 +289,7 @@ async def test_a_forked_child_leaves_the_parents_read_snapshot_alone(
     assert await db.get(b"k000") == b"after49"
 
 
+@pytest.mark.lmdb_only
 async def test_a_forked_child_leaves_the_parents_write_transaction_alone(
     open_env: EnvFactory,
 ) -> None:
@@ -333,6 +335,7 @@ async def test_a_forked_child_leaves_the_parents_write_transaction_alone(
 # -- 15: what a forked child may open -----------------------------------------
 
 
+@pytest.mark.lmdb_only
 async def test_a_forked_child_is_told_it_cannot_reopen_an_inherited_environment(
     open_env: EnvFactory, tmp_path: Path
 ) -> None:

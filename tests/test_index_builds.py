@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
@@ -53,15 +52,6 @@ class PlainAccounts(Collection[int, Account]):
 
 def account(uid: int, bio: str = "hi") -> Account:
     return Account(id=uid, email=f"u{uid}@x", bio=bio)
-
-
-@pytest.fixture(params=["lmdb", "memory"])
-async def env(
-    request: pytest.FixtureRequest, tmp_path: Path
-) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
-    location = ":memory:" if request.param == "memory" else str(tmp_path / "env")
-    async with aiolmdb.open(location) as environment:
-        yield environment
 
 
 async def assert_indexes_match(accounts: Accounts, plain: PlainAccounts) -> None:

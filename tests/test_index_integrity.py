@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 import aiolmdb
 from aiolmdb.coders import JSONCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
-from aiolmdb.models.index import BoundIndex
+from aiolmdb.models.catalog import IndexCatalog
 
 
 class Account(BaseModel):
@@ -293,6 +293,7 @@ async def test_a_value_that_would_not_read_back_is_refused(
 # -- drops ------------------------------------------------------------------------
 
 
+@pytest.mark.needs("map_size")
 async def test_drop_delete_is_one_transaction(env: aiolmdb.AsyncEnvironment) -> None:
     accounts = await WithBio.open(env)
     await accounts.put(1, account(1, "a@x", "hi"))
@@ -318,8 +319,9 @@ async def test_a_drop_failing_half_way_drops_nothing(
     def fail(*args: object) -> None:
         raise RuntimeError("disk on fire")
 
-    # Fails the indexes' part of the drop, after the records' part.
-    monkeypatch.setattr(BoundIndex, "_drop_storage", fail)
+    # Fails the drop's last part (forgetting the indexes' declarations), after the
+    # records' and the indexes' databases were deleted in its transaction.
+    monkeypatch.setattr(IndexCatalog, "forget", fail)
     with pytest.raises(RuntimeError, match="disk on fire"):
         await accounts.drop(delete=True)
     monkeypatch.undo()

@@ -360,10 +360,15 @@ class PlainUsers(Collection[int, User]):
     name = "Users"
 
 
-async def fill_without_indexes(path: Path, count: int) -> None:
-    async with aiolmdb.open(path) as env:
-        plain = PlainUsers(env)
+async def fill_without_indexes(where: Path | aiolmdb.AsyncEnvironment, count: int) -> None:
+    """Records written by a declaration without indexes: in ``where``, or in the LMDB
+    environment at that path (opened and closed)."""
+    if isinstance(where, aiolmdb.AsyncEnvironment):
+        plain = PlainUsers(where)
         await plain.put_multi((i, user(i, f"u{i}@x", tags=["t"])) for i in range(count))
+        return
+    async with aiolmdb.open(where) as env:
+        await fill_without_indexes(env, count)
 
 
 async def test_new_index_on_existing_data_is_built_on_open(
@@ -387,18 +392,17 @@ async def test_new_index_on_existing_data_is_built_on_open(
         assert await reopened.by_email.count() == 25_000
 
 
-async def test_unbuilt_index_refuses_writes_and_queries(tmp_path: Path) -> None:
-    await fill_without_indexes(tmp_path / "e", 10)
-    async with aiolmdb.open(tmp_path / "e") as env:
-        users = Users(env)
-        with pytest.raises(aiolmdb.AiolmdbError, match=r"not built.*build_indexes"):
-            await users.put(99, user(99, "x@x"))
-        with pytest.raises(aiolmdb.AiolmdbError, match="not built"):
-            [key async for key in users.by_email.keys()]
-        assert (await users.get(3)) is not None  # reading records still works
-        await users.build_indexes()
+async def test_unbuilt_index_refuses_writes_and_queries(env: aiolmdb.AsyncEnvironment) -> None:
+    await fill_without_indexes(env, 10)
+    users = Users(env)
+    with pytest.raises(aiolmdb.AiolmdbError, match=r"not built.*build_indexes"):
         await users.put(99, user(99, "x@x"))
-        assert await users.by_email.count() == 11
+    with pytest.raises(aiolmdb.AiolmdbError, match="not built"):
+        [key async for key in users.by_email.keys()]
+    assert (await users.get(3)) is not None  # reading records still works
+    await users.build_indexes()
+    await users.put(99, user(99, "x@x"))
+    assert await users.by_email.count() == 11
 
 
 async def test_build_fails_cleanly_on_duplicates(tmp_path: Path) -> None:

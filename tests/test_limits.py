@@ -84,6 +84,7 @@ async def write_chunk_in_a_transaction(
     raise AssertionError("the map did not grow enough for the transaction")
 
 
+@pytest.mark.needs("map_size")
 @pytest.mark.parametrize(
     "how",
     [
@@ -103,6 +104,7 @@ async def test_the_map_grows_when_full(open_env: EnvFactory, how: str) -> None:
     assert await db.get(20 * MiB // CHUNK - 1) == value(20 * MiB // CHUNK - 1)
 
 
+@pytest.mark.needs("map_size")
 async def test_a_value_larger_than_the_map_is_fine(open_env: EnvFactory) -> None:
     env = open_env(map_size=MiB)
     db = env.open_db("big")
@@ -112,6 +114,7 @@ async def test_a_value_larger_than_the_map_is_fine(open_env: EnvFactory) -> None
     assert env.info()["map_size"] > 5 * MiB
 
 
+@pytest.mark.needs("map_size")
 async def test_growth_stops_at_max_map_size(open_env: EnvFactory) -> None:
     env = open_env(map_size=MiB, max_map_size=4 * MiB)
     db = env.open_db("bulk", key_coder=UInt32Coder())
@@ -134,6 +137,7 @@ async def test_growth_stops_at_max_map_size(open_env: EnvFactory) -> None:
     assert await bounded(db.put(len(committed), value(1)))
 
 
+@pytest.mark.needs("map_size")
 async def test_a_map_full_write_in_a_group_commit_fails_alone(open_env: EnvFactory) -> None:
     env = open_env(map_size=MiB, max_map_size=MiB)
     db = env.open_db("data", key_coder=UInt32Coder())
@@ -153,6 +157,7 @@ async def test_a_map_full_write_in_a_group_commit_fails_alone(open_env: EnvFacto
     assert await db.get(1000) is None
 
 
+@pytest.mark.needs("map_size")
 async def test_growth_waits_for_a_read_snapshot_to_end(open_env: EnvFactory) -> None:
     env = open_env(map_size=MiB)
     db = env.open_db("data", key_coder=UInt32Coder())
@@ -176,6 +181,7 @@ async def test_growth_waits_for_a_read_snapshot_to_end(open_env: EnvFactory) -> 
     assert env.info()["map_size"] > MiB
 
 
+@pytest.mark.needs("map_size")
 async def test_growth_blocked_by_a_snapshot_fails_clearly(
     open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -198,6 +204,7 @@ async def test_growth_blocked_by_a_snapshot_fails_clearly(
     assert await bounded(db.put_multi({i: value(i) for i in range(1, 40)})) == 39
 
 
+@pytest.mark.lmdb_only
 async def test_a_snapshot_does_not_stall_transactions_when_the_map_is_crowded(
     open_env: EnvFactory,
 ) -> None:
@@ -221,6 +228,7 @@ async def write_in_a_transaction(
         await db.put(0, b"%d" % i)
 
 
+@pytest.mark.needs("map_size")
 async def test_opening_a_database_while_the_writer_waits_to_grow_the_map(
     open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -27,6 +27,9 @@ from helpers.mp_worker import ACCOUNTS, INITIAL, counter_key
 import aiolmdb
 from aiolmdb.coders import UInt64Coder
 
+# Several processes on one environment, and their map growth: what LMDB does itself.
+pytestmark = pytest.mark.lmdb_only
+
 HELPER = Path(__file__).parent / "helpers" / "mp_worker.py"
 PROCESSES = 4
 INCREMENTS = 150

@@ -170,36 +170,36 @@ async def test_a_database_opened_before_a_transaction_is_usable_inside_it(
         await bounded(env.close())
 
 
-async def test_open_db_inside_its_own_write_transaction_is_refused(tmp_path: Path) -> None:
-    async with aiolmdb.open(tmp_path / "e") as env:
-        async with env.transaction():
-            with pytest.raises(aiolmdb.TransactionError, match=r"'late'.*before the transaction"):
-                env.open_db("late")
-        assert await env.open_db("late").put(b"k", b"v")
+async def test_open_db_inside_its_own_write_transaction_is_refused(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    async with env.transaction():
+        with pytest.raises(aiolmdb.TransactionError, match=r"'late'.*before the transaction"):
+            env.open_db("late")
+    assert await env.open_db("late").put(b"k", b"v")
 
 
 async def test_open_db_while_another_task_holds_a_transaction_is_refused(
-    tmp_path: Path,
+    env: aiolmdb.AsyncEnvironment,
 ) -> None:
-    async with aiolmdb.open(tmp_path / "e") as env:
-        db = env.open_db("records")
+    db = env.open_db("records")
 
-        async def open_and_read() -> bytes | None:
-            # Its open would wait behind the transaction that awaits this task.
-            return await env.open_db("new").get(b"k")
+    async def open_and_read() -> bytes | None:
+        # Its open would wait behind the transaction that awaits this task.
+        return await env.open_db("new").get(b"k")
 
-        async def open_and_snapshot() -> None:
-            env.open_db("new")
-            async with env.transaction(write=False):
-                pass
+    async def open_and_snapshot() -> None:
+        env.open_db("new")
+        async with env.transaction(write=False):
+            pass
 
-        for work in (open_and_read, open_and_snapshot):
-            async with env.transaction():
-                await db.put(b"c", b"3")
-                with pytest.raises(aiolmdb.TransactionError, match=r"'new'.*another task"):
-                    await bounded(detached(work()), 3)
-        assert await db.get(b"c") == b"3"
-        assert await env.open_db("new").get(b"k") is None  # once the transaction ended
+    for work in (open_and_read, open_and_snapshot):
+        async with env.transaction():
+            await db.put(b"c", b"3")
+            with pytest.raises(aiolmdb.TransactionError, match=r"'new'.*another task"):
+                await bounded(detached(work()), 3)
+    assert await db.get(b"c") == b"3"
+    assert await env.open_db("new").get(b"k") is None  # once the transaction ended
 
 
 # -- collections -----------------------------------------------------------------

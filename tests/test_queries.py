@@ -386,6 +386,7 @@ async def test_scans_inside_a_transaction_see_its_writes(
     assert await uints.first() == (1, "one")
 
 
+@pytest.mark.needs("reader_table")
 async def test_breaking_out_early_does_not_leak(env: Env, env_path: Any) -> None:
     db = env.open_db("many", key_coder=UInt32Coder())
     await db.put_multi([(i, b"v") for i in range(N)])

@@ -8,13 +8,14 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import WhereDecoded, WriterGate, bounded, first_value
+from conftest import WhereDecoded, WriterGate, bounded, first_value, lmdb_engine
 from pydantic import BaseModel
 
 import aiolmdb
 import aiolmdb.scanning as scan_module
 from aiolmdb.coders import JSONCoder, MsgpackCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
+from aiolmdb.storage import Keyspace
 
 Env = aiolmdb.AsyncEnvironment
 
@@ -48,6 +49,7 @@ async def test_a_small_compressed_value_is_decoded_on_the_loop(env: Env, read: s
     assert inner.on_loop == [True]
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("read", list(READS))
 async def test_a_compressed_value_that_expands_past_the_limit_is_decoded_off_the_loop(
     env: Env, read: str
@@ -164,17 +166,19 @@ async def test_a_loop_of_reads_in_a_read_snapshot_lets_other_tasks_run(env: Env)
     assert await ticks_during(reads) >= LOOPS // 512
 
 
-async def test_index_gets_and_counts_read_through_the_collections_checked_read(env: Env) -> None:
+async def test_index_gets_and_counts_read_through_the_collections_checked_read(
+    env: Env, monkeypatch: pytest.MonkeyPatch
+) -> None:
     people = await People.open(env)
     await people.put(1, Person(email="a@x"))
-    read_main = people._read
+    read_main = people.access.read
     calls: list[bool] = []
 
     async def spy(fn: Callable[[Any], Any], ctx: Any, *, offload: bool = False) -> Any:
         calls.append(offload)
         return await read_main(fn, ctx, offload=offload)
 
-    people._read = spy  # type: ignore[method-assign]
+    monkeypatch.setattr(people.access, "read", spy)
     assert await people.by_email.get("a@x") == Person(email="a@x")
     assert await people.by_email.count() == 1
     assert await people.by_email.count("a@x") == 1
@@ -196,6 +200,9 @@ class Unindexed(Collection[int, Person]):
     key_coder = UInt64Coder()
 
 
+#: Where ``Indexed.by_email`` keeps its entries.
+INDEX_DB = b"__aiolmdb__/index/people/by_email"
+
 INDEX_READS: dict[str, Callable[[Indexed], Awaitable[Any]]] = {
     "get": lambda people: people.by_email.get("a@x"),
     "count": lambda people: people.by_email.count(),
@@ -204,6 +211,7 @@ INDEX_READS: dict[str, Callable[[Indexed], Awaitable[Any]]] = {
 }
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("read", list(INDEX_READS))
 async def test_reading_an_index_being_opened_again_says_it_is_being_rebuilt(
     env: Env, read: str
@@ -214,11 +222,16 @@ async def test_reading_an_index_being_opened_again_says_it_is_being_rebuilt(
     gate = WriterGate(env.open_db("gate"))
     await gate.hold()
     building = asyncio.create_task(people.build_indexes())
+
+    def index_keyspaces() -> list[Keyspace]:
+        return [ks for ks in lmdb_engine(env).keyspaces if ks.name == INDEX_DB]
+
     for _ in range(100):  # until the build has queued the open of the index's database
-        if not people.by_email._keyspace.dropped:
+        if index_keyspaces():
             break
         await asyncio.sleep(0)
-    assert not people.by_email._keyspace.ready  # queued behind the gate
+    (opening,) = index_keyspaces()
+    assert not opening.ready  # queued behind the gate
     try:
         with pytest.raises(aiolmdb.AiolmdbError, match=r"people.*by_email.*build_indexes\(\)"):
             await bounded(INDEX_READS[read](people))
@@ -260,6 +273,7 @@ INDEX_SCANS: dict[str, Callable[[Blobs], AsyncIterator[Any]]] = {
 }
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("scan", list(INDEX_SCANS))
 async def test_an_index_scan_copies_a_large_record_on_a_reader_thread(
     env: Env, copied: list[tuple[bool, list[int]]], scan: str
@@ -277,6 +291,7 @@ async def test_an_index_scan_copies_a_large_record_on_a_reader_thread(
 # -- an index get decodes a large record where a collection get does ---------
 
 
+@pytest.mark.lmdb_only
 @pytest.mark.parametrize("kind", ["plain", "compressed", "small compressed"])
 async def test_an_index_get_decodes_a_record_where_a_collection_get_would(
     env: Env, kind: str

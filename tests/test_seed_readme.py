@@ -44,6 +44,12 @@ async def test_opening_a_database(env: aiolmdb.AsyncEnvironment) -> None:
     # Get the default ("" named database) within an environment
     default = env.get_default_database()
     assert isinstance(default, aiolmdb.AsyncDatabase)
+
+
+@pytest.mark.lmdb_only  # LMDB keeps named databases as records of the default one
+async def test_the_default_database_lists_the_named_ones(env: aiolmdb.AsyncEnvironment) -> None:
+    env.open_db("records")
+    default = env.get_default_database()
     assert await default.get(b"records") is not None  # the default db lists "records"
 
 
@@ -91,6 +97,7 @@ async def test_dropping_the_default_database_empties_it(env: aiolmdb.AsyncEnviro
     assert await db.get(b"key") == b"again"
 
 
+@pytest.mark.needs("raw_transactions")
 async def test_running_arbitrary_transactions(env: aiolmdb.AsyncEnvironment) -> None:
     db = env.open_db("records")
 

@@ -83,11 +83,15 @@ class DatabaseMachine(RuleBasedStateMachine):
         super().__init__()
         self.dir = tempfile.mkdtemp(prefix="aiolmdb-stateful-")
         self.loop = asyncio.new_event_loop()
-        self.env = aiolmdb.open(Path(self.dir) / "env", map_size=16 * 1024 * 1024)
+        self.env = self.open_env()
         self.db = self.env.open_db("model", key_coder=key_coder())
         self.side = self.env.open_db("side", key_coder=StringCoder())
         self.model: Model = {}
         self.side_count = 0  # committed transactions, counted in ``side``
+
+    def open_env(self) -> aiolmdb.AsyncEnvironment:
+        """The environment the machine runs on: LMDB in a temporary directory."""
+        return aiolmdb.open(Path(self.dir) / "env", map_size=16 * 1024 * 1024)
 
     def run(self, aw: Awaitable[T]) -> T:
         async def bounded_call() -> T:
@@ -280,13 +284,23 @@ class DatabaseMachine(RuleBasedStateMachine):
         assert committed == (str(self.side_count).encode() if self.side_count else None)
 
 
-DatabaseMachine.TestCase.settings = settings(
+class MemoryDatabaseMachine(DatabaseMachine):
+    """The same rules and invariants on the memory engine."""
+
+    def open_env(self) -> aiolmdb.AsyncEnvironment:
+        return aiolmdb.open(":memory:")
+
+
+MACHINE_SETTINGS = settings(
     max_examples=25,
     stateful_step_count=25,
     deadline=None,
     suppress_health_check=[HealthCheck.too_slow],
 )
+DatabaseMachine.TestCase.settings = MACHINE_SETTINGS
+MemoryDatabaseMachine.TestCase.settings = MACHINE_SETTINGS
 TestDatabaseMachine = DatabaseMachine.TestCase
+TestMemoryDatabaseMachine = MemoryDatabaseMachine.TestCase
 
 
 async def test_delete_multi_with_a_repeated_key_reports_that_it_existed(
@@ -308,7 +322,8 @@ COUNTERS = 4
 async def test_hundreds_of_concurrent_tasks_reach_the_computed_state(
     open_env: EnvFactory,
 ) -> None:
-    env = open_env(map_size=64 * 1024 * 1024, max_pending_writes=64, max_batch_writes=32)
+    lmdb_options = {"map_size": 64 * 1024 * 1024, "max_pending_writes": 64, "max_batch_writes": 32}
+    env = open_env(lmdb_options=lmdb_options)
     data = env.open_db("data", key_coder=TupleCoder(UInt16Coder(), UInt16Coder()))
     counters = env.open_db("counters", key_coder=UInt16Coder(), value_coder=UInt16Coder())
     expected_counters = [0] * COUNTERS

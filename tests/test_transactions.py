@@ -8,11 +8,18 @@ from typing import Any
 
 import lmdb
 import pytest
-from conftest import EnvFactory, WriterGate, abort_orphans, bounded, detached, lmdb_engine
+from conftest import (
+    EnvFactory,
+    WriterGate,
+    abort_orphans,
+    bounded,
+    detached,
+    lmdb_engine,
+    open_sessions,
+)
 
 import aiolmdb
 from aiolmdb.coders import JSONCoder, StringCoder
-from aiolmdb.storage.lmdb.session import WriteSession
 
 Env = aiolmdb.AsyncEnvironment
 BytesDB = aiolmdb.AsyncDatabase[bytes, bytes]
@@ -314,6 +321,7 @@ async def test_outer_transaction_is_refused_while_a_savepoint_is_open(
     assert await left.get(b"k") is None
 
 
+@pytest.mark.lmdb_only
 async def test_a_savepoint_cancelled_while_entering_leaves_the_outer_intact(
     env: Env, left: BytesDB
 ) -> None:
@@ -382,6 +390,7 @@ async def test_a_commit_refused_at_block_exit_still_ends_the_transaction(
     assert await bounded(left.put(b"after", b"v"))
 
 
+@pytest.mark.lmdb_only  # the writer thread checks again what the loop side checked
 async def test_the_writer_refuses_a_commit_with_a_savepoint_still_open(
     env: Env, left: BytesDB
 ) -> None:
@@ -389,8 +398,7 @@ async def test_the_writer_refuses_a_commit_with_a_savepoint_still_open(
     # commits a savepoint into its parent as if it were the whole transaction.
     async with env.transaction() as txn:
         await left.put(b"a", b"1")
-        session = txn._session
-        assert session is not None
+        (session,) = open_sessions(env)
         savepoint = await session.savepoint()
         session.savepoints.clear()  # the loop side's view drifts
         with pytest.raises(aiolmdb.TransactionError, match="not the innermost"):
@@ -435,6 +443,7 @@ async def test_read_snapshot_is_consistent(env: Env, left: BytesDB, right: JsonD
     assert await right.get("x") == 2
 
 
+@pytest.mark.lmdb_only
 async def test_a_snapshot_ends_even_if_its_owner_is_cancelled_while_exiting(
     env: Env, left: BytesDB
 ) -> None:
@@ -465,6 +474,7 @@ async def test_a_snapshot_ends_even_if_its_owner_is_cancelled_while_exiting(
     assert lmdb_engine(env).readers_open == 0  # the LMDB read transaction has ended
 
 
+@pytest.mark.lmdb_only
 async def test_a_snapshot_call_cancelled_twice_keeps_its_transaction_until_done(
     env: Env, left: BytesDB
 ) -> None:
@@ -564,6 +574,7 @@ async def test_cancelled_task_aborts_its_transaction(env: Env, left: BytesDB) ->
     assert await left.get(b"next") == b"v"
 
 
+@pytest.mark.lmdb_only
 async def test_cancelled_during_a_call_inside_a_transaction(env: Env, left: BytesDB) -> None:
     some_written = asyncio.Event()
 
@@ -583,9 +594,7 @@ async def test_cancelled_during_a_call_inside_a_transaction(env: Env, left: Byte
     assert await bounded(left.put(b"after", b"v"))
 
 
-async def test_cancelled_while_entering_a_transaction(
-    env: Env, left: BytesDB, sessions: list[WriteSession]
-) -> None:
+async def test_cancelled_while_entering_a_transaction(env: Env, left: BytesDB) -> None:
     gate = WriterGate(left)
     await gate.hold()
 
@@ -604,7 +613,7 @@ async def test_cancelled_while_entering_a_transaction(
         assert await bounded(left.put(b"after", b"v"), timeout=3)
         assert await left.get(b"never") is None
     finally:
-        await abort_orphans(sessions)  # unstick the writer so that the env can close
+        await abort_orphans(env)  # unstick the writer so that the env can close
 
 
 async def test_a_scan_inside_a_write_transaction_sees_its_own_writes(
@@ -645,6 +654,7 @@ async def test_open_db_while_another_task_holds_a_write_transaction(
     assert await env.open_db("new").count() == 0
 
 
+@pytest.mark.lmdb_only
 async def test_a_cancelled_drop_still_forgets_its_handle(env: Env) -> None:
     doomed = env.open_db("doomed")
     await doomed.put(b"k", b"v")
@@ -686,6 +696,7 @@ async def test_put_multi_inside_a_transaction_is_atomic(env: Env, right: JsonDB)
     assert [k async for k in right.keys()] == ["first", "x", "y"]
 
 
+@pytest.mark.needs("map_size")
 async def test_put_multi_failing_inside_lmdb_within_a_transaction(
     open_env: EnvFactory,
 ) -> None:

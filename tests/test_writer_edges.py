@@ -23,7 +23,6 @@ from pydantic import BaseModel
 import aiolmdb
 from aiolmdb.coders import StringCoder, UInt32Coder, UInt64Coder
 from aiolmdb.models import Collection, Index
-from aiolmdb.storage.lmdb.session import WriteSession
 
 MiB = 1024 * 1024
 
@@ -91,7 +90,7 @@ def test_stop_iteration_in_a_snapshot_read_becomes_runtime_error(tmp_path: Path)
 
 
 async def test_stop_iteration_inside_a_transaction_stalls_no_writer(
-    env: aiolmdb.AsyncEnvironment, sessions: list[WriteSession]
+    env: aiolmdb.AsyncEnvironment,
 ) -> None:
     db = env.open_db("data")
     try:
@@ -110,7 +109,7 @@ async def test_stop_iteration_inside_a_transaction_stalls_no_writer(
             b"in too": b"3",
         }
     finally:
-        await abort_orphans(sessions)
+        await abort_orphans(env)
         if outside is not None and not outside.done():
             outside.cancel()
 
@@ -195,6 +194,7 @@ async def test_a_write_failing_half_way_after_an_earlier_failure_leaves_nothing(
 # -- scans do not starve map growth --------------------------------------------
 
 
+@pytest.mark.needs("map_size")
 async def test_scanning_tasks_do_not_starve_map_growth(
     open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -228,6 +228,7 @@ async def test_scanning_tasks_do_not_starve_map_growth(
     assert await scanned.count() == 3000
 
 
+@pytest.mark.needs("map_size")
 async def test_a_read_on_the_loop_during_a_pending_resize_still_answers(
     open_env: EnvFactory, monkeypatch: pytest.MonkeyPatch
 ) -> None:
@@ -250,6 +251,7 @@ async def test_a_read_on_the_loop_during_a_pending_resize_still_answers(
     assert await bounded(reading) == b"zero"
 
 
+@pytest.mark.lmdb_only
 async def test_reads_waiting_for_a_resize_do_not_keep_a_snapshot_from_ending(
     open_env: EnvFactory,
 ) -> None:

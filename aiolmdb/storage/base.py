@@ -148,7 +148,13 @@ class WriteView(ReadView, Protocol):
         ...
 
     def drop(self, keyspace: Keyspace) -> None:
-        """Delete the keyspace itself, with its records; its handle is dead from now on."""
+        """Delete the keyspace itself, with its records; its handle is dead from now on.
+
+        The engine sets ``keyspace.dropped`` at once, whatever becomes of the
+        transaction (LMDB closes the handle): callers learn from it what was
+        dropped. If the transaction is undone, opening the name again gives a
+        new keyspace with the records.
+        """
         ...
 
     def atomically(self, fn: Callable[[WriteView], R]) -> R:

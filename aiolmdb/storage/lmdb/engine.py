@@ -225,6 +225,10 @@ class LmdbEngine:
         self._last_open: asyncio.Future[None] | None = None
         self._sessions: set[WriteSession] = set()
         self._snapshots: set[ReadSnapshot] = set()
+        #: A test hook: called on the writer thread each time a write session's
+        #: transaction was aborted as a whole, before the session ends (a pause
+        #: here widens the window a race with that end needs). None: nothing.
+        self.after_session_abort: Callable[[], None] | None = None
         _live.add(self)
 
     # -- what the typed API asks of every engine --------------------------
@@ -778,6 +782,7 @@ class LmdbEngine:
             self._name,
             self._growth_refusal,
             self._sessions.discard,
+            self._session_aborted,
         )
         behind = list(self._sessions)  # it waits for them to end
         self._sessions.add(session)
@@ -803,6 +808,11 @@ class LmdbEngine:
             session.abort_later()
             raise
         return session
+
+    def _session_aborted(self) -> None:
+        hook = self.after_session_abort
+        if hook is not None:
+            hook()
 
     def abandon(self) -> None:
         """In the child of a fork: mark everything dead, touching nothing LMDB shares.

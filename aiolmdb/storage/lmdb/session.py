@@ -87,8 +87,11 @@ class WriteSession:
         name: str,
         growth_refusal: Callable[[], str | None],
         on_end: Callable[[WriteSession], None],
+        aborted: Callable[[], None] = lambda: None,
     ) -> None:
         self._env = env
+        # Told on the writer thread once the whole transaction was aborted (a test hook).
+        self._aborted = aborted
         # Tells the engine the session is ending: writes no longer wait behind it.
         self._on_end = on_end
         self._begin = begin  # begins the root write transaction
@@ -341,8 +344,11 @@ class WriteSession:
 
     def _abort_from(self, level: int) -> None:
         """Abort the transactions of the stack from ``level`` up (0: all of them)."""
+        whole = level == 0 and bool(self._stack)
         while len(self._stack) > level:
             self._stack.pop()[1].abort()
+        if whole:
+            self._aborted()
 
     def _finish(self, exc: BaseException) -> None:
         with self._lock:

@@ -30,7 +30,7 @@ from .snapshot import MemorySnapshot
 from .store import Store
 from .table import Table
 from .views import MAX_KEY_SIZE, MemoryReadView, MemoryWriteView, run_on
-from .writer import Job, Writer
+from .writer import Job, Writer, WriterHold
 
 __all__ = ["DEFAULT_INLINE_VALUE_LIMIT", "MemoryEngine"]
 
@@ -65,10 +65,13 @@ class MemoryEngine:
         self._store = Store()
         self._writer = Writer()
         self._keyspaces: dict[bytes | None, Keyspace] = {}
+        # Tables by name, which outlive a keyspace whose drop was undone.
+        self._tables: dict[bytes | None, Table] = {}
         self._serial = 0
         self._sessions: set[MemorySession] = set()
         self._snapshots: set[MemorySnapshot] = set()
         self._closed = False
+        self._holds: list[WriterHold] = []
 
     # -- what it is ------------------------------------------------------
 
@@ -96,6 +99,16 @@ class MemoryEngine:
     def has_sessions(self) -> bool:
         """True while a write session is open (or waits to begin)."""
         return bool(self._sessions)
+
+    @property
+    def queued_writes(self) -> int:
+        """Work waiting for the writer (behind a session or a hold): writes, sessions."""
+        return self._writer.queued
+
+    @property
+    def sessions(self) -> tuple[MemorySession, ...]:
+        """The write sessions open or waiting to begin (in no set order)."""
+        return tuple(self._sessions)
 
     def check(self) -> None:
         """Raise :class:`~aiolmdb.ClosedError` once the engine is closed."""
@@ -138,13 +151,16 @@ class MemoryEngine:
             return known
         if self._sessions and (in_own_session or not behind_other_tasks):
             raise open_refusal(label, in_own_session, self.description)
-        if not create and name is not None:
-            raise DatabaseNotFoundError(
-                f"database {label} does not exist in environment {self.description} (create=False)"
-            )
+        table = self._tables.get(name)
+        if table is None or table.dropped:
+            if not create and name is not None:
+                raise DatabaseNotFoundError(
+                    f"database {label} does not exist in environment {self.description} "
+                    "(create=False)"
+                )
+            table = self._tables[name] = Table(label)
         self._serial += 1
         keyspace = Keyspace(name, label, self._serial)
-        table = Table(label)
         keyspace.open_with(lambda: table)
         self._keyspaces[name] = keyspace
         return keyspace
@@ -335,6 +351,28 @@ class MemoryEngine:
         self._snapshots.add(snapshot)
         return snapshot
 
+    # -- for tests -------------------------------------------------------
+
+    def hold_writer(self) -> WriterHold:
+        """Keep the writer busy until the hold is released (or the engine closed).
+
+        Writes and sessions begun meanwhile wait, in order, as they wait
+        behind a long write on LMDB's writer thread: for tests of what
+        happens to work waiting in the queue. Refused with
+        :class:`~aiolmdb.TransactionError` while a session or another hold
+        has the writer.
+        """
+        self.check()
+        if self._writer.held:
+            raise TransactionError(
+                f"the writer of environment {self.description} is held (by a write "
+                "transaction or another hold): it cannot be held twice"
+            )
+        hold = WriterHold(self._writer)
+        self._holds = [h for h in self._holds if h.held]
+        self._holds.append(hold)
+        return hold
+
     # -- the rest --------------------------------------------------------
 
     async def sync(self, force: bool = False) -> None:
@@ -347,9 +385,13 @@ class MemoryEngine:
         if self._closed:
             return
         self._closed = True
+        for hold in self._holds:
+            hold.release()  # what waits behind it runs, as behind an aborted session
+        self._holds.clear()
         for session in list(self._sessions):
             if session.state is SessionState.OPEN:
                 session.abandon()  # the writer then runs what waits behind it
         for snapshot in list(self._snapshots):
             snapshot.release_now()
         self._keyspaces.clear()
+        self._tables.clear()

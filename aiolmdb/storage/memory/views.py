@@ -200,8 +200,15 @@ class MemoryWriteView(MemoryReadView):
         self._store.clear(self._table(keyspace))
 
     def drop(self, keyspace: Keyspace) -> None:
-        """Delete the keyspace itself, with its records."""
-        self._store.drop(self._table(keyspace))
+        """Delete the keyspace itself, with its records; the keyspace is dead at once.
+
+        As LMDB closes a dropped database's handle whatever becomes of the
+        transaction; if the drop is undone, opening the name again finds the
+        records.
+        """
+        table = self._table(keyspace)
+        keyspace.dropped = True
+        self._store.drop(table)
 
     def atomically(self, fn: Callable[[WriteView], R]) -> R:
         """``fn(self)``, its writes undone if it raises."""

@@ -12,7 +12,7 @@ from collections import deque
 from collections.abc import Callable
 from typing import Any
 
-__all__ = ["Job", "Writer"]
+__all__ = ["Job", "Writer", "WriterHold"]
 
 
 class Job:
@@ -34,6 +34,16 @@ class Writer:
         self._queue: deque[Job] = deque()
         self._holder: object | None = None  # the session holding the writer
         self._running = False  # a job runs: work it submits waits for it
+
+    @property
+    def queued(self) -> int:
+        """Work waiting to run."""
+        return len(self._queue)
+
+    @property
+    def held(self) -> bool:
+        """True while a session (or a :class:`WriterHold`) has the writer."""
+        return self._holder is not None
 
     @property
     def busy(self) -> bool:
@@ -67,3 +77,28 @@ class Writer:
                     job.run()
         finally:
             self._running = False
+
+
+class WriterHold:
+    """The writer kept busy until :meth:`release`: work queued meanwhile waits, in order.
+
+    What a long write is on LMDB's writer thread, for tests of what queues up
+    behind one (cancellation in the queue, failures in a batch).
+    """
+
+    __slots__ = ("_writer",)
+
+    def __init__(self, writer: Writer) -> None:
+        self._writer: Writer | None = writer
+        writer.hold(self)
+
+    @property
+    def held(self) -> bool:
+        """True until released."""
+        return self._writer is not None
+
+    def release(self) -> None:
+        """Let the writer go: the work queued behind the hold runs now. Twice is harmless."""
+        writer, self._writer = self._writer, None
+        if writer is not None:
+            writer.release(self)
