@@ -142,6 +142,7 @@ class IndexBuild(_Chunks[K, M]):
         except BaseException:
             for upkeep in self._upkeeps:
                 upkeep.building = False  # writes are refused again until a build succeeds
+            self._records.building = False
             raise
 
     def _start(self, view: WriteView) -> int:
@@ -163,6 +164,7 @@ class IndexBuild(_Chunks[K, M]):
                 )
             upkeep.building = True
             upkeep.built_up_to = built_up_to if resume else None
+        self._records.building = True
         if resume:
             shown = (
                 "<none>" if built_up_to is None else self._collection.codec.show_key(built_up_to)
@@ -200,6 +202,7 @@ class IndexBuild(_Chunks[K, M]):
             upkeep.built_up_to = last
             upkeep.building = not finished
         if finished:
+            self._records.building = False
             self._records.unbuilt = [
                 name for name in self._records.unbuilt if name not in self._names
             ]

@@ -245,6 +245,8 @@ class IndexedRecords(Generic[K, M]):
         self.setup: asyncio.Future[Any] | None = None
         #: Why that job failed (for the writes queued behind it).
         self.setup_error: BaseException | None = None
+        #: True while a build of some of the indexes is under way (see IndexUpkeep.covers).
+        self.building = False
         # The write view (and count of stale marks) the indexes were last checked in.
         self._checked_in: tuple[WriteView, int] | None = None
 
@@ -328,7 +330,7 @@ class IndexedRecords(Generic[K, M]):
         old_buf = view.get(self.keyspace, raw_key)
         if old_buf is not None and not overwrite:
             return False
-        covering = [upkeep for upkeep in self.upkeeps if upkeep.covers(raw_key)]
+        covering = self._covering(raw_key)
         new = self._read_back(raw_key, raw_value)
         olds = self._stored_entries(view, raw_key, old_buf, covering)
         # Every check before any write: a failure leaves the view as it was.
@@ -351,12 +353,18 @@ class IndexedRecords(Generic[K, M]):
         old_buf = view.get(self.keyspace, raw_key)
         if old_buf is None:
             return False
-        covering = [upkeep for upkeep in self.upkeeps if upkeep.covers(raw_key)]
+        covering = self._covering(raw_key)
         olds = self._stored_entries(view, raw_key, old_buf, covering)
         self._mark_removed_stale(view)
         for upkeep, before in zip(covering, olds, strict=True):
             upkeep.update_entries(view, raw_key, before, set())
         return view.delete(self.keyspace, raw_key)
+
+    def _covering(self, raw_key: bytes) -> list[IndexUpkeep[M]]:
+        """The indexes that hold (or must hold) the entries of record ``raw_key``."""
+        if not self.building:  # the common case, checked once per write
+            return self.upkeeps
+        return [upkeep for upkeep in self.upkeeps if upkeep.covers(raw_key)]
 
     def _stored_entries(
         self,
