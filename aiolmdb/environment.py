@@ -62,7 +62,8 @@ def open(
     - ``max_batch_writes``: writes applied in one group commit at most;
     - ``inline_value_limit``: values up to this many bytes are read and
       decoded on the event loop thread (no thread hop); larger ones on a
-      worker thread (every engine);
+      worker thread (the memory engine, which has no threads, decodes every
+      value on the loop; it takes this setting only);
     - ``read_workers``: threads for scans and large reads;
     - ``max_map_size``: when a write finds the map (``map_size``) full, the
       map doubles, up to this many bytes, and the write is retried;
