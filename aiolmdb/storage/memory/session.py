@@ -68,6 +68,8 @@ class MemorySession:
         self._ids = itertools.count(1)
         self._look_delay = IDLE_CHECK
         self._looking: asyncio.TimerHandle | None = None
+        # When the session last did something (a look waits for it to sit idle).
+        self._active_at = self._loop.time()
 
     @property
     def state(self) -> SessionState:
@@ -93,6 +95,7 @@ class MemorySession:
 
     def start(self) -> None:
         """The writer is free: the transaction begins, holding it."""
+        self._active_at = self._loop.time()
         self._writer.hold(self)
         self._stack = [(0, self._store.begin_write())]
         self._state = SessionState.OPEN
@@ -105,19 +108,25 @@ class MemorySession:
         self._finish()
 
     def watch_behind(self) -> None:
-        """Work was queued behind the session: look for its owner awaiting it, now and later."""
+        """Work was queued behind the session: look, while the session sits idle, for its
+        owner awaiting it."""
         if self._looking is None and not self.ended:
             self._look_delay = IDLE_CHECK
-            self.watch.look_soon()
-            self._looking = self._loop.call_later(self._look_delay, self._look_again)
+            self._looking = self._loop.call_later(IDLE_CHECK, self._look_again)
 
     def _look_again(self) -> None:
         self._looking = None
         if self.ended or not self.watch.behind:
             return
-        self.watch.look_soon()
-        # A long legitimate wait (the owner awaits I/O) costs few looks.
-        self._look_delay = min(self._look_delay * 2, IDLE_CHECK_MAX)
+        idle = self._loop.time() - self._active_at
+        if self._state is SessionState.OPEN and idle >= IDLE_CHECK:
+            # Only an open session that made no call for a while may be waiting for
+            # its owner, who may await what is queued behind it: as on LMDB.
+            self.watch.look_soon()
+            # A long legitimate wait (the owner awaits I/O) costs few looks.
+            self._look_delay = min(self._look_delay * 2, IDLE_CHECK_MAX)
+        else:
+            self._look_delay = IDLE_CHECK
         self._looking = self._loop.call_later(self._look_delay, self._look_again)
 
     # -- the transaction layer's side ------------------------------------
@@ -129,11 +138,13 @@ class MemorySession:
         is the innermost open one.
         """
         self._require_innermost(level)
+        self._active_at = self._loop.time()
         return run_on(MemoryWriteView(self._store), fn)
 
     async def savepoint(self, parent: int = 0) -> int:
         """Open a savepoint inside ``parent`` (the innermost); return its id."""
         self._require_innermost(parent)
+        self._active_at = self._loop.time()
         savepoint = next(self._ids)
         self._stack.append((savepoint, self._store.begin_image()))
         return savepoint
