@@ -11,6 +11,7 @@ from .environment import AsyncEnvironment, open, version
 from .errors import (
     AiolmdbError,
     ClosedError,
+    ConflictError,
     DatabaseDroppedError,
     DatabaseNotFoundError,
     DecodeError,
@@ -34,6 +35,7 @@ __all__ = [
     "AsyncDatabase",
     "AsyncEnvironment",
     "ClosedError",
+    "ConflictError",
     "DatabaseDroppedError",
     "DatabaseNotFoundError",
     "DatabaseTxn",

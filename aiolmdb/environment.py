@@ -6,14 +6,17 @@ The environment is engine-neutral: what a location names (a path: LMDB;
 
 from __future__ import annotations
 
+import asyncio
 import contextvars
 import os
+import random
+from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, as_ints
-from .errors import TransactionError, UnsupportedError
+from .errors import ConflictError, TransactionError, UnsupportedError
 from .storage import Capabilities, Engine, Keyspace
 from .storage.locations import lmdb_version, open_engine
 from .transaction import Transaction
@@ -23,11 +26,18 @@ if TYPE_CHECKING:
 
     from .storage.lmdb import LmdbEngine
 
-__all__ = ["AsyncEnvironment", "open", "version"]
+__all__ = ["TRANSACT_ATTEMPTS", "AsyncEnvironment", "open", "version"]
 
 K = TypeVar("K")
 V = TypeVar("V")
 R = TypeVar("R")
+P = ParamSpec("P")
+
+#: How many times ``transact`` runs a function that conflicts, at most.
+TRANSACT_ATTEMPTS = 8
+#: Seconds of the pause after a first conflict; it doubles after each, up to the max.
+TRANSACT_PAUSE = 0.005
+TRANSACT_PAUSE_MAX = 0.25
 
 
 def version() -> tuple[int, int, int]:
@@ -391,6 +401,45 @@ class AsyncEnvironment:
         """
         self._check()
         return Transaction(self, write=write)
+
+    async def transact(
+        self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
+    ) -> R:
+        """``await fn(*args, **kwargs)`` inside one write transaction; its result.
+
+        Every call ``fn`` makes joins the transaction, as in ``async with
+        env.transaction():``. It commits when ``fn`` returns and aborts when it
+        raises. On a :class:`ConflictError` (another transaction changed what
+        this one read, on an engine that runs transactions concurrently) it is
+        aborted and run again, up to ``TRANSACT_ATTEMPTS`` times with a jittered,
+        growing pause in between; then the ``ConflictError`` is raised. Keep
+        ``fn`` free of effects outside the environment: it may run more than
+        once. The LMDB and memory engines never conflict, so there ``fn`` runs
+        once; code written with ``transact`` runs unchanged on every engine.
+
+        Inside a write transaction of this task, ``fn`` runs in a savepoint of
+        it and is not run again: a conflict belongs to the transaction around,
+        which only its own code can run again.
+        """
+        current = self._current.get()
+        if current is not None and current.active and current.sees_own_writes:
+            async with self.transaction():
+                return await fn(*args, **kwargs)
+        attempt = 1
+        while True:
+            try:
+                async with self.transaction():
+                    return await fn(*args, **kwargs)
+            except ConflictError as exc:
+                if attempt == TRANSACT_ATTEMPTS:
+                    raise ConflictError(
+                        f"environment {self._name}: the transaction of {fn!r} still "
+                        f"conflicted after {TRANSACT_ATTEMPTS} attempts: {exc}"
+                    ) from exc
+            # Jittered, so that transactions that conflicted together do not again.
+            pause = min(TRANSACT_PAUSE * 2 ** (attempt - 1), TRANSACT_PAUSE_MAX)
+            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            attempt += 1
 
     def current_transaction(self) -> Transaction | None:
         """The transaction this task's calls join (None: each call is its own)."""

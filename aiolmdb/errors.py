@@ -13,6 +13,7 @@ from typing import NoReturn
 __all__ = [
     "AiolmdbError",
     "ClosedError",
+    "ConflictError",
     "DatabaseDroppedError",
     "DatabaseNotFoundError",
     "DecodeError",
@@ -87,6 +88,17 @@ class IndexNotReadyError(AiolmdbError):
 
     The message names the collection and the index. ``await
     collection.build_indexes()`` (or ``await Collection.open(env)``) makes it usable.
+    """
+
+
+class ConflictError(TransactionError):
+    """The write transaction conflicted with another one and was not applied.
+
+    An engine that runs transactions concurrently (serializable isolation)
+    raises it when another transaction changed what this one read, or for a
+    deadlock between them. Nothing of the transaction was applied: run it
+    again. ``env.transact(fn)`` does so by itself; the LMDB and memory engines,
+    with their one writer, never conflict.
     """
 
 
