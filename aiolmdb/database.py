@@ -17,10 +17,8 @@ from .scanning import Scan, as_stored, key_only
 from .storage import Buffer, Keyspace, NotNowError, ReadView, WriteView
 
 if TYPE_CHECKING:
-    import lmdb
-
     from .environment import AsyncEnvironment
-    from .storage.lmdb import LmdbReadView
+    from .storage.lmdb import LmdbReadView, RawCursor, RawTransaction
     from .transaction import Transaction
 
 __all__ = ["INTERNAL_DATABASE", "AsyncDatabase", "DatabaseTxn", "RecordsFactory", "as_ints"]
@@ -542,7 +540,7 @@ class DatabaseTxn(Generic[K, V]):
         self._keyspace = database.access.keyspace
 
     @property
-    def txn(self) -> lmdb.Transaction:
+    def txn(self) -> RawTransaction:
         """The raw ``lmdb.Transaction`` (LMDB only)."""
         self.database.env.require_lmdb("run()'s raw transaction (txn.txn)")
         return cast("LmdbReadView", self._view).txn
@@ -551,7 +549,7 @@ class DatabaseTxn(Generic[K, V]):
         """LMDB's id of the transaction (LMDB only)."""
         return self.txn.id()
 
-    def cursor(self) -> lmdb.Cursor:
+    def cursor(self) -> RawCursor:
         """A raw ``lmdb.Cursor`` on this database (raw bytes keys and values; LMDB only)."""
         return self.txn.cursor(self._keyspace.handle)
 

@@ -22,9 +22,7 @@ from .storage.locations import lmdb_version, open_engine
 from .transaction import Transaction
 
 if TYPE_CHECKING:
-    import lmdb
-
-    from .storage.lmdb import LmdbEngine
+    from .storage.lmdb import LmdbEngine, RawEnvironment
 
 __all__ = ["TRANSACT_ATTEMPTS", "AsyncEnvironment", "open", "version"]
 
@@ -528,7 +526,7 @@ class AsyncEnvironment:
         await self.require_lmdb("copy()").copy(os.fspath(path), compact=compact)
 
     @property
-    def lmdb_env(self) -> lmdb.Environment:
+    def lmdb_env(self) -> RawEnvironment:
         """The underlying ``lmdb.Environment``, for what aiolmdb does not wrap.
 
         Do not begin write transactions on it: they belong to the writer thread.

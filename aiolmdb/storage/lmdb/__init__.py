@@ -3,8 +3,16 @@
 Imported only when a path names an LMDB environment (``aiolmdb.open(path)``).
 """
 
+import lmdb
+
 from .engine import LMDB_CAPABILITIES, LmdbEngine, LmdbSettings, version
 from .views import LmdbReadView, LmdbWriteView
+
+#: py-lmdb's own types, as what only LMDB has (``env.lmdb_env``, ``run()``'s raw
+#: transaction and cursors) is typed above the seam, which imports no py-lmdb.
+RawEnvironment = lmdb.Environment
+RawTransaction = lmdb.Transaction
+RawCursor = lmdb.Cursor
 
 __all__ = [
     "LMDB_CAPABILITIES",
@@ -12,5 +20,8 @@ __all__ = [
     "LmdbReadView",
     "LmdbSettings",
     "LmdbWriteView",
+    "RawCursor",
+    "RawEnvironment",
+    "RawTransaction",
     "version",
 ]
