@@ -107,12 +107,24 @@ class DatabaseAccess:
         self.keyspace.check()
         self.records.check_ready()
 
-    async def after_open(
-        self, txn: Transaction | None, stream: Callable[[], AsyncIterator[T]]
+    def when_open(
+        self, txn: Transaction | None, stream: Callable[[Transaction | None], AsyncIterator[T]]
     ) -> AsyncIterator[T]:
-        """The results of ``stream()``, made once the database is open."""
+        """``stream(ctx)``, ``ctx`` the transaction the call joins, made once the database
+        is open.
+
+        What that transaction refuses is refused here, at the call, open or not.
+        """
+        ctx = self.resolve(txn)
+        if not self.pending:
+            return stream(ctx)
+        return self._after_open(txn, stream)
+
+    async def _after_open(
+        self, txn: Transaction | None, stream: Callable[[Transaction | None], AsyncIterator[T]]
+    ) -> AsyncIterator[T]:
         await self.until_open(txn)
-        async for item in stream():
+        async for item in stream(self.resolve(txn)):
             yield item
 
     def require_live(self) -> None:

@@ -63,20 +63,17 @@ class DatabaseRanges(Generic[K, V]):
         part: Part,
     ) -> AsyncIterator[Any]:
         access, codec = self._access, self._codec
-        if access.pending:
-            access.resolve(txn)  # what it refuses is refused at the call, as below
-            return access.after_open(
-                txn,
-                lambda: self.scan(low, high, reverse=reverse, limit=limit, txn=txn, part=part),
-            )
-        ctx = access.resolve(txn)
         fetch, decode = {
             Part.ITEMS: (as_stored, codec.decode_item),
             Part.KEYS: (key_only, codec.decode_key_of),
             Part.VALUES: (as_stored, codec.decode_value),
         }[part]
-        spec = Scan(access.keyspace, low, high, reverse, limit, lambda view: fetch, decode)
-        return access.stream(spec, ctx)
+
+        def records(ctx: Transaction | None) -> AsyncIterator[Any]:
+            spec = Scan(access.keyspace, low, high, reverse, limit, lambda view: fetch, decode)
+            return access.stream(spec, ctx)
+
+        return access.when_open(txn, records)
 
     async def count(self, low: bytes | None, high: bytes | None, txn: Transaction | None) -> int:
         access = self._access

@@ -193,44 +193,41 @@ class IndexRanges(Generic[K, M, IK]):
         part: Part,
     ) -> AsyncIterator[Any]:
         access = self._access
-        if access.pending:
-            access.resolve(txn)  # what it refuses is refused at the call, as below
-            return access.after_open(
-                txn,
-                lambda: self.scan(low, high, reverse=reverse, limit=limit, txn=txn, part=part),
-            )
-        ctx = access.resolve(txn)
-        self._records.require_built()
-        upkeep, records, main = self._upkeep, self._records, access.keyspace
-        # The scan reads this keyspace in every batch: each checks it is still open
-        # (the index may be deleted and opened again, in another slot, meanwhile).
-        opened = upkeep.keyspace
 
-        def fetcher(view: ReadView) -> Fetch:
-            records.require_current(view, upkeep, opened)
+        def through_entries(ctx: Transaction | None) -> AsyncIterator[Any]:
+            self._records.require_built()
+            upkeep, records, main = self._upkeep, self._records, access.keyspace
+            # The scan reads this keyspace in every batch: each checks it is still open
+            # (the index may be deleted and opened again, in another slot, meanwhile).
+            opened = upkeep.keyspace
 
-            def record_of(entry: bytes, value: Buffer) -> tuple[bytes, Buffer]:
-                # The entry names the record; fetch it in the same view.
-                raw_key = upkeep.record_key(entry, value)
-                buf = view.get(main, raw_key)
-                # A drop marks the keyspaces before the engine closes them: a read
-                # that went through a closed handle is caught here, after it.
-                records.require_live()
-                upkeep.require_open(opened)
-                if buf is None:  # pragma: no cover - entries are written with their records
-                    raise AssertionError(f"{upkeep.label} has an entry for a missing record")
-                return raw_key, buf
+            def fetcher(view: ReadView) -> Fetch:
+                records.require_current(view, upkeep, opened)
 
-            return record_of
+                def record_of(entry: bytes, value: Buffer) -> tuple[bytes, Buffer]:
+                    # The entry names the record; fetch it in the same view.
+                    raw_key = upkeep.record_key(entry, value)
+                    buf = view.get(main, raw_key)
+                    # A drop marks the keyspaces before the engine closes them: a read
+                    # that went through a closed handle is caught here, after it.
+                    records.require_live()
+                    upkeep.require_open(opened)
+                    if buf is None:  # pragma: no cover - entries are written with their records
+                        raise AssertionError(f"{upkeep.label} has an entry for a missing record")
+                    return raw_key, buf
 
-        codec = access.codec
-        decode = {
-            Part.ITEMS: codec.decode_item,
-            Part.KEYS: codec.decode_key_of,
-            Part.VALUES: codec.decode_value,
-        }[part]
-        spec = Scan(opened, low, high, reverse, limit, fetcher, decode)
-        return self._stopped_by_drops(access.stream(spec, ctx), opened)
+                return record_of
+
+            codec = access.codec
+            decode = {
+                Part.ITEMS: codec.decode_item,
+                Part.KEYS: codec.decode_key_of,
+                Part.VALUES: codec.decode_value,
+            }[part]
+            spec = Scan(opened, low, high, reverse, limit, fetcher, decode)
+            return self._stopped_by_drops(access.stream(spec, ctx), opened)
+
+        return access.when_open(txn, through_entries)
 
     async def _stopped_by_drops(
         self, stream: AsyncIterator[Any], opened: Keyspace
