@@ -116,17 +116,11 @@ class IndexBuild(_Chunks[K, M]):
     action = "build"
     doing = "indexing"
 
-    def __init__(
-        self,
-        collection: Collection[K, M],
-        records: IndexedRecords[K, M],
-        upkeeps: list[IndexUpkeep[M]],
-        progress: IndexProgress | None,
-    ) -> None:
-        super().__init__(collection, records, upkeeps, progress)
-        catalog = records.catalog
+    @property
+    def _catalog(self) -> IndexCatalog:
+        catalog = self._records.catalog
         assert catalog is not None  # there are indexes
-        self._catalog: IndexCatalog = catalog
+        return catalog
 
     async def run(self) -> None:
         """Build, chunk after chunk, reporting progress on the event loop."""
