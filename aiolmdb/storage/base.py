@@ -271,11 +271,6 @@ class Engine(Protocol):
         was opened may not see it (``Keyspace.serial``)."""
         ...
 
-    @property
-    def has_sessions(self) -> bool:
-        """True while a write session is open."""
-        ...
-
     def check(self) -> None:
         """Raise :class:`~aiolmdb.ClosedError`, saying why, unless the engine is open."""
         ...

@@ -427,7 +427,7 @@ async def test_a_session_sees_its_writes_and_others_see_them_once_committed(
     ks = open_ks(engine)
     await fill(engine, ks, [b"a", b"c"])
     session = await engine.begin_session()
-    assert engine.has_sessions and not session.ended
+    assert engine.sessions and not session.ended
 
     def writes(view: WriteView) -> list[bytes]:
         view.put(ks, b"b", b"new")
@@ -443,7 +443,7 @@ async def test_a_session_sees_its_writes_and_others_see_them_once_committed(
     assert get(engine, ks, b"a") == b"va"
     assert await engine.read(lambda v: v.count(ks, b"b")) == 1
     await session.commit()
-    assert session.ended and not engine.has_sessions
+    assert session.ended and not engine.sessions
     assert engine.read_now(lambda v: list(v.range(ks))) == [(b"a", b"changed"), (b"b", b"new")]
 
 
@@ -537,7 +537,7 @@ async def test_a_cancelled_begin_never_holds_the_writer(engine: MemoryEngine) ->
     begun.cancel()
     await first.commit()
     assert await bounded(engine.write(lambda v: v.put(ks, b"k", b"v"))) is True
-    assert not engine.has_sessions
+    assert not engine.sessions
 
 
 # -- savepoints --------------------------------------------------------------------
@@ -598,7 +598,7 @@ async def test_commit_with_a_savepoint_open_aborts_everything(engine: MemoryEngi
     await session.call(lambda v: v.put(ks, b"inner", b"1"), savepoint)
     with pytest.raises(TransactionError, match="cannot commit with a savepoint still open: the"):
         await session.commit()
-    assert session.ended and not engine.has_sessions
+    assert session.ended and not engine.sessions
     assert engine.read_now(lambda v: v.count(ks)) == 0
     await session.abort()
 
@@ -649,7 +649,7 @@ async def test_the_owner_beginning_a_second_session_is_refused(engine: MemoryEng
         await bounded(engine.begin_session())
     assert not session.ended
     await session.commit()
-    assert not engine.has_sessions
+    assert not engine.sessions
 
 
 async def test_another_task_awaiting_a_queued_write_just_waits(engine: MemoryEngine) -> None:

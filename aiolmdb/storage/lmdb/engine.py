@@ -248,11 +248,6 @@ class LmdbEngine:
         """Serial number of the last database opened (a session begun before cannot see it)."""
         return self._handle_serial
 
-    @property
-    def has_sessions(self) -> bool:
-        """True while a write session is open (or waiting to begin)."""
-        return bool(self._sessions)
-
     # -- what is going on, for monitoring and tests ------------------------
 
     @property

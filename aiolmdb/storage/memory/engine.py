@@ -96,11 +96,6 @@ class MemoryEngine:
         return self._serial
 
     @property
-    def has_sessions(self) -> bool:
-        """True while a write session is open (or waits to begin)."""
-        return bool(self._sessions)
-
-    @property
     def queued_writes(self) -> int:
         """Work waiting for the writer (behind a session or a hold): writes, sessions."""
         return self._writer.queued
