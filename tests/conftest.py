@@ -10,7 +10,7 @@ import enum
 import os
 import sys
 import threading
-from collections.abc import AsyncIterator, Awaitable, Coroutine
+from collections.abc import AsyncIterator, Awaitable, Callable, Coroutine
 from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
@@ -262,6 +262,31 @@ class BusyWriter:
     async def release(self) -> None:
         self._release.set()
         await bounded(self.task)
+
+
+async def ticks_during(body: Callable[[], Awaitable[None]]) -> int:
+    """How many times another task ran while ``body`` ran (counted from inside it)."""
+    ticks = 0
+    stop = False
+
+    async def ticker() -> None:
+        nonlocal ticks
+        while not stop:
+            ticks += 1
+            await asyncio.sleep(0)
+
+    async def measured() -> int:
+        before = ticks
+        await body()
+        return ticks - before
+
+    task = asyncio.create_task(ticker())
+    await asyncio.sleep(0)
+    try:
+        return await bounded(measured())
+    finally:
+        stop = True
+        await bounded(task)
 
 
 class Ticker:

@@ -17,6 +17,7 @@ from conftest import (
     bounded,
     first_value,
     queued_writes,
+    ticks_during,
 )
 from pydantic import BaseModel
 
@@ -441,23 +442,12 @@ READS: dict[str, Callable[[BytesDB], Awaitable[Any]]] = {
 async def test_a_loop_of_inline_reads_lets_other_tasks_run(env: Env, read: str) -> None:
     db = env.open_db("hot")
     await db.put(b"k", b"v")
-    ticks = 0
-    stop = False
 
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop:
-            ticks += 1
-            await asyncio.sleep(0)
+    async def reads() -> None:
+        for _ in range(5000):
+            await READS[read](db)
 
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    before = ticks
-    for _ in range(5000):
-        await READS[read](db)
-    during = ticks - before
-    stop = True
-    await bounded(task)
+    during = await ticks_during(reads)
     assert during >= 5000 // 1024, f"the other task ran {during} times during 5000 reads"
 
 

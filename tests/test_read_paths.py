@@ -8,7 +8,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
 
 import pytest
-from conftest import WhereDecoded, WriterGate, bounded, first_value, lmdb_engine
+from conftest import WhereDecoded, WriterGate, bounded, first_value, lmdb_engine, ticks_during
 from pydantic import BaseModel
 
 import aiolmdb
@@ -102,31 +102,6 @@ class Person(BaseModel):
 class People(Collection[int, Person]):
     key_coder = UInt64Coder()
     by_email = Index(lambda p: p.email, StringCoder(), unique=True)
-
-
-async def ticks_during(body: Callable[[], Awaitable[None]]) -> int:
-    """How many times another task ran while ``body`` ran (counted from inside it)."""
-    ticks = 0
-    stop = False
-
-    async def ticker() -> None:
-        nonlocal ticks
-        while not stop:
-            ticks += 1
-            await asyncio.sleep(0)
-
-    async def measured() -> int:
-        before = ticks
-        await body()
-        return ticks - before
-
-    task = asyncio.create_task(ticker())
-    await asyncio.sleep(0)
-    try:
-        return await bounded(measured())
-    finally:
-        stop = True
-        await bounded(task)
 
 
 LOOPS = 2000
