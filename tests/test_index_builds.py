@@ -9,7 +9,15 @@ from pathlib import Path
 
 import pytest
 from conftest import bounded
-from pydantic import BaseModel, Field
+from helpers.accounts import (
+    Account,
+    Accounts,
+    PlainAccounts,
+    StrictAccount,
+    StrictAccounts,
+    account,
+)
+from pydantic import BaseModel
 
 import aiolmdb
 from aiolmdb.coders import Int64Coder, StringCoder, TupleCoder, UInt64Coder
@@ -17,41 +25,9 @@ from aiolmdb.models import Collection, Index
 from aiolmdb.models.build import BUILD_CHUNK
 
 
-class Account(BaseModel):
-    id: int
-    email: str
-    bio: str = ""
-
-
-class StrictAccount(BaseModel):
-    """``Account`` whose e-mail needs an @: records without one do not decode."""
-
-    id: int
-    email: str = Field(pattern="@")
-    bio: str = ""
-
-
-class Accounts(Collection[int, Account]):
-    key_coder = UInt64Coder()
-    name = "accounts"
-    by_email = Index(lambda a: a.email, StringCoder(), unique=True)
-    by_bio = Index(lambda a: a.bio, StringCoder())
-
-
-class StrictAccounts(Collection[int, StrictAccount]):
-    key_coder = UInt64Coder()
-    name = "accounts"
-    by_email = Index(lambda a: a.email, StringCoder(), unique=True)
-    by_bio = Index(lambda a: a.bio, StringCoder())
-
-
-class PlainAccounts(Collection[int, Account]):
-    key_coder = UInt64Coder()
-    name = "accounts"
-
-
-def account(uid: int, bio: str = "hi") -> Account:
-    return Account(id=uid, email=f"u{uid}@x", bio=bio)
+def numbered(uid: int, bio: str = "hi") -> Account:
+    """Account ``uid``, with the e-mail ``u<uid>@x``."""
+    return account(uid, f"u{uid}@x", bio)
 
 
 async def assert_indexes_match(accounts: Accounts, plain: PlainAccounts) -> None:
@@ -75,7 +51,7 @@ async def test_writes_go_on_while_an_index_is_built_and_keep_it_in_step(
 ) -> None:
     plain = PlainAccounts(env)
     total = 25_000
-    await plain.put_multi((i, account(i)) for i in range(1, total + 1))
+    await plain.put_multi((i, numbered(i)) for i in range(1, total + 1))
     accounts = Accounts(env)  # records exist: its indexes wait for a build
     writes: list[asyncio.Future[tuple[bool, ...]]] = []
 
@@ -84,11 +60,11 @@ async def test_writes_go_on_while_an_index_is_built_and_keep_it_in_step(
             writes.append(
                 asyncio.ensure_future(
                     asyncio.gather(
-                        accounts.put(10, account(10, "changed")),
+                        accounts.put(10, numbered(10, "changed")),
                         accounts.delete(20),
-                        accounts.put(total - 5, account(total - 5, "late")),
+                        accounts.put(total - 5, numbered(total - 5, "late")),
                         accounts.delete(total - 6),
-                        accounts.put(total + 1, account(total + 1, "new")),
+                        accounts.put(total + 1, numbered(total + 1, "new")),
                     )
                 )
             )
@@ -103,7 +79,7 @@ async def test_writes_go_on_while_an_index_is_built_and_keep_it_in_step(
 
 
 async def test_queries_refuse_an_index_being_built(env: aiolmdb.AsyncEnvironment) -> None:
-    await PlainAccounts(env).put_multi((i, account(i)) for i in range(1, 21_000))
+    await PlainAccounts(env).put_multi((i, numbered(i)) for i in range(1, 21_000))
     accounts = Accounts(env)
     refusals: list[asyncio.Task[None]] = []
 
@@ -127,7 +103,7 @@ async def test_queries_refuse_an_index_being_built(env: aiolmdb.AsyncEnvironment
 async def test_a_build_reports_progress_every_ten_thousand_records(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
-    await PlainAccounts(env).put_multi((i, account(i)) for i in range(1, 21_001))
+    await PlainAccounts(env).put_multi((i, numbered(i)) for i in range(1, 21_001))
     seen: list[tuple[list[str], int, int]] = []
     await Accounts.open(env, progress=lambda names, done, total: seen.append((names, done, total)))
     assert seen == [
@@ -147,13 +123,13 @@ async def test_a_build_cut_short_resumes_after_the_last_chunk_it_committed(
     bad = BUILD_CHUNK + 500  # in the second chunk: the first one is committed
     async with aiolmdb.open(path) as env:
         plain = PlainAccounts(env)
-        await plain.put_multi((i, account(i)) for i in range(1, 2 * BUILD_CHUNK + 1))
+        await plain.put_multi((i, numbered(i)) for i in range(1, 2 * BUILD_CHUNK + 1))
         await plain.put(bad, Account(id=bad, email="no at sign"))
         with pytest.raises(aiolmdb.DecodeError, match=rf"'accounts'.*key {bad}\b"):
             await StrictAccounts.open(env)
         # Mend the record through a database that knows nothing of the indexes.
         raw = env.open_db("accounts", key_coder=UInt64Coder())
-        await raw.put(bad, account(bad).model_dump_json().encode())
+        await raw.put(bad, numbered(bad).model_dump_json().encode())
     # A new process (here: a new environment) finds the build's progress on disk.
     async with aiolmdb.open(path) as env:
         with caplog.at_level(logging.INFO, logger="aiolmdb.models"):
@@ -162,7 +138,7 @@ async def test_a_build_cut_short_resumes_after_the_last_chunk_it_committed(
             f"resuming the build of ['by_email', 'by_bio'] after key {BUILD_CHUNK}" in caplog.text
         )
         assert await strict.by_email.count() == 2 * BUILD_CHUNK
-        assert await strict.by_email.get(f"u{bad}@x") == StrictAccount(**account(bad).model_dump())
+        assert await strict.by_email.get(f"u{bad}@x") == StrictAccount(**numbered(bad).model_dump())
         await assert_indexes_match(Accounts(env), PlainAccounts(env))
 
 
@@ -171,15 +147,15 @@ async def test_a_build_resumed_after_a_stale_mark_starts_again(tmp_path: Path) -
     bad = BUILD_CHUNK + 1
     async with aiolmdb.open(path) as env:
         plain = PlainAccounts(env)
-        await plain.put_multi((i, account(i)) for i in range(1, 2 * BUILD_CHUNK + 1))
+        await plain.put_multi((i, numbered(i)) for i in range(1, 2 * BUILD_CHUNK + 1))
         await plain.put(bad, Account(id=bad, email="no at sign"))
         with pytest.raises(aiolmdb.DecodeError):
             await StrictAccounts.open(env)
     async with aiolmdb.open(path) as env:
         # A declaration without the indexes writes: the indexed part is no longer trusted.
         plain = await PlainAccounts.open(env)
-        await plain.put(5, account(5, "changed without the index"))
-        await plain.put(bad, account(bad))
+        await plain.put(5, numbered(5, "changed without the index"))
+        await plain.put(bad, numbered(bad))
     async with aiolmdb.open(path) as env:
         accounts = await Accounts.open(env)
         assert [a.id for a in await accounts.by_bio.get_all("changed without the index")] == [5]
@@ -193,7 +169,7 @@ async def test_a_rebuild_writes_missing_entries_and_deletes_stray_ones(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
     accounts = await Accounts.open(env)
-    await accounts.put_multi((i, account(i)) for i in range(1, BUILD_CHUNK + 10))
+    await accounts.put_multi((i, numbered(i)) for i in range(1, BUILD_CHUNK + 10))
     # Damage the entries behind the collection's back.
     by_bio = env.open_db("__aiolmdb__/index/accounts/by_bio")
     by_email = env.open_db("__aiolmdb__/index/accounts/by_email")
@@ -210,11 +186,11 @@ async def test_a_rebuild_writes_missing_entries_and_deletes_stray_ones(
 
 async def test_queries_go_on_during_a_rebuild(env: aiolmdb.AsyncEnvironment) -> None:
     accounts = await Accounts.open(env)
-    await accounts.put_multi((i, account(i)) for i in range(1, 3 * BUILD_CHUNK))
+    await accounts.put_multi((i, numbered(i)) for i in range(1, 3 * BUILD_CHUNK))
     rebuilding = asyncio.create_task(accounts.rebuild_indexes())
     await asyncio.sleep(0)
-    assert await accounts.by_email.get("u5@x") == account(5)  # the index stays current
-    await accounts.put(1, account(1, "during"))
+    assert await accounts.by_email.get("u5@x") == numbered(5)  # the index stays current
+    await accounts.put(1, numbered(1, "during"))
     await bounded(rebuilding)
     assert [a.id for a in await accounts.by_bio.get_all("during")] == [1]
     await assert_indexes_match(accounts, PlainAccounts(env))

@@ -10,52 +10,19 @@ from typing import Any, Literal
 
 import pytest
 from conftest import WriterGate, bounded
+from helpers.accounts import (
+    Account,
+    Accounts,
+    PlainAccounts,
+    StrictAccount,
+    StrictAccounts,
+    account,
+)
 from pydantic import BaseModel, Field
 
 import aiolmdb
 from aiolmdb.coders import PydanticCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
-
-
-class Account(BaseModel):
-    id: int
-    email: str
-    bio: str = ""
-
-
-class StrictAccount(BaseModel):
-    """``Account`` with a validator tightened later: an e-mail needs an @."""
-
-    id: int
-    email: str = Field(pattern="@")
-    bio: str = ""
-
-
-class Accounts(Collection[int, Account]):
-    key_coder = UInt64Coder()
-    name = "accounts"
-    by_email = Index(lambda a: a.email, StringCoder(), unique=True)
-    by_bio = Index(lambda a: a.bio, StringCoder())
-
-
-class StrictAccounts(Collection[int, StrictAccount]):
-    """The same collection and indexes, read with the tightened model."""
-
-    key_coder = UInt64Coder()
-    name = "accounts"
-    by_email = Index(lambda a: a.email, StringCoder(), unique=True)
-    by_bio = Index(lambda a: a.bio, StringCoder())
-
-
-class PlainAccounts(Collection[int, Account]):
-    """The same collection declared without indexes."""
-
-    key_coder = UInt64Coder()
-    name = "accounts"
-
-
-def account(uid: int, email: str, bio: str = "") -> Account:
-    return Account(id=uid, email=email, bio=bio)
 
 
 async def fill_without_indexes(where: Path | aiolmdb.AsyncEnvironment, count: int) -> None:

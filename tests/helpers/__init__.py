@@ -1,2 +1,2 @@
-"""Helpers of the reliability tests: child-process programs (run with ``sys.executable``)
-and running code in a forked child."""
+"""Helpers of the tests: child-process programs (run with ``sys.executable``), running
+code in a forked child, and the collections several test files share."""
