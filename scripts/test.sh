@@ -2,7 +2,7 @@
 # The whole test suite: pytest (with the typing cases and the quick benchmark run),
 # mypy --strict, the import-linter layering contracts (pyproject.toml) and ruff.
 # Works on a fresh clone with Python >= 3.10 and pip.
-source "$(dirname "$0")/_venv.sh" "[dev,bench]"
+source "$(dirname "$0")/_venv.sh" "[dev,bench,postgres]"
 .venv/bin/python -m pytest "$@"
 .venv/bin/python -m mypy
 # No cache: the graph is small, and a cache directory would litter the checkout.
