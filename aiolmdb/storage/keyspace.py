@@ -8,7 +8,10 @@ from typing import Any
 
 from ..errors import AiolmdbError, raise_again
 
-__all__ = ["Keyspace"]
+__all__ = ["MAX_KEY_SIZE", "Keyspace", "checked_key"]
+
+#: LMDB's longest key, which every engine keeps: code that works on one works on all.
+MAX_KEY_SIZE = 511
 
 
 class Keyspace:
@@ -92,3 +95,13 @@ class Keyspace:
     def __repr__(self) -> str:
         state = "dropped" if self.dropped else "open" if self.ready else "pending"
         return f"<Keyspace {self.label} {state}>"
+
+
+def checked_key(keyspace: Keyspace, key: bytes) -> bytes:
+    """``key`` as bytes, once checked to take 1 to :data:`MAX_KEY_SIZE` bytes."""
+    if not 0 < len(key) <= MAX_KEY_SIZE:
+        raise ValueError(
+            f"database {keyspace.label}: a key of {len(key)} bytes cannot be stored; "
+            f"keys take 1 to {MAX_KEY_SIZE} bytes (LMDB's limit, which every engine keeps)"
+        )
+    return key if type(key) is bytes else bytes(key)

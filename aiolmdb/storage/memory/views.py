@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from ...errors import AiolmdbError, DatabaseDroppedError, TransactionError
 from ..base import Buffer, WriteView
-from ..keyspace import Keyspace
+from ..keyspace import MAX_KEY_SIZE, Keyspace, checked_key
 from ..waiting import call_awaitably
 from .image import Image
 from .store import Store
@@ -17,9 +17,6 @@ __all__ = ["MAX_KEY_SIZE", "MemoryReadView", "MemoryWriteView", "run_on"]
 
 R = TypeVar("R")
 V = TypeVar("V", bound="MemoryReadView")
-
-#: LMDB's longest key: code that works on the memory engine works on LMDB.
-MAX_KEY_SIZE = 511
 
 
 def run_on(view: V, fn: Callable[[V], R]) -> R:
@@ -166,19 +163,11 @@ class MemoryWriteView(MemoryReadView):
         super().__init__(None)
         self._store = store
 
-    def _key(self, keyspace: Keyspace, key: bytes) -> bytes:
-        if not 0 < len(key) <= MAX_KEY_SIZE:
-            raise ValueError(
-                f"database {keyspace.label}: a key of {len(key)} bytes cannot be stored; "
-                f"keys take 1 to {MAX_KEY_SIZE} bytes (LMDB's limit)"
-            )
-        return key if type(key) is bytes else bytes(key)
-
     def put(self, keyspace: Keyspace, key: bytes, value: bytes, *, overwrite: bool = True) -> bool:
         """Store ``value`` under ``key``; False (nothing written) when it exists and not
         ``overwrite``."""
         table = self._table(keyspace)
-        key = self._key(keyspace, key)
+        key = checked_key(keyspace, key)
         if not overwrite and key in table.records:
             return False
         self._store.put(table, key, bytes(value))
