@@ -9,16 +9,16 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
-import random
 from collections.abc import Awaitable, Callable
 from types import TracebackType
 from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
 
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, as_ints
-from .errors import ConflictError, TransactionError, UnsupportedError
+from .errors import RetryableError, TransactionError, UnsupportedError
 from .storage import Capabilities, Engine, Keyspace
 from .storage.locations import lmdb_version, open_engine
+from .storage.waiting import backoff
 from .transaction import Transaction
 
 if TYPE_CHECKING:
@@ -33,9 +33,6 @@ P = ParamSpec("P")
 
 #: How many times ``transact`` runs a function that conflicts, at most.
 TRANSACT_ATTEMPTS = 8
-#: Seconds of the pause after a first conflict; it doubles after each, up to the max.
-TRANSACT_PAUSE = 0.005
-TRANSACT_PAUSE_MAX = 0.25
 
 
 def version() -> tuple[int, int, int]:
@@ -407,10 +404,12 @@ class AsyncEnvironment:
 
         Every call ``fn`` makes joins the transaction, as in ``async with
         env.transaction():``. It commits when ``fn`` returns and aborts when it
-        raises. On a :class:`ConflictError` (another transaction changed what
-        this one read, on an engine that runs transactions concurrently) it is
-        aborted and run again, up to ``TRANSACT_ATTEMPTS`` times with a jittered,
-        growing pause in between; then the ``ConflictError`` is raised. Keep
+        raises. On a :class:`RetryableError` (a :class:`ConflictError`: another
+        transaction changed what this one read, on an engine that runs
+        transactions concurrently; or a :class:`ConnectionLostError`: the
+        connection to the server was lost before the commit) it is aborted and
+        run again, up to ``TRANSACT_ATTEMPTS`` times with a jittered, growing
+        pause in between; then the last such error is raised. Keep
         ``fn`` free of effects outside the environment: it may run more than
         once. The LMDB and memory engines never conflict, so there ``fn`` runs
         once; code written with ``transact`` runs unchanged on every engine.
@@ -428,15 +427,13 @@ class AsyncEnvironment:
             try:
                 async with self.transaction():
                     return await fn(*args, **kwargs)
-            except ConflictError as exc:
+            except RetryableError as exc:
                 if attempt == TRANSACT_ATTEMPTS:
-                    raise ConflictError(
+                    raise type(exc)(
                         f"environment {self._name}: the transaction of {fn!r} still "
-                        f"conflicted after {TRANSACT_ATTEMPTS} attempts: {exc}"
+                        f"failed after {TRANSACT_ATTEMPTS} attempts: {exc}"
                     ) from exc
-            # Jittered, so that transactions that conflicted together do not again.
-            pause = min(TRANSACT_PAUSE * 2 ** (attempt - 1), TRANSACT_PAUSE_MAX)
-            await asyncio.sleep(pause * random.uniform(0.5, 1.5))
+            await asyncio.sleep(backoff(attempt))
             attempt += 1
 
     def current_transaction(self) -> Transaction | None:

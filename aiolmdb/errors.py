@@ -13,7 +13,9 @@ from typing import NoReturn
 __all__ = [
     "AiolmdbError",
     "ClosedError",
+    "CommitUnknownError",
     "ConflictError",
+    "ConnectionLostError",
     "DatabaseDroppedError",
     "DatabaseNotFoundError",
     "DecodeError",
@@ -23,7 +25,9 @@ __all__ = [
     "KeyExistsError",
     "KeyNotFoundError",
     "MapNotAdoptedError",
+    "RetryableError",
     "TransactionError",
+    "UnavailableError",
     "UniqueViolationError",
     "UnorderedKeyError",
     "UnsupportedError",
@@ -91,7 +95,15 @@ class IndexNotReadyError(AiolmdbError):
     """
 
 
-class ConflictError(TransactionError):
+class RetryableError(TransactionError):
+    """The write transaction was not applied, for a reason outside it: run it again.
+
+    Nothing of it was applied. ``env.transact(fn)`` runs ``fn`` again on these
+    by itself; auto-commit writes retry by themselves.
+    """
+
+
+class ConflictError(RetryableError):
     """The write transaction conflicted with another one and was not applied.
 
     An engine that runs transactions concurrently (serializable isolation)
@@ -99,6 +111,33 @@ class ConflictError(TransactionError):
     deadlock between them. Nothing of the transaction was applied: run it
     again. ``env.transact(fn)`` does so by itself; the LMDB and memory engines,
     with their one writer, never conflict.
+    """
+
+
+class ConnectionLostError(RetryableError):
+    """The connection to the database server was lost before the transaction committed
+    (a failover, a restart, a network failure): nothing of it was applied.
+
+    Run it again: the engine reconnects (``env.transact(fn)`` does both).
+    """
+
+
+class CommitUnknownError(TransactionError):
+    """The connection was lost while the transaction committed, and the server could not
+    be asked afterwards whether the commit happened: its outcome is unknown.
+
+    The engine asks on a new connection before raising this (so that a commit
+    is never applied twice, nor reported lost when it was made); it is raised
+    only when no connection could be made within the engine's
+    ``reconnect_timeout``. The message gives the transaction's marker (the id
+    of its row in ``aiolmdb_commits``): the commit happened if that row exists.
+    """
+
+
+class UnavailableError(AiolmdbError, ConnectionError):
+    """The database server could not be reached within the engine's ``reconnect_timeout``
+    (it is down, a failover did not finish, or every connection of the pool stayed
+    in use). The message names the server and the last connection error.
     """
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import random
 from collections.abc import Callable
 from typing import Any, Protocol, TypeVar
 
@@ -11,6 +12,7 @@ __all__ = [
     "Outcome",
     "Waiting",
     "awaitable_error",
+    "backoff",
     "call_awaitably",
     "deliver",
     "ignore_outcome",
@@ -18,6 +20,11 @@ __all__ = [
 ]
 
 R = TypeVar("R")
+
+#: Seconds before the second attempt of work that failed for a passing reason (a
+#: conflict, a lost connection); each later pause doubles, up to BACKOFF_MAX.
+BACKOFF = 0.005
+BACKOFF_MAX = 0.25
 
 # (future, ok, value): what an engine thread hands back to an event loop.
 _Settled = tuple["asyncio.Future[Any]", bool, Any]
@@ -97,3 +104,13 @@ async def outlast_cancellation(work: asyncio.Future[Any]) -> None:
             await asyncio.wait([work])
         except asyncio.CancelledError:
             continue
+
+
+def backoff(attempt: int) -> float:
+    """Seconds to pause after failed attempt ``attempt`` (1, 2, ...) before the next one.
+
+    Jittered, so that work that failed together (transactions that conflicted
+    with each other) does not try again together.
+    """
+    pause = min(BACKOFF * 2.0 ** (attempt - 1), BACKOFF_MAX)
+    return pause * random.uniform(0.5, 1.5)
