@@ -18,7 +18,7 @@ from .codec import Codec
 from .errors import DatabaseDroppedError, EncodeError, TransactionError
 from .records import RecordLogic
 from .scanning import Scan, scan
-from .storage import Keyspace, NotNowError, ReadView, WriteView
+from .storage import Buffer, Keyspace, NotNowError, ReadView, WriteView
 
 if TYPE_CHECKING:
     from .environment import AsyncEnvironment
@@ -149,12 +149,7 @@ class DatabaseAccess:
         loop (of its own, or in a read snapshot) now and then lets other tasks run.
         """
 
-        def checked(view: ReadView) -> R:
-            self.require_live()
-            result = fn(view)
-            self.require_live()
-            return result
-
+        checked = self.live(fn)
         engine = self.engine
         if engine.closed:  # a scan may outlive its environment (or its transaction)
             engine.check()
@@ -172,6 +167,50 @@ class DatabaseAccess:
             except NotNowError:
                 pass  # off the loop, where it may wait
         return await engine.read(checked, offload=True)
+
+    async def read_keys(
+        self,
+        keys: list[bytes],
+        decode: Callable[[list[Buffer | None]], R],
+        ctx: Transaction | None,
+        *,
+        inline: bool = True,
+    ) -> R:
+        """``decode(values)`` of the values of ``keys`` (None for a missing one), in ``ctx``
+        or else in a read of its own: on the event loop when ``inline`` and the engine
+        can, else the engine's cheapest point read (one statement on a networked engine).
+        """
+        keyspace = self.keyspace
+
+        def read(view: ReadView) -> R:
+            return decode(view.get_many(keyspace, keys))
+
+        if ctx is not None or self.engine.closed:
+            return await self.read(read, ctx, offload=not inline)
+        if inline:
+            if next(yield_due):
+                await asyncio.sleep(0)
+            try:
+                return self.engine.read_now(self.live(read))
+            except NotNowError:
+                pass  # the engine's own point read, which may wait
+
+        def checked(values: list[Buffer | None]) -> R:
+            self.require_live()
+            return decode(values)
+
+        return await self.engine.read_keys(keyspace, keys, checked)
+
+    def live(self, fn: Callable[[ReadView], R]) -> Callable[[ReadView], R]:
+        """``fn``, refused if the database is dropped before or while it runs."""
+
+        def checked(view: ReadView) -> R:
+            self.require_live()
+            result = fn(view)
+            self.require_live()
+            return result
+
+        return checked
 
     async def read_small_inline(
         self, read: Callable[[ReadView, bool], R], ctx: Transaction | None

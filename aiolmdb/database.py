@@ -198,8 +198,13 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
             # The hot path: a read of its own, on the loop thread.
             try:
                 value = self._engine.read_point(keyspace, raw_key, self._decode_small_value)
-            except NotNowError:
-                value = TOO_LARGE  # the read must wait: off the loop
+            except NotNowError:  # the engine's own point read, which may wait
+                value = await access.read_keys(
+                    [raw_key],
+                    lambda values: self._decode_small(raw_key, values[0]),
+                    None,
+                    inline=False,
+                )
             if value is not TOO_LARGE:
                 return default if value is _MISSING else value
         decode = self.codec.decode_value
@@ -251,9 +256,8 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         raw_keys = await access.encode_many(codec.encode_key, wanted)
         keyspace = access.keyspace
 
-        def read(view: ReadView, small_only: bool) -> dict[K, Any]:
+        def decode(bufs: list[Buffer | None], small_only: bool) -> dict[K, Any]:
             found: dict[K, Any] = {}
-            bufs = view.get_many(keyspace, raw_keys)
             for key, raw_key, buf in zip(wanted, raw_keys, bufs, strict=True):
                 if buf is None:
                     found[key] = default
@@ -263,9 +267,16 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
                     found[key] = codec.decode_value(raw_key, buf)
             return found
 
-        if len(wanted) <= INLINE_MULTI_LIMIT:
-            return await access.read_small_inline(read, ctx)
-        return await access.read(lambda view: read(view, False), ctx, offload=True)
+        # Few keys are read (and their small values decoded) on the event loop.
+        inline = len(wanted) <= INLINE_MULTI_LIMIT
+        result = await access.read_keys(
+            raw_keys, lambda bufs: decode(bufs, inline), ctx, inline=inline
+        )
+        if result is TOO_LARGE:
+            result = await access.read(
+                lambda view: decode(view.get_many(keyspace, raw_keys), False), ctx, offload=True
+            )
+        return result
 
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""
@@ -274,8 +285,7 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         if access.pending:
             await access.until_open(txn)
         ctx = access.resolve(txn)
-        keyspace = access.keyspace
-        return await access.read(lambda view: view.get(keyspace, raw_key) is not None, ctx)
+        return await access.read_keys([raw_key], lambda values: values[0] is not None, ctx)
 
     async def count(
         self,

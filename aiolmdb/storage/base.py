@@ -84,6 +84,11 @@ class Capabilities:
     multi_process: bool = False
     #: Committed writes survive the process (and, synced, the machine).
     durable: bool = False
+    #: Write transactions run one at a time: a write (or another write transaction)
+    #: waits behind the open write transaction, and is refused if that transaction's
+    #: owner awaits it. Without it, they run side by side and may conflict
+    #: (:class:`~aiolmdb.ConflictError`).
+    serial_writes: bool = True
 
 
 class ReadView(Protocol):
@@ -316,6 +321,14 @@ class Engine(Protocol):
 
     async def read(self, fn: Callable[[ReadView], R], *, offload: bool = False) -> R:
         """``fn(view)`` in a read of its own; off the event loop when ``offload``."""
+        ...
+
+    async def read_keys(
+        self, keyspace: Keyspace, keys: Sequence[bytes], decode: Callable[[list[Buffer | None]], R]
+    ) -> R:
+        """``decode(values)`` of the values of ``keys`` (None for a missing one), in a read
+        of its own: the point reads that :meth:`read_now` cannot make now, made the
+        cheapest way the engine has (one statement, on a networked engine)."""
         ...
 
     def write(self, fn: Callable[[WriteView], R]) -> Awaitable[R]:

@@ -17,7 +17,7 @@ import logging
 import os
 import threading
 import weakref
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from typing import Any, TypeVar
 
@@ -569,6 +569,13 @@ class LmdbEngine:
             return
         txn.abort()
         self._gate.leave()
+
+    async def read_keys(
+        self, keyspace: Keyspace, keys: Sequence[bytes], decode: Callable[[list[Buffer | None]], R]
+    ) -> R:
+        """``decode(values)`` of the values of ``keys``, on a reader thread (which may wait
+        for a resize of the map)."""
+        return await self.read(lambda view: decode(view.get_many(keyspace, keys)), offload=True)
 
     async def offload(self, fn: Callable[..., R], *args: Any) -> R:
         """Run ``fn(*args)`` on a reader thread (work that must not stall the loop)."""

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import functools
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from typing import Any, TypeVar
 
 from ...errors import (
@@ -194,6 +194,12 @@ class MemoryEngine:
         """``fn(view)`` on the committed state (on the event loop, ``offload`` or not)."""
         self.check()
         return run_on(self._read_view(), fn)
+
+    async def read_keys(
+        self, keyspace: Keyspace, keys: Sequence[bytes], decode: Callable[[list[Buffer | None]], R]
+    ) -> R:
+        """``decode(values)`` of the committed values of ``keys``."""
+        return await self.read(lambda view: decode(view.get_many(keyspace, keys)))
 
     async def offload(self, fn: Callable[..., R], *args: Any) -> R:
         """``fn(*args)``, on the event loop (see the class's documentation)."""
