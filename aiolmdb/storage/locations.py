@@ -1,10 +1,10 @@
 """Which engine a location names, and opening it.
 
 A path (a ``str`` or ``os.PathLike``) is an LMDB environment; ``":memory:"``
-(as SQLite spells it) is a fresh in-memory store. A URL with a scheme
-(``scheme://...``) names a networked engine; none is built in yet. Engines
-are imported here, when a location needs one, so that ``import aiolmdb``
-loads none of them.
+(as SQLite spells it) is a fresh in-memory store; a ``postgresql://`` (or
+``postgres://``) URL is a PostgreSQL database. Engines are imported here,
+when a location needs one, so that ``import aiolmdb`` loads none of them
+(nor their drivers: the PostgreSQL engine needs the ``postgres`` extra).
 """
 
 from __future__ import annotations
@@ -17,7 +17,14 @@ from typing import Any
 from ..errors import UnsupportedError
 from .base import Engine
 
-__all__ = ["MEMORY", "EngineKind", "engine_kind", "lmdb_version", "open_engine"]
+__all__ = [
+    "MEMORY",
+    "POSTGRES_SCHEMES",
+    "EngineKind",
+    "engine_kind",
+    "lmdb_version",
+    "open_engine",
+]
 
 #: The location of a fresh in-memory store.
 MEMORY = ":memory:"
@@ -30,6 +37,11 @@ class EngineKind(enum.Enum):
 
     LMDB = "lmdb"
     MEMORY = "memory"
+    POSTGRES = "postgresql"
+
+
+#: URL schemes of PostgreSQL locations (libpq's).
+POSTGRES_SCHEMES = ("postgresql", "postgres")
 
 
 def engine_kind(location: str | os.PathLike[str]) -> EngineKind:
@@ -39,9 +51,11 @@ def engine_kind(location: str | os.PathLike[str]) -> EngineKind:
             return EngineKind.MEMORY
         if _URL.match(location):
             scheme = location.split("://", 1)[0]
+            if scheme.lower() in POSTGRES_SCHEMES:
+                return EngineKind.POSTGRES
             raise UnsupportedError(
-                f"no engine opens {scheme}:// locations (given {location!r}); "
-                f"use a path (LMDB) or {MEMORY!r}"
+                f"no engine opens {scheme}:// locations (given {scheme}://...); "
+                f"use a path (LMDB), {MEMORY!r} or a postgresql:// URL"
             )
     return EngineKind.LMDB
 
@@ -56,6 +70,16 @@ def open_engine(
         from .memory import MemoryEngine
 
         return MemoryEngine(**settings, **lmdb_kwargs)
+    if kind is EngineKind.POSTGRES:
+        assert isinstance(location, str)
+        try:
+            from .postgres import PostgresEngine
+        except ImportError as exc:
+            raise UnsupportedError(
+                f"the PostgreSQL engine needs the postgres extra, which is not installed "
+                f"(pip install 'aiolmdb[postgres]'): {exc}"
+            ) from exc
+        return PostgresEngine(location, **settings, **lmdb_kwargs)
     from .lmdb import LmdbEngine, LmdbSettings
 
     return LmdbEngine(location, LmdbSettings(**settings), **lmdb_kwargs)

@@ -1,0 +1,77 @@
+"""Commits that are never applied twice, nor reported lost when they were made.
+
+Every write transaction inserts a marker row (a fresh UUID) into
+``aiolmdb_commits`` and commits in the same round trip. If the connection
+drops before the answer comes, the commit may or may not have happened (on
+a failover, the standby may or may not have received it). The engine then
+asks on a new connection (which reaches the new primary) by inserting the
+same marker: the insert waits while the lost commit is still in flight on
+that server, then either finds the marker (the commit happened: the call
+succeeds, and is not applied again) or writes it (it did not, and now never
+can: the work is run again, or reported not applied). Only when no
+connection can be made within ``reconnect_timeout`` is the outcome reported
+unknown (:class:`~aiolmdb.CommitUnknownError`).
+"""
+
+from __future__ import annotations
+
+import enum
+import uuid
+
+import psycopg
+
+from ...errors import CommitUnknownError, UnavailableError
+from .connections import Connection, Connections
+from .failures import Failure, failure_of
+from .layout import Sql
+from .views import run_statement
+
+__all__ = ["CommitOutcome", "commit", "new_marker", "settle_lost_commit"]
+
+
+class CommitOutcome(enum.Enum):
+    """What became of a commit."""
+
+    COMMITTED = "committed"
+    #: Not applied (and now never will be): the work may be run again.
+    NOT_APPLIED = "not applied"
+
+
+def new_marker() -> str:
+    """A fresh marker for one attempt of a write transaction."""
+    return str(uuid.uuid4())
+
+
+async def commit(conn: Connection, marker: str) -> None:
+    """Commit the transaction open on ``conn`` with its marker, in one round trip.
+
+    Raises what the driver raises: a lost connection here leaves the outcome
+    to :func:`settle_lost_commit`.
+    """
+    await conn.execute(Sql.commit_with_marker(marker), prepare=False)
+
+
+async def settle_lost_commit(
+    connections: Connections, marker: str, what: str, error: psycopg.Error
+) -> CommitOutcome:
+    """Whether the commit of ``marker``, whose answer was lost (``error``), happened.
+
+    Raises :class:`~aiolmdb.CommitUnknownError` when the server cannot be
+    asked within ``reconnect_timeout``.
+    """
+
+    async def claim(conn: Connection) -> CommitOutcome:
+        claimed = await run_statement(conn, Sql.CLAIM_MARKER, (marker,))
+        return CommitOutcome.NOT_APPLIED if claimed == 1 else CommitOutcome.COMMITTED
+
+    try:
+        return await connections.retrying(claim)
+    except (UnavailableError, psycopg.Error) as exc:
+        if isinstance(exc, psycopg.Error) and failure_of(exc) is not Failure.LOST:
+            raise
+        raise CommitUnknownError(
+            f"{what}: the connection was lost while it committed ({error}), and PostgreSQL "
+            f"at {connections.where} could not be asked since whether the commit happened: "
+            f"its outcome is unknown (it happened if aiolmdb_commits holds the row "
+            f"{marker!r})"
+        ) from exc
