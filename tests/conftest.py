@@ -1,4 +1,5 @@
-"""Shared fixtures: environments on every engine (LMDB in pytest's ``tmp_path``, memory)."""
+"""Shared fixtures: environments on every engine (LMDB in pytest's ``tmp_path``, memory,
+PostgreSQL in a schema of its own on the suite's server)."""
 
 from __future__ import annotations
 
@@ -26,6 +27,11 @@ from aiolmdb.storage.locations import MEMORY
 from aiolmdb.storage.memory import MemoryEngine
 from aiolmdb.storage.memory.session import MemorySession
 from aiolmdb.storage.memory.writer import WriterHold
+from aiolmdb.storage.postgres import PostgresEngine
+from aiolmdb.storage.postgres.session import PostgresSession
+from helpers.postgres_fixtures import postgres_server, postgres_url
+
+__all__ = ["postgres_server", "postgres_url"]  # fixtures for every test module
 
 T = TypeVar("T")
 
@@ -50,15 +56,20 @@ def memory_engine(env: aiolmdb.AsyncEnvironment) -> MemoryEngine:
     return env.engine
 
 
-def open_sessions(env: aiolmdb.AsyncEnvironment) -> tuple[WriteSession | MemorySession, ...]:
-    """The write sessions of ``env`` open or waiting to begin, on either engine."""
-    if isinstance(env.engine, MemoryEngine):
+def open_sessions(
+    env: aiolmdb.AsyncEnvironment,
+) -> tuple[WriteSession | MemorySession | PostgresSession, ...]:
+    """The write sessions of ``env`` open or waiting to begin, on any engine."""
+    if isinstance(env.engine, MemoryEngine | PostgresEngine):
         return env.engine.sessions
     return lmdb_engine(env).sessions
 
 
 def queued_writes(env: aiolmdb.AsyncEnvironment) -> int:
-    """Work waiting for the writer of ``env``, on either engine."""
+    """Work waiting for the writer of ``env``, on any engine (none on PostgreSQL, where
+    writes never wait behind one another)."""
+    if isinstance(env.engine, PostgresEngine):
+        return 0
     if isinstance(env.engine, MemoryEngine):
         return env.engine.queued_writes
     return lmdb_engine(env).queued_writes
@@ -90,12 +101,14 @@ class EngineKind(enum.Enum):
 
     LMDB = "lmdb"
     MEMORY = "memory"
+    POSTGRES = "postgresql"
 
 
 #: What each engine declares it supports beyond the common API.
 CAPABILITIES: dict[EngineKind, Capabilities] = {
     EngineKind.LMDB: LmdbEngine.capabilities,
     EngineKind.MEMORY: MemoryEngine.capabilities,
+    EngineKind.POSTGRES: PostgresEngine.capabilities,
 }
 
 _CAPABILITY_NAMES = frozenset(field.name for field in dataclasses.fields(Capabilities))
@@ -140,10 +153,15 @@ def env_path(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-async def env(engine_kind: EngineKind, env_path: Path) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
-    """An environment on each engine (LMDB on ``env_path``), closed after the test."""
+async def env(
+    engine_kind: EngineKind, env_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[aiolmdb.AsyncEnvironment]:
+    """An environment on each engine (LMDB on ``env_path``, PostgreSQL in a fresh schema),
+    closed after the test."""
     if engine_kind is EngineKind.LMDB:
         environment = aiolmdb.open(env_path, map_size=256 * 1024 * 1024)
+    elif engine_kind is EngineKind.POSTGRES:
+        environment = aiolmdb.open(request.getfixturevalue("postgres_url"))
     else:
         environment = aiolmdb.open(MEMORY)
     try:
@@ -153,15 +171,19 @@ async def env(engine_kind: EngineKind, env_path: Path) -> AsyncIterator[aiolmdb.
 
 
 @pytest.fixture
-async def open_env(engine_kind: EngineKind, tmp_path: Path) -> AsyncIterator[EnvFactory]:
+async def open_env(
+    engine_kind: EngineKind, tmp_path: Path, request: pytest.FixtureRequest
+) -> AsyncIterator[EnvFactory]:
     """A factory of environments on each engine, every one closed at teardown.
 
     On LMDB it takes any option and a path (a fresh directory by default);
     on memory it opens a fresh store, so a test that passes LMDB options or
-    reopens a path declares what it needs (``needs("durable")``, ...).
+    reopens a path declares what it needs (``needs("durable")``, ...). On
+    PostgreSQL a path stands for a schema: the same path opens the same one.
     """
     opened: list[aiolmdb.AsyncEnvironment] = []
     counter = 0
+    schemas: dict[Path | None, str] = {}
 
     def factory(
         path: Path | None = None,
@@ -177,6 +199,16 @@ async def open_env(engine_kind: EngineKind, tmp_path: Path) -> AsyncIterator[Env
                     "engine keeps: declare needs('durable')"
                 )
             environment = aiolmdb.open(MEMORY, **kwargs)
+        elif engine_kind is EngineKind.POSTGRES:
+            if path is None or path not in schemas:
+                server = request.getfixturevalue("postgres_server")
+                url = server.schema_url()
+                if path is None:
+                    environment = aiolmdb.open(url, **kwargs)
+                    opened.append(environment)
+                    return environment
+                schemas[path] = url
+            environment = aiolmdb.open(schemas[path], **kwargs)
         else:
             if path is None:
                 counter += 1

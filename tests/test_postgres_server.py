@@ -19,11 +19,7 @@ from urllib.parse import parse_qs, urlsplit
 import psycopg
 import pytest
 from helpers.postgres import PostgresServer, PostgresServerError, ServerState
-from helpers.postgres_fixtures import (  # noqa: F401  (fixtures used below)
-    SWITCH,
-    postgres_server,
-    postgres_url,
-)
+from helpers.postgres_fixtures import SWITCH
 
 HELPERS = Path(__file__).parent / "helpers"
 #: Upper bound for a child run or a cleanup that could hang if the helper is broken.
@@ -53,7 +49,7 @@ def child_environment(**extra: str) -> dict[str, str]:
 
 
 def test_server_answers_on_loopback_with_its_settings(
-    postgres_server: PostgresServer,  # noqa: F811
+    postgres_server: PostgresServer,
 ) -> None:
     with psycopg.connect(postgres_server.url) as conn:
         row = conn.execute(
@@ -87,7 +83,7 @@ def test_server_answers_on_loopback_with_its_settings(
 
 
 def test_schema_urls_keep_unqualified_tables_apart(
-    postgres_server: PostgresServer,  # noqa: F811
+    postgres_server: PostgresServer,
 ) -> None:
     first, second = postgres_server.schema_url(), postgres_server.schema_url()
     schemas = [schema_of(first), schema_of(second)]
@@ -111,7 +107,7 @@ def test_schema_urls_keep_unqualified_tables_apart(
     assert homes == [(name,) for name in sorted(schemas)]
 
 
-def test_postgres_url_fixture_gives_an_empty_schema(postgres_url: str) -> None:  # noqa: F811
+def test_postgres_url_fixture_gives_an_empty_schema(postgres_url: str) -> None:
     with psycopg.connect(postgres_url) as conn:
         assert conn.execute("SELECT current_schema()").fetchone() == (schema_of(postgres_url),)
         tables = conn.execute(
