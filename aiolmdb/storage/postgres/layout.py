@@ -30,6 +30,7 @@ import enum
 __all__ = [
     "CREATE",
     "DEFAULT_KEYSPACE",
+    "INLINE_RANGE_VALUE",
     "LAYOUT_VERSION",
     "RangeShape",
     "Sql",
@@ -40,6 +41,9 @@ __all__ = [
 LAYOUT_VERSION = 1
 #: The id of the default database's keyspace.
 DEFAULT_KEYSPACE = 0
+#: Bytes of a value that a range read's page carries at most; larger ones are
+#: fetched apart, so that a page of large values never sits in memory at once.
+INLINE_RANGE_VALUE = 4096
 
 #: Creating the layout: idempotent, in one transaction.
 CREATE = f"""
@@ -151,9 +155,13 @@ def range_statement(shape: RangeShape) -> str:
     if RangeShape.COUNT in shape:
         statement = f"SELECT count(*) FROM aiolmdb_records WHERE {where}"
     else:
+        # Values larger than INLINE_RANGE_VALUE come without their bytes (NULL, with
+        # their length): the reader fetches them a few at a time, as it reaches them.
         order = "DESC" if reverse else "ASC"
         statement = (
-            f"SELECT key, value FROM aiolmdb_records WHERE {where} ORDER BY key {order} LIMIT %s"
+            f"SELECT key, CASE WHEN octet_length(value) <= {INLINE_RANGE_VALUE} THEN value END, "
+            f"octet_length(value) FROM aiolmdb_records WHERE {where} "
+            f"ORDER BY key {order} LIMIT %s"
         )
     _ranges[shape] = statement
     return statement

@@ -37,6 +37,8 @@ Connection = AsyncConnection[Any]
 RANGE_PAGE = 256
 RANGE_GROWTH = 4
 RANGE_PAGE_MAX = 4096
+#: Bytes of large values a range read fetches in one statement (one value at least).
+LARGE_VALUES_BYTES = 1024 * 1024
 #: Records a put_many sends in one statement at most.
 PUT_MANY_CHUNK = 5000
 
@@ -131,13 +133,38 @@ class PostgresReadView:
             resume = [] if after is None else [after]
             statement = range_statement(shape | RangeShape.AFTER if after is not None else shape)
             rows = self._rows(statement, [ident, *bounds, *resume, asked])
-            yield from rows
+            yield from self._with_values(ident, rows)
             if len(rows) < asked:
                 return
             after = rows[-1][0]
             if remaining is not None:
                 remaining -= len(rows)
             page = min(page * RANGE_GROWTH, RANGE_PAGE_MAX)
+
+    def _with_values(
+        self, ident: int, rows: list[tuple[bytes, bytes | None, int]]
+    ) -> Iterator[tuple[bytes, Buffer]]:
+        """The records of a page, the large values fetched as the reader reaches them,
+        consecutive ones together up to LARGE_VALUES_BYTES."""
+        at = 0
+        while at < len(rows):
+            key, value, size = rows[at]
+            if value is not None:
+                yield key, value
+                at += 1
+                continue
+            group = [key]
+            total = size
+            at += 1
+            while at < len(rows) and rows[at][1] is None:
+                if total + rows[at][2] > LARGE_VALUES_BYTES:
+                    break
+                group.append(rows[at][0])
+                total += rows[at][2]
+                at += 1
+            found: dict[bytes, bytes] = dict(self._rows(Sql.GET_MANY, (ident, group)))
+            for large in group:
+                yield large, found[large]
 
     def count(self, keyspace: Keyspace, low: bytes | None = None, high: bytes | None = None) -> int:
         """How many keys ``low <= key < high`` holds (every key by default)."""
