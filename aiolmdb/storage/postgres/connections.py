@@ -19,9 +19,9 @@ from typing import Any, TypeVar
 
 import psycopg
 from psycopg import AsyncConnection
-from psycopg_pool import AsyncConnectionPool, PoolTimeout
+from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
-from ...errors import UnavailableError
+from ...errors import ClosedError, UnavailableError
 from ..waiting import backoff
 from .failures import Failure, failure_of
 from .layout import CREATE, LAYOUT_VERSION, Sql
@@ -106,6 +106,8 @@ class Connections:
             deadline = loop.time() + self.reconnect_timeout
         try:
             return await self._pool.getconn(timeout=max(0.001, deadline - loop.time()))
+        except PoolClosed:
+            raise ClosedError(f"environment {self.where} is closed") from None
         except PoolTimeout as exc:
             last = self._last_error or exc
             raise UnavailableError(
@@ -121,7 +123,9 @@ class Connections:
             await self._pool.putconn(conn)
             return
         status = conn.info.transaction_status
-        if status is not psycopg.pq.TransactionStatus.IDLE:
+        if status is psycopg.pq.TransactionStatus.ACTIVE:
+            await conn.close()  # a statement cut short (a cancelled call): not reusable
+        elif status is not psycopg.pq.TransactionStatus.IDLE:
             try:
                 await conn.execute(Sql.ROLLBACK)
             except psycopg.Error:

@@ -120,6 +120,11 @@ class PostgresEngine:
         # The last piece of work queued alone: every write queued after it waits for it.
         self._alone: asyncio.Future[Any] | None = None
         self._writes = 0
+        # Auto-commit writes under way; work queued alone waits until there are none.
+        self._in_flight = 0
+        self._waiting = 0  # auto-commit writes waiting for work queued alone before them
+        self._drained = asyncio.Event()
+        self._drained.set()
         self._closed = False
 
     # -- what it is ------------------------------------------------------
@@ -148,6 +153,12 @@ class PostgresEngine:
     def sessions(self) -> tuple[PostgresSession, ...]:
         """The write sessions open (in no set order)."""
         return tuple(self._sessions)
+
+    @property
+    def writes_in_flight(self) -> int:
+        """Writes under way: auto-commit writes, and work queued alone (keyspace opens,
+        ``write_alone``)."""
+        return self._waiting + self._in_flight + len(self._work)
 
     @property
     def max_connections(self) -> int:
@@ -313,19 +324,31 @@ class PostgresEngine:
     def write(self, fn: Callable[[WriteView], R]) -> Awaitable[R]:
         """``fn(view)`` in a SERIALIZABLE transaction of its own, run again on a conflict.
 
-        Under way from the call on: a caller cancelled meanwhile does not
-        cancel it (its outcome would be unknown).
+        A caller cancelled before the commit leaves nothing applied; once the
+        commit is sent, it is seen through before the cancellation is raised.
         """
         self.check()
-        work = self._start(self._write(fn))
-        return asyncio.shield(work)
+        return self._write(fn)
 
     async def _write(self, fn: Callable[[WriteView], R]) -> R:
         alone = self._alone
         if alone is not None and not alone.done():
-            await asyncio.wait([alone])
-        await self._connections.ready()
-        result = await run_write(self._connections, fn, f"a write on environment {self._where}")
+            self._waiting += 1
+            try:
+                await asyncio.wait([alone])
+            finally:
+                self._waiting -= 1
+        self.check()
+        self._in_flight += 1
+        self._drained.clear()
+        try:
+            await self._connections.ready()
+            where = f"a write on environment {self._where}"
+            result = await run_write(self._connections, fn, where)
+        finally:
+            self._in_flight -= 1
+            if not self._in_flight:
+                self._drained.set()
         self._writes += 1
         if self._writes % FORGET_MARKERS_EVERY == 0:
             self._start(self._forget_markers())
@@ -340,8 +363,20 @@ class PostgresEngine:
             await self._connections.retrying(forget)
 
     async def write_alone(self, fn: Callable[[WriteView], R]) -> R:
-        """``fn(view)`` in a write transaction of its own (every write here is alone)."""
-        return await self.write(fn)
+        """``fn(view)`` in a write transaction of its own, alone in this process: after the
+        writes under way, before those begun meanwhile (as between LMDB's group commits).
+
+        Work that changes what other writes rely on (an index build's chunks, a
+        drop) runs so, in the order it is committed in.
+        """
+        self.check()
+        where = f"a write on environment {self._where}"
+
+        async def alone() -> R:
+            await self._connections.ready()
+            return await run_write(self._connections, fn, where)
+
+        return await self._queue_alone(alone())
 
     def queue_alone(
         self,
@@ -351,8 +386,9 @@ class PostgresEngine:
         committed: Callable[[R], None] | None = None,
         failed: Callable[[BaseException], None] | None = None,
     ) -> asyncio.Future[R] | None:
-        """Queue ``fn(view)`` now: every write queued afterwards waits for it; outside an
-        event loop it runs at once, on a connection of its own, and this gives None.
+        """Queue ``fn(view)`` now, alone (see :meth:`write_alone`): every write queued
+        afterwards waits for it; outside an event loop it runs at once, on a connection
+        of its own, and this gives None.
 
         ``committed(result)`` or ``failed(error)`` runs before any later write.
         """
@@ -386,6 +422,7 @@ class PostgresEngine:
         async def after_the_one_before() -> R:
             if before is not None and not before.done():
                 await asyncio.wait([before])
+            await self._drained.wait()  # the writes begun before it
             return await work
 
         task = self._start(after_the_one_before())
@@ -455,6 +492,7 @@ class PostgresEngine:
         if self._closed:
             return
         self._closed = True
+        await self._drained.wait()
         if self._work:
             await asyncio.wait(list(self._work))
         endings = [session.abort() for session in list(self._sessions)]

@@ -23,12 +23,12 @@ import psycopg
 from ...errors import AiolmdbError, ConnectionLostError, TransactionError
 from ..base import ReadView, WriteView, transaction_label
 from ..savepoints import Savepoints
-from ..waiting import outlast_cancellation
 from .bridge import run_bridged
 from .commits import CommitOutcome, commit, new_marker, settle_lost_commit
 from .connections import Connection, Connections
 from .failures import Failure, failure_of, user_error
 from .views import PostgresReadView, PostgresWriteView, run_statement
+from .writes import outlasting
 
 __all__ = ["PostgresSession", "PostgresSnapshot", "SessionState"]
 
@@ -168,14 +168,7 @@ class PostgresSession:
         async with self._lock:
             # Once sent, the commit is seen through even if the caller is cancelled: its
             # outcome is then known here, and the connection given back in order.
-            committing = asyncio.ensure_future(self._commit_now())
-            try:
-                await asyncio.shield(committing)
-            except asyncio.CancelledError:
-                await outlast_cancellation(committing)
-                if not committing.cancelled():
-                    committing.exception()  # retrieved: the caller learns of the cancellation
-                raise
+            await outlasting(self._commit_now())
 
     async def _commit_now(self) -> None:
         marker = new_marker()

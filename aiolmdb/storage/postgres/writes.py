@@ -1,5 +1,7 @@
 """One auto-commit write: ``fn(view)`` in a SERIALIZABLE transaction of its own.
 
+The caller's cancellation before the commit leaves nothing applied; a commit
+sent is seen through (its outcome settled) before the cancellation is raised.
 Run again (``fn`` may run more than once, as on every engine) when it
 conflicts, up to :data:`CONFLICT_ATTEMPTS` times; when the connection is
 found dead before the commit, for up to ``reconnect_timeout`` seconds; and
@@ -10,28 +12,29 @@ when a commit's answer was lost but the commit did not happen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
-from typing import TypeVar
+from collections.abc import Callable, Coroutine
+from typing import Any, TypeVar
 
 import psycopg
 
-from ...errors import UnavailableError
+from ...errors import ConflictError, UnavailableError
 from ..base import WriteView
-from ..waiting import backoff
+from ..waiting import backoff, outlast_cancellation
 from .bridge import run_bridged
 from .commits import CommitOutcome, commit, new_marker, settle_lost_commit
-from .connections import Connections
+from .connections import Connection, Connections
 from .failures import Failure, failure_of, user_error
 from .layout import Sql
 from .views import PostgresWriteView
 
-__all__ = ["CONFLICT_ATTEMPTS", "run_write"]
+__all__ = ["CONFLICT_ATTEMPTS", "outlasting", "run_write"]
 
 R = TypeVar("R")
+T = TypeVar("T")
 
 #: How many times an auto-commit write runs when it conflicts, at most; then
 #: :class:`~aiolmdb.ConflictError`.
-CONFLICT_ATTEMPTS = 16
+CONFLICT_ATTEMPTS = 32
 
 
 async def run_write(connections: Connections, fn: Callable[[WriteView], R], what: str) -> R:
@@ -39,8 +42,7 @@ async def run_write(connections: Connections, fn: Callable[[WriteView], R], what
 
     ``what`` names the write in messages.
     """
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + connections.reconnect_timeout
+    deadline = asyncio.get_running_loop().time() + connections.reconnect_timeout
     conflicts = 0
     attempt = 0
     while True:
@@ -49,25 +51,13 @@ async def run_write(connections: Connections, fn: Callable[[WriteView], R], what
             await asyncio.sleep(backoff(attempt - 1))
         conn = await connections.begin(Sql.BEGIN_WRITE)
         marker = new_marker()
-        committing = False
         try:
             result = await run_bridged(fn, PostgresWriteView(conn))
-            committing = True
-            await commit(conn, marker)
         except psycopg.Error as exc:
             failure = failure_of(exc)
             if failure is Failure.LOST:
                 await connections.discard(conn, exc)
-                if committing:
-                    outcome = await settle_lost_commit(connections, marker, what, exc)
-                    if outcome is CommitOutcome.COMMITTED:
-                        return result
-                if loop.time() >= deadline:
-                    raise UnavailableError(
-                        f"{what} could not be applied: the connection to PostgreSQL at "
-                        f"{connections.where} kept failing for "
-                        f"{connections.reconnect_timeout:g} s (reconnect_timeout): {exc}"
-                    ) from exc
+                check_deadline(connections, deadline, what, exc)
                 continue
             await connections.put(conn)
             if failure is Failure.CONFLICT:
@@ -76,8 +66,61 @@ async def run_write(connections: Connections, fn: Callable[[WriteView], R], what
                     continue
                 raise user_error(exc, failure, f"{what} ({conflicts} attempts)") from exc
             raise user_error(exc, failure, what) from exc
-        except BaseException:
+        except BaseException:  # fn raised, or the caller was cancelled: nothing applied
             await connections.put(conn)
             raise
+        outcome = await outlasting(commit_once(connections, conn, marker, what))
+        if outcome is CommitOutcome.COMMITTED:
+            return result
+        if outcome is Failure.CONFLICT:
+            conflicts += 1
+            if conflicts >= CONFLICT_ATTEMPTS:
+                raise ConflictError(
+                    f"{what} ({conflicts} attempts) conflicted with concurrent transactions "
+                    "at every commit and was not applied: run it again"
+                )
+
+
+def check_deadline(
+    connections: Connections, deadline: float, what: str, exc: BaseException
+) -> None:
+    """Raise :class:`~aiolmdb.UnavailableError` once connections kept failing past ``deadline``."""
+    if asyncio.get_running_loop().time() >= deadline:
+        raise UnavailableError(
+            f"{what} could not be applied: the connection to PostgreSQL at "
+            f"{connections.where} kept failing for "
+            f"{connections.reconnect_timeout:g} s (reconnect_timeout): {exc}"
+        ) from exc
+
+
+async def commit_once(
+    connections: Connections, conn: Connection, marker: str, what: str
+) -> CommitOutcome | Failure:
+    """Commit the transaction on ``conn``, giving the connection back; whether it happened
+    (a conflict at the commit: not applied, to run again)."""
+    try:
+        await commit(conn, marker)
+    except psycopg.Error as exc:
+        failure = failure_of(exc)
+        if failure is Failure.LOST:
+            await connections.discard(conn, exc)
+            return await settle_lost_commit(connections, marker, what, exc)
         await connections.put(conn)
-        return result
+        if failure is Failure.CONFLICT:
+            return Failure.CONFLICT
+        raise user_error(exc, failure, what) from exc
+    await connections.put(conn)
+    return CommitOutcome.COMMITTED
+
+
+async def outlasting(work: Coroutine[Any, Any, T]) -> T:
+    """``work``'s result, seen through even if the caller is cancelled meanwhile (a commit
+    sent must be settled); the caller's cancellation is raised afterwards."""
+    task = asyncio.ensure_future(work)
+    try:
+        return await asyncio.shield(task)
+    except asyncio.CancelledError:
+        await outlast_cancellation(task)
+        if not task.cancelled():
+            task.exception()  # retrieved: the caller learns of its cancellation instead
+        raise
