@@ -19,7 +19,7 @@ from ..errors import (
     DatabaseNotFoundError,
     TransactionError,
 )
-from ..storage import Keyspace, ReadView, WriteView
+from ..storage import Keyspace, NotNowError, ReadView, WriteView
 from .build import IndexBuild, IndexProgress, IndexRepair
 from .catalog import IndexCatalog
 from .index import BoundIndex, Index
@@ -242,7 +242,11 @@ class Collection(AsyncDatabase[K, M]):
         """
         if self.access.in_write_transaction():
             # The engine serves this transaction: read what is committed, build nothing.
-            self.env.engine.read_now(self._read_catalog)
+            try:
+                self.env.engine.read_now(self._read_catalog)
+            except NotNowError:  # the engine reads it, and every call waits for that
+                self._wait_for_setup(records, asyncio.ensure_future(self._read_catalog_later()))
+                return
             self._open_removed()
             return
 
@@ -269,9 +273,21 @@ class Collection(AsyncDatabase[K, M]):
         if setup is None:  # it ran at once, outside an event loop
             self._open_removed()
             return
+        self._wait_for_setup(records, setup)
+
+    def _wait_for_setup(self, records: IndexedRecords[K, M], setup: asyncio.Future[Any]) -> None:
+        """Every call of the collection waits for ``setup`` (the catalog's reading)."""
         records.setup = setup
         self.access.pending = True
         setup.add_done_callback(self._setup_done)
+
+    async def _read_catalog_later(self) -> None:
+        records = self._records_of()
+        try:
+            await self.env.engine.read(self._read_catalog)
+        except Exception as exc:
+            records.setup_error = exc
+            raise
 
     def _setup_done(self, setup: asyncio.Future[Any]) -> None:
         """On the event loop, once the catalog was read (before any call goes on)."""
@@ -293,9 +309,18 @@ class Collection(AsyncDatabase[K, M]):
         the collection holds.
         """
         records = self._records_of()
+        declared_none = not type(self)._declared_indexes
         try:
             self.access.keyspace.check()
-            self._catalog().keyspace.check()
+            try:
+                self._catalog().keyspace.check()
+            except DatabaseNotFoundError:
+                if not declared_none:
+                    raise
+                # Opened only to look for removed indexes (where the engine cannot tell at
+                # once whether it exists): no collection ever had an index here.
+                records.catalog = None
+                return 0
             for upkeep in records.upkeeps:
                 upkeep.keyspace.check()
         except Exception as exc:
