@@ -84,17 +84,17 @@ class _Chunks(Generic[K, M]):
     def _index_next(self, view: WriteView, after: bytes | None) -> tuple[int, bytes | None]:
         """Write the entries of the records after ``after`` (at most a chunk of them);
         (records indexed, the last one's key)."""
-        indexed, last = 0, after
         main = self._collection.access.keyspace
-        for raw_key, raw_value in view.range(main, after=after, limit=BUILD_CHUNK):
-            record = self._decoded(raw_key, raw_value)
-            for upkeep in self._upkeeps:
-                keys = upkeep.entry_keys(record, raw_key)
-                upkeep.check_unique(view, raw_key, keys)
-                upkeep.update_entries(view, raw_key, set(), keys)  # present ones stay
-            indexed += 1
-            last = raw_key
-        return indexed, last
+        records = [
+            (raw_key, self._decoded(raw_key, raw_value))
+            for raw_key, raw_value in view.range(main, after=after, limit=BUILD_CHUNK)
+        ]
+        for upkeep in self._upkeeps:
+            upkeep.add_entries_of_many(
+                view, [(raw_key, upkeep.entry_keys(record, raw_key)) for raw_key, record in records]
+            )
+        last = records[-1][0] if records else after
+        return len(records), last
 
     def _reported(self, before: int, done: int, total: int, finished: bool) -> None:
         if finished or done // PROGRESS_EVERY > before // PROGRESS_EVERY:

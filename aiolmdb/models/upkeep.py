@@ -167,11 +167,35 @@ class IndexUpkeep(Generic[M]):
         for entry in added:
             holder = view.get(self.keyspace, entry)
             if holder is not None and bytes(holder) != raw_key:
-                value, _ = unescape_element(entry, 0)
-                raise UniqueViolationError(
-                    f"{self.label}: the value {self._show_index_key(value)} is already "
-                    f"used by key {self._codec.show_key(bytes(holder))}"
-                )
+                raise self._violation(entry, bytes(holder))
+
+    def _violation(self, entry: bytes, holder: bytes) -> UniqueViolationError:
+        value, _ = unescape_element(entry, 0)
+        return UniqueViolationError(
+            f"{self.label}: the value {self._show_index_key(value)} is already "
+            f"used by key {self._codec.show_key(holder)}"
+        )
+
+    def add_entries_of_many(self, view: WriteView, records: list[tuple[bytes, set[bytes]]]) -> None:
+        """Write the entries of many records, ``(raw key, index keys)`` in key order, those
+        present already staying: as :meth:`check_unique` then :meth:`update_entries` of
+        each in turn, with one read and one write of the index for all of them (a round
+        trip each on a networked engine, instead of two per record)."""
+        if not self.index.unique:
+            entries = [(entry + raw_key, b"") for raw_key, keys in records for entry in keys]
+            view.put_many(self.keyspace, entries)
+            return
+        holders: dict[bytes, bytes] = {}
+        for raw_key, keys in records:
+            for entry in keys:
+                earlier = holders.setdefault(entry, raw_key)
+                if earlier != raw_key:
+                    raise self._violation(entry, earlier)
+        stored = view.get_many(self.keyspace, list(holders))
+        for (entry, raw_key), holder in zip(holders.items(), stored, strict=True):
+            if holder is not None and bytes(holder) != raw_key:
+                raise self._violation(entry, bytes(holder))
+        view.put_many(self.keyspace, list(holders.items()))
 
     def _show_index_key(self, raw: bytes) -> str:
         try:
