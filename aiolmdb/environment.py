@@ -32,7 +32,7 @@ R = TypeVar("R")
 P = ParamSpec("P")
 
 #: How many times ``transact`` runs a function that conflicts, at most.
-TRANSACT_ATTEMPTS = 8
+TRANSACT_ATTEMPTS = 24
 
 
 def version() -> tuple[int, int, int]:
@@ -430,7 +430,8 @@ class AsyncEnvironment:
             except RetryableError as exc:
                 if attempt == TRANSACT_ATTEMPTS:
                     raise type(exc)(
-                        f"environment {self._name}: the transaction of {fn!r} still "
+                        f"environment {self._name}: the transaction of "
+                        f"{getattr(fn, '__qualname__', type(fn).__qualname__)} still "
                         f"failed after {TRANSACT_ATTEMPTS} attempts: {exc}"
                     ) from exc
             await asyncio.sleep(backoff(attempt))

@@ -24,7 +24,7 @@ R = TypeVar("R")
 #: Seconds before the second attempt of work that failed for a passing reason (a
 #: conflict, a lost connection); each later pause doubles, up to BACKOFF_MAX.
 BACKOFF = 0.005
-BACKOFF_MAX = 0.25
+BACKOFF_MAX = 0.1
 
 # (future, ok, value): what an engine thread hands back to an event loop.
 _Settled = tuple["asyncio.Future[Any]", bool, Any]
