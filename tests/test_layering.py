@@ -17,8 +17,16 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
 
-#: The modules an engine brings in: py-lmdb itself and the two engine packages.
-ENGINES = ("lmdb", "aiolmdb.storage.lmdb", "aiolmdb.storage.memory")
+#: The modules an engine brings in: the engine packages and the drivers they use.
+ENGINES = (
+    "lmdb",
+    "aiolmdb.storage.lmdb",
+    "aiolmdb.storage.memory",
+    "psycopg",
+    "psycopg_pool",
+    "greenlet",
+    "aiolmdb.storage.postgres",
+)
 
 # Runs after the code under test: which engine modules it loaded, and where aiolmdb
 # came from (so that a stale installed copy cannot pass for this checkout).
@@ -26,7 +34,7 @@ REPORT = f"""
 import json, sys
 import aiolmdb
 print(json.dumps({{
-    "loaded": [name for name in {ENGINES!r} if name in sys.modules],
+    "loaded": [name for name in {ENGINES!r} if sys.modules.get(name) is not None],
     "aiolmdb": aiolmdb.__file__,
 }}))
 """
@@ -81,3 +89,27 @@ def test_opening_a_path_loads_lmdb_and_not_the_memory_engine(tmp_path: Path) -> 
 
 def test_opening_memory_loads_the_memory_engine_and_not_lmdb() -> None:
     assert engines_loaded_by(OPEN_AND_USE, ":memory:") == ["aiolmdb.storage.memory"]
+
+
+def test_opening_a_postgresql_url_loads_its_engine_and_driver_only(postgres_url: str) -> None:
+    loaded = engines_loaded_by(OPEN_AND_USE, postgres_url)
+    assert loaded == ["psycopg", "psycopg_pool", "greenlet", "aiolmdb.storage.postgres"]
+
+
+# As if the postgres extra were not installed: its packages cannot be imported.
+WITHOUT_THE_DRIVER = """
+import sys
+for name in ("psycopg", "psycopg_pool", "greenlet"):
+    sys.modules[name] = None
+import aiolmdb
+try:
+    aiolmdb.open("postgresql://app@127.0.0.1:1/app")
+except aiolmdb.UnsupportedError as exc:
+    assert "pip install 'aiolmdb[postgres]'" in str(exc), str(exc)
+else:
+    raise AssertionError("a postgresql URL opened without the driver")
+"""
+
+
+def test_without_the_postgres_extra_aiolmdb_imports_and_a_url_says_what_to_install() -> None:
+    assert engines_loaded_by(WITHOUT_THE_DRIVER) == []
