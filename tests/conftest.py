@@ -16,7 +16,9 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 import lmdb
+import psycopg
 import pytest
+from helpers.postgres_fixtures import postgres_server, postgres_url
 
 import aiolmdb
 from aiolmdb.coders import Buffer, Coder
@@ -29,7 +31,6 @@ from aiolmdb.storage.memory.session import MemorySession
 from aiolmdb.storage.memory.writer import WriterHold
 from aiolmdb.storage.postgres import PostgresEngine
 from aiolmdb.storage.postgres.session import PostgresSession
-from helpers.postgres_fixtures import postgres_server, postgres_url
 
 __all__ = ["postgres_server", "postgres_url"]  # fixtures for every test module
 
@@ -66,10 +67,10 @@ def open_sessions(
 
 
 def queued_writes(env: aiolmdb.AsyncEnvironment) -> int:
-    """Work waiting for the writer of ``env``, on any engine (none on PostgreSQL, where
-    writes never wait behind one another)."""
+    """Work waiting for the writer of ``env``, on any engine (on PostgreSQL, where writes
+    run side by side, the writes under way)."""
     if isinstance(env.engine, PostgresEngine):
-        return 0
+        return env.engine.writes_in_flight
     if isinstance(env.engine, MemoryEngine):
         return env.engine.queued_writes
     return lmdb_engine(env).queued_writes
@@ -230,7 +231,8 @@ class WriterGate:
     While it is held, writes queue up behind it, so that they are applied
     together in the next group commit once it is released. On LMDB it is a
     ``run(write=True)`` on the writer thread; on memory, the engine's
-    ``hold_writer()``.
+    ``hold_writer()``; on PostgreSQL, which has no single writer, a lock on the
+    records' table that every write waits for.
     """
 
     def __init__(self, db: aiolmdb.AsyncDatabase[Any, Any]) -> None:
@@ -239,10 +241,20 @@ class WriterGate:
         self._release = threading.Event()
         self._task: asyncio.Task[bool] | None = None
         self._hold: WriterHold | None = None
+        self._lock: psycopg.AsyncConnection[Any] | None = None
+        self._unlocking: asyncio.Future[None] | None = None
 
     async def hold(self) -> None:
-        if isinstance(self._db.env.engine, MemoryEngine):
-            self._hold = self._db.env.engine.hold_writer()
+        engine = self._db.env.engine
+        if isinstance(engine, MemoryEngine):
+            self._hold = engine.hold_writer()
+            return
+        if isinstance(engine, PostgresEngine):
+            # Every write waits for the lock (reads do not): writes pile up in flight.
+            await self._db.count()  # the tables exist
+            self._lock = await psycopg.AsyncConnection.connect(engine.description)
+            await self._lock.execute("BEGIN")
+            await self._lock.execute("LOCK TABLE aiolmdb_records IN EXCLUSIVE MODE")
             return
 
         def block(_: aiolmdb.DatabaseTxn[Any, Any]) -> bool:
@@ -258,9 +270,15 @@ class WriterGate:
         self._release.set()
         if self._hold is not None:
             self._hold.release()
+        if self._lock is not None:
+            lock, self._lock = self._lock, None
+            self._unlocking = asyncio.ensure_future(lock.close())  # the lock goes with it
 
     async def release(self) -> None:
+        lock, self._lock = self._lock, None
         self.let_go()
+        if lock is not None:
+            await lock.close()
         if self._task is not None:
             assert await bounded(self._task)
 

@@ -67,7 +67,8 @@ async def test_cancelled_put_multi_is_all_or_nothing(open_env: EnvFactory) -> No
             tag = f"r{round_:02d}b{j}"
             batches[tag] = rng.choice([1, 5, 31, 33, 80])  # > 32: encoded off the loop
             tasks[tag] = asyncio.create_task(db.put_multi(batch(tag, batches[tag])))
-        cancellers = [cancel_soon(t, rng) for t in tasks.values()]
+        # One batch of every round is left to finish: acknowledged batches are checked too.
+        cancellers = [cancel_soon(t, rng) for t in list(tasks.values())[1:]]
         if gate is not None:
             await asyncio.gather(*cancellers)
             await gate.release()
@@ -186,6 +187,7 @@ async def test_transactions_cancelled_at_random_points_are_all_or_nothing(
         await abort_orphans(env)
 
 
+@pytest.mark.needs("serial_writes")
 async def test_task_cancelled_while_waiting_to_begin_a_transaction(open_env: EnvFactory) -> None:
     """Cancelled while queued behind another transaction: the writer must not be left
     serving a session nobody will end."""

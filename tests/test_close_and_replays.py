@@ -21,6 +21,7 @@ from conftest import (
 )
 
 import aiolmdb
+from aiolmdb.storage.postgres.session import PostgresSession
 
 
 @pytest.mark.lmdb_only
@@ -105,6 +106,7 @@ async def close_inside_a_transaction_with_others_queued(env: aiolmdb.AsyncEnviro
         assert isinstance(outcome, aiolmdb.ClosedError), repr(outcome)
 
 
+@pytest.mark.needs("serial_writes")
 async def test_close_inside_a_transaction_with_others_queued(open_env: EnvFactory) -> None:
     # close() used to wait for the sessions one by one, in no set order: a
     # queued one first meant waiting forever for this block to end.
@@ -135,6 +137,7 @@ async def test_close_from_another_event_loop_waits_for_the_close_under_way(
     assert env.closed
 
 
+@pytest.mark.needs("serial_writes")
 async def test_writes_queued_behind_a_transaction_are_forgotten_once_done(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
@@ -142,6 +145,7 @@ async def test_writes_queued_behind_a_transaction_are_forgotten_once_done(
     async with env.transaction():
         await db.put(b"a", b"1")
         (session,) = open_sessions(env)
+        assert not isinstance(session, PostgresSession)  # serial writes: a session has a watch
         # Auto-commit writes of other tasks, and a transaction: all wait behind it.
         writes = [detached(db.put(b"k%d" % i, b"v")) for i in range(100)]
         other = detached(env.transaction().__aenter__())

@@ -216,7 +216,7 @@ async def test_drop_with_delete_removes_the_database(env: Env, records: BytesDB)
     await other.put(b"k", b"v")
     await records.drop(delete=True)
     with pytest.raises(aiolmdb.DatabaseNotFoundError, match="records"):
-        env.open_db("records", create=False)
+        await env.open_db_async("records", create=False)
     with pytest.raises(aiolmdb.AiolmdbError, match="dropped"):
         await records.get(b"1")
     with pytest.raises(aiolmdb.AiolmdbError, match="dropped"):
@@ -236,7 +236,7 @@ async def test_drop_default_is_seed_delete(env: Env, records: BytesDB) -> None:
     await records.put(b"k", b"v")
     await records.drop()  # the seed's default: delete=True
     with pytest.raises(aiolmdb.DatabaseNotFoundError):
-        env.open_db("records", create=False)
+        await env.open_db_async("records", create=False)
 
 
 @pytest.mark.parametrize("delete", [False, True])

@@ -82,6 +82,7 @@ async def test_a_write_queued_behind_a_drop_never_reaches_the_database_reusing_i
     assert await other.get(b"k") is None
 
 
+@pytest.mark.needs("serial_writes")
 async def test_a_write_checks_the_drop_where_it_runs_not_only_when_called(env: Env) -> None:
     doomed = env.open_db("doomed")
     holder = env.open_db("holder")
@@ -106,6 +107,7 @@ class People(Collection[int, Person]):
     by_name = Index(lambda p: p.name, StringCoder())
 
 
+@pytest.mark.needs("serial_writes")
 async def test_a_collection_write_queued_behind_its_drop_fails(env: Env) -> None:
     people = People(env)
     await people.put(1, Person(name="ada"))
@@ -538,6 +540,7 @@ async def test_scanning_large_values_one_at_a_time_holds_a_few_of_them_at_most(
 # -- 1, 20: a get that lets other tasks run never reads a dropped database ----
 
 
+@pytest.mark.lmdb_only
 async def test_a_get_that_yields_never_reads_the_database_that_took_a_dropped_slot(
     env: Env,
 ) -> None:
@@ -573,7 +576,7 @@ async def test_a_get_that_yields_never_reads_the_database_that_took_a_dropped_sl
     assert await other.get(b"k") == b"record of other"
 
 
-@pytest.mark.needs("durable")
+@pytest.mark.needs("durable", "native_key_orders")
 async def test_every_handle_on_an_integerkey_database_keeps_its_key_size(
     open_env: EnvFactory, env_path: Any
 ) -> None:

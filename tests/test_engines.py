@@ -41,9 +41,9 @@ async def test_a_path_opens_lmdb_and_memory_a_fresh_store_each_time(tmp_path: Pa
 
 def test_a_url_of_no_known_engine_is_refused_naming_its_scheme() -> None:
     with pytest.raises(
-        aiolmdb.UnsupportedError, match=r"no engine opens postgresql://.*':memory:'"
+        aiolmdb.UnsupportedError, match=r"no engine opens redis://.*':memory:' or a postgresql"
     ):
-        aiolmdb.open("postgresql://app@db.example/app")
+        aiolmdb.open("redis://app@db.example/0")
 
 
 def test_the_memory_engine_refuses_lmdb_options_naming_them() -> None:

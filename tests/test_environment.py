@@ -409,14 +409,14 @@ async def test_sync_force(open_env: EnvFactory, tmp_path: Path) -> None:
 
 async def test_open_db_create_false_on_a_missing_db(env: aiolmdb.AsyncEnvironment) -> None:
     with pytest.raises(aiolmdb.DatabaseNotFoundError) as excinfo:
-        env.open_db("nowhere", create=False)
+        await env.open_db_async("nowhere", create=False)
     assert "nowhere" in str(excinfo.value)
     assert isinstance(excinfo.value, aiolmdb.AiolmdbError)
     assert isinstance(excinfo.value, KeyError)
     # Nothing was created.
     assert await env.get_default_database().get(b"nowhere") is None
     with pytest.raises(aiolmdb.DatabaseNotFoundError):
-        env.open_db(b"nowhere", create=False)
+        await env.open_db_async(b"nowhere", create=False)
 
 
 async def test_open_db_create_false_on_an_existing_db(env: aiolmdb.AsyncEnvironment) -> None:
@@ -435,7 +435,7 @@ async def test_unsupported_open_db_flags_raise_type_error(
     with pytest.raises(TypeError, match=flag):
         env.open_db("dups", **flags)
     with pytest.raises(aiolmdb.DatabaseNotFoundError):
-        env.open_db("dups", create=False)
+        await env.open_db_async("dups", create=False)
 
 
 @pytest.mark.needs("native_key_orders")

@@ -129,6 +129,7 @@ async def test_an_index_open_elsewhere_notices_writes_made_without_it(
     assert await with_bio.by_bio.get_all("old") == []
 
 
+@pytest.mark.needs("serial_writes")
 async def test_a_write_without_the_index_in_the_same_group_commit_is_noticed(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:

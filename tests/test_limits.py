@@ -282,7 +282,7 @@ async def test_readonly_environment_refuses_writes(tmp_path: Path) -> None:
             async with env.transaction():
                 await db.put(b"k", b"w")
         with pytest.raises(aiolmdb.DatabaseNotFoundError):
-            env.open_db("missing", create=False)
+            await env.open_db_async("missing", create=False)
         # A database that does not exist cannot be created: LMDB's error, naming it,
         # from the first call (the open returns at once; the writer's open fails).
         missing = env.open_db("missing")
@@ -314,7 +314,7 @@ async def test_garbage_data_file(tmp_path: Path) -> None:
 async def test_missing_database_with_create_false(open_env: EnvFactory) -> None:
     env = open_env()
     with pytest.raises(aiolmdb.DatabaseNotFoundError, match="nope") as info:
-        env.open_db("nope", create=False)
+        await env.open_db_async("nope", create=False)
     assert isinstance(info.value, KeyError)
     env.open_db("nope")
     assert env.open_db("nope", create=False) is not None

@@ -379,4 +379,4 @@ async def test_a_drop_queued_behind_a_drop_of_its_collection_is_refused(
         names = [key async for key in env.get_default_database().keys()]
         assert names == [b"__aiolmdb__", b"gate"]
     with pytest.raises(aiolmdb.DatabaseNotFoundError):
-        env.open_db("accounts", create=False)
+        await env.open_db_async("accounts", create=False)

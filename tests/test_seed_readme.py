@@ -85,7 +85,7 @@ async def test_querying_a_database(env: aiolmdb.AsyncEnvironment) -> None:
     # Drop the database
     await db.drop()
     with pytest.raises(aiolmdb.DatabaseNotFoundError):
-        env.open_db("records", create=False)
+        await env.open_db_async("records", create=False)
 
 
 async def test_dropping_the_default_database_empties_it(env: aiolmdb.AsyncEnvironment) -> None:

@@ -289,6 +289,7 @@ async def test_a_transaction_that_fills_a_growable_map_can_be_retried(
 # -- a write made outside the transaction, awaited inside it ------------------
 
 
+@pytest.mark.needs("serial_writes")
 async def test_awaiting_an_outside_write_from_inside_a_transaction_raises(
     env: Env, db: BytesDB
 ) -> None:
@@ -307,6 +308,7 @@ async def test_awaiting_an_outside_write_from_inside_a_transaction_raises(
 
 
 @pytest.mark.parametrize("how", ["await", "gather", "wait", "shield", "task group"])
+@pytest.mark.needs("serial_writes")
 async def test_an_outside_write_awaited_through_wrappers_is_refused(
     env: Env, db: BytesDB, how: str
 ) -> None:
@@ -347,6 +349,7 @@ async def test_an_outside_write_awaited_through_wrappers_is_refused(
     assert await bounded(db.put(b"after", b"v"))
 
 
+@pytest.mark.needs("serial_writes")
 async def test_awaiting_another_transaction_from_inside_a_transaction_raises(
     env: Env, db: BytesDB
 ) -> None:
@@ -370,6 +373,7 @@ async def test_awaiting_another_transaction_from_inside_a_transaction_raises(
     assert await db.get(b"other") is None
 
 
+@pytest.mark.needs("serial_writes")
 async def test_an_awaited_outside_write_is_found_among_many_queued(env: Env, db: BytesDB) -> None:
     try:
         async with env.transaction():
@@ -387,6 +391,7 @@ async def test_an_awaited_outside_write_is_found_among_many_queued(env: Env, db:
     assert await db.get(b"awaited") is None
 
 
+@pytest.mark.needs("serial_writes")
 async def test_outside_writes_not_awaited_by_the_transaction_wait_for_it(
     env: Env, db: BytesDB
 ) -> None:

@@ -214,6 +214,7 @@ async def test_concurrent_calls_inside_the_block(env: Env, left: BytesDB) -> Non
     assert await left.count() == 50
 
 
+@pytest.mark.needs("serial_writes")
 async def test_auto_commit_writes_of_other_tasks_wait_for_the_transaction(
     env: Env, left: BytesDB
 ) -> None:
@@ -241,6 +242,7 @@ async def test_auto_commit_writes_of_other_tasks_wait_for_the_transaction(
     assert await left.count() == 12
 
 
+@pytest.mark.needs("serial_writes")
 async def test_concurrent_transactions_are_serialised(env: Env, right: JsonDB) -> None:
     await right.put("counter", 0)
 
