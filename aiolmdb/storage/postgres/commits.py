@@ -22,7 +22,6 @@ import psycopg
 
 from ...errors import CommitUnknownError, UnavailableError
 from .connections import Connection, Connections
-from .failures import Failure, failure_of
 from .layout import Sql
 from .views import run_statement
 
@@ -57,21 +56,25 @@ async def settle_lost_commit(
     """Whether the commit of ``marker``, whose answer was lost (``error``), happened.
 
     Raises :class:`~aiolmdb.CommitUnknownError` when the server cannot be
-    asked within ``reconnect_timeout``.
+    asked within ``reconnect_timeout``, or refuses the question (the claim
+    waiting for the lost commit ran into the session's ``lock_timeout``).
     """
 
     async def claim(conn: Connection) -> CommitOutcome:
         claimed = await run_statement(conn, Sql.CLAIM_MARKER, (marker,))
         return CommitOutcome.NOT_APPLIED if claimed == 1 else CommitOutcome.COMMITTED
 
+    def unknown(why: str) -> CommitUnknownError:
+        return CommitUnknownError(
+            f"{what}: the connection was lost while it committed ({error}), and PostgreSQL "
+            f"at {connections.where} {why}: its outcome is unknown (it happened if "
+            f"aiolmdb_commits holds the row {marker!r})"
+        )
+
     try:
         return await connections.retrying(claim)
-    except (UnavailableError, psycopg.Error) as exc:
-        if isinstance(exc, psycopg.Error) and failure_of(exc) is not Failure.LOST:
-            raise
-        raise CommitUnknownError(
-            f"{what}: the connection was lost while it committed ({error}), and PostgreSQL "
-            f"at {connections.where} could not be asked since whether the commit happened: "
-            f"its outcome is unknown (it happened if aiolmdb_commits holds the row "
-            f"{marker!r})"
-        ) from exc
+    except UnavailableError as exc:
+        raise unknown("could not be asked since whether the commit happened") from exc
+    except psycopg.Error as exc:
+        # Not a lost connection (retrying makes those again): the server refused the claim.
+        raise unknown(f"refused to say whether the commit happened ({exc})") from exc
