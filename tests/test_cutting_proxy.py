@@ -127,3 +127,15 @@ async def test_refusing_after_the_cut_closes_every_connection(
             await bounded(idle.execute("SELECT 1"))
     with pytest.raises(psycopg.OperationalError):
         await bounded(psycopg.AsyncConnection.connect(url, connect_timeout=5))
+
+
+async def test_refused_connections_are_forwarded_again_once_admitted(
+    proxy: CuttingProxy, postgres_url: str, server: Server
+) -> None:
+    marker = str(uuid.uuid4())
+    proxy.refuse()
+    with pytest.raises(psycopg.OperationalError, match="server closed the connection"):
+        await bounded(commit_through(proxy, postgres_url, marker))
+    proxy.admit()
+    await bounded(commit_through(proxy, postgres_url, marker))
+    assert await markers(server) == [marker]

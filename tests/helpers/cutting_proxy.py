@@ -21,7 +21,8 @@ network failure at that moment would, in one of the ways of :class:`CutMode`:
   making when the client finds its connection gone.
 
 After the cut the proxy forwards normally again, or (``then=Afterwards.REFUSE``)
-closes every connection and every new one at once: the server cannot be reached.
+closes every connection and every new one at once: the server cannot be reached
+(as after :meth:`CuttingProxy.refuse`, until :meth:`CuttingProxy.admit`).
 Only plain connections can be read: URLs to the proxy (:func:`proxied_url`) say
 ``sslmode=disable`` and ``gssencmode=disable``.
 """
@@ -218,6 +219,15 @@ class CuttingProxy:
         finally:
             self._drop(held.link)
 
+    def refuse(self) -> None:
+        """Close every connection, and every new one until :meth:`admit`: the server is
+        out of reach."""
+        self._refuse(keep=None)
+
+    def admit(self) -> None:
+        """Forward new connections again."""
+        self._refusing = False
+
     def cut_client(self) -> None:
         """Close the client's side of the connection a ``CUT_WHEN_TOLD`` cut left open."""
         link, self._told = self._told, None
@@ -287,6 +297,12 @@ class CuttingProxy:
             if not self._keeps(link):
                 self._drop(link)
 
+    def _refuse(self, keep: _Link | None) -> None:
+        self._refusing = True
+        for link in list(self._links):
+            if link is not keep:
+                self._drop(link)
+
     def _keeps(self, link: _Link) -> bool:
         """Whether ``link`` stays open after its client's side ended (a cut still to finish)."""
         return link is self._told or (self._held is not None and link is self._held.link)
@@ -331,10 +347,7 @@ class CuttingProxy:
         self._cuts_left -= 1
         if not self._cuts_left and self._then is Afterwards.REFUSE:
             # Before the client learns of the cut, so that it finds no way back in.
-            self._refusing = True
-            for other in list(self._links):
-                if other is not link:
-                    self._drop(other)
+            self._refuse(keep=link)
         if mode is CutMode.CUT_AFTER_SENDING:
             # The client's side closes when the server's does, after the answer.
             await self._send_alone(link, query, marker)
