@@ -52,6 +52,10 @@ async def ensure_layout(conn: Connection, where: str) -> None:
         )
 
 
+def _failed(task: asyncio.Task[None]) -> bool:
+    return task.done() and not task.cancelled() and task.exception() is not None
+
+
 class Connections:
     """A pool of at most ``max_size`` connections to ``conninfo``, opened on first use.
 
@@ -86,8 +90,9 @@ class Connections:
         self._last_error: BaseException | None = None
 
     async def ready(self) -> None:
-        """Open the pool and check the layout (once; later calls return at once)."""
-        if self._ready is None:
+        """Open the pool and check the layout (once; later calls return at once, or, after
+        a failure, try again: the server may be back)."""
+        if self._ready is None or _failed(self._ready):
             self._ready = asyncio.ensure_future(self._open())
         if not self._ready.done():
             await asyncio.shield(self._ready)
