@@ -23,7 +23,7 @@ from psycopg_pool import AsyncConnectionPool, PoolClosed, PoolTimeout
 
 from ...errors import ClosedError, UnavailableError
 from ..waiting import backoff
-from .failures import Failure, failure_of
+from .failures import Failure, failure_of, user_error
 from .layout import CREATE, LAYOUT_VERSION, Sql
 from .views import fetch_rows
 
@@ -100,8 +100,11 @@ class Connections:
 
     async def _open(self) -> None:
         await self._pool.open(wait=False)
-        async with self.connection() as conn:
-            await ensure_layout(conn, self.where)
+        try:
+            async with self.connection() as conn:
+                await ensure_layout(conn, self.where)
+        except psycopg.Error as exc:
+            raise user_error(exc, failure_of(exc), f"opening environment {self.where}") from exc
 
     async def get(self, deadline: float | None = None) -> Connection:
         """A connection of the pool (give it back with :meth:`put`), waiting for one until
