@@ -364,9 +364,10 @@ class FailoverCluster:
         """Wait until one node is primary and the other its synchronous standby.
 
         Ready means: the monitor shows one node settled as ``primary`` and the
-        other as ``secondary``, and the primary has the standby in
-        ``synchronous_standby_names`` and streaming to it as a quorum standby, so
-        that it acknowledges a commit only once the standby has it.
+        other as ``secondary``, both found good by its health checks, and the
+        primary has the standby in ``synchronous_standby_names`` and streams to it
+        as a quorum standby, so that it acknowledges a commit only once the standby
+        has it.
         """
         self._wait("the cluster to be ready", timeout, self._missing_for_ready)
 
@@ -510,6 +511,9 @@ class FailoverCluster:
         lacking = _missing_states(statuses, {NodeState.PRIMARY}, {NodeState.SECONDARY})
         if lacking is not None:
             return lacking
+        # The monitor fails over only to a standby its health checks found good.
+        if any(status.health is not Health.GOOD for status in statuses):
+            return _describe(statuses)
         primary = next(status for status in statuses if status.reported == NodeState.PRIMARY)
         standby = next(status for status in statuses if status.reported == NodeState.SECONDARY)
         name = f"pgautofailover_standby_{standby.node_id}"
