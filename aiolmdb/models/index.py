@@ -204,19 +204,26 @@ class IndexRanges(Generic[K, M, IK]):
             def fetcher(view: ReadView) -> Fetch:
                 records.require_current(view, upkeep, opened)
 
-                def record_of(entry: bytes, value: Buffer) -> tuple[bytes, Buffer]:
-                    # The entry names the record; fetch it in the same view.
-                    raw_key = upkeep.record_key(entry, value)
-                    buf = view.get(main, raw_key)
+                def records_of(
+                    entries: list[tuple[bytes, Buffer]],
+                ) -> list[tuple[bytes, Buffer]]:
+                    # The entries name the records; fetch them in the same view, together.
+                    raw_keys = [upkeep.record_key(entry, value) for entry, value in entries]
+                    bufs = view.get_many(main, raw_keys)
                     # A drop marks the keyspaces before the engine closes them: a read
                     # that went through a closed handle is caught here, after it.
                     records.require_live()
                     upkeep.require_open(opened)
-                    if buf is None:  # pragma: no cover - entries are written with their records
-                        raise AssertionError(f"{upkeep.label} has an entry for a missing record")
-                    return raw_key, buf
+                    found: list[tuple[bytes, Buffer]] = []
+                    for raw_key, buf in zip(raw_keys, bufs, strict=True):
+                        if buf is None:  # pragma: no cover - entries come with their records
+                            raise AssertionError(
+                                f"{upkeep.label} has an entry for a missing record"
+                            )
+                        found.append((raw_key, buf))
+                    return found
 
-                return record_of
+                return records_of
 
             codec = access.codec
             decode = {
