@@ -34,6 +34,7 @@ class Keyspace:
         "name",
         "opening",
         "ready",
+        "retry_open",
         "reverse_keys",
         "serial",
     )
@@ -67,6 +68,9 @@ class Keyspace:
         self.opening: asyncio.Future[None] | None = None
         #: integerkey: the size of its keys, once known (LMDB compares keys of one size only).
         self.key_size: int | None = None
+        #: Set by an engine whose open failed for a passing reason (the server was out of
+        #: reach): starts the open again, which the next wait does.
+        self.retry_open: Callable[[], asyncio.Future[None]] | None = None
 
     def open_with(self, fn: Callable[[], Any]) -> None:
         """Where the engine opens it: keep what ``fn`` opens, or why it failed."""
@@ -78,7 +82,12 @@ class Keyspace:
         self.ready = True
 
     async def wait(self) -> None:
-        """Wait until the engine has opened it; raise the open's error if it failed."""
+        """Wait until the engine has opened it; raise the open's error if it failed.
+
+        An open that failed for a passing reason is made again first.
+        """
+        if self.error is not None and self.retry_open is not None:
+            self._open_again()
         if not self.ready and self.error is None and self.opening is not None:
             # Shielded: a cancelled caller must not cancel the open for every other.
             await asyncio.shield(self.opening)
@@ -90,7 +99,16 @@ class Keyspace:
             return
         if self.error is None:  # callers wait for the open first, or say why it is pending
             raise AiolmdbError(f"{self.label} is not open yet")
-        raise_again(self.error)
+        error = self.error
+        if self.retry_open is not None:
+            self._open_again()  # for the next call: this one was made meanwhile
+        raise_again(error)
+
+    def _open_again(self) -> None:
+        assert self.retry_open is not None
+        reopen, self.retry_open = self.retry_open, None
+        self.error = None
+        self.opening = reopen()
 
     def __repr__(self) -> str:
         state = "dropped" if self.dropped else "open" if self.ready else "pending"

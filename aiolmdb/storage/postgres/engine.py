@@ -21,7 +21,13 @@ from typing import Any, TypeVar
 import psycopg
 from psycopg.conninfo import conninfo_to_dict
 
-from ...errors import ClosedError, DatabaseNotFoundError, TransactionError, UnsupportedError
+from ...errors import (
+    ClosedError,
+    DatabaseNotFoundError,
+    TransactionError,
+    UnavailableError,
+    UnsupportedError,
+)
 from ..base import Buffer, Capabilities, NotNowError, ReadView, WriteView, open_refusal
 from ..keyspace import MAX_KEY_SIZE, Keyspace
 from ..waiting import ignore_outcome
@@ -237,10 +243,14 @@ class PostgresEngine:
         try:
             await connections.ready()
             ident = await connections.retrying(find)
+        except UnavailableError as exc:
+            if connections is self._connections:  # the next call tries again
+                keyspace.retry_open = lambda: self._queue_alone(
+                    self._open_keyspace(keyspace, create)
+                )
+            error: BaseException = exc
         except psycopg.Error as exc:
-            error: BaseException = user_error(
-                exc, failure_of(exc), f"opening database {keyspace.label}"
-            )
+            error = user_error(exc, failure_of(exc), f"opening database {keyspace.label}")
         except Exception as exc:
             error = exc
         else:
