@@ -82,6 +82,18 @@ def test_server_answers_on_loopback_with_its_settings(
     assert postgres_server.url == f"postgresql://postgres@127.0.0.1:{postgres_server.port}/postgres"
 
 
+def test_settings_given_override_the_throwaway_defaults() -> None:
+    with (
+        PostgresServer(settings={"fsync": "on", "full_page_writes": "on"}) as server,
+        psycopg.connect(server.url) as conn,
+    ):
+        row = conn.execute(
+            "SELECT current_setting('fsync'), current_setting('full_page_writes'),"
+            " current_setting('max_connections'), current_setting('listen_addresses')"
+        ).fetchone()
+    assert row == ("on", "on", "200", "127.0.0.1")
+
+
 def test_schema_urls_keep_unqualified_tables_apart(
     postgres_server: PostgresServer,
 ) -> None:

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 from urllib.parse import quote
@@ -145,13 +146,22 @@ class PostgresServer:
 
     Use as a context manager, or call :meth:`start` and :meth:`stop`. ``bindir`` is
     where the server programs are (default: :func:`find_bindir`); ``ready_timeout``
-    bounds the seconds the server has to accept connections once started.
+    bounds the seconds the server has to accept connections once started;
+    ``settings`` (server parameters, e.g. ``{"fsync": "on"}``) override
+    :data:`SETTINGS`, for a server that must behave like a durable one.
     """
 
-    def __init__(self, *, bindir: Path | None = None, ready_timeout: float = 60.0) -> None:
+    def __init__(
+        self,
+        *,
+        bindir: Path | None = None,
+        ready_timeout: float = 60.0,
+        settings: Mapping[str, str] | None = None,
+    ) -> None:
         self._state = ServerState.NEW
         self._bindir = bindir
         self._ready_timeout = ready_timeout
+        self._settings = {**SETTINGS, **(settings or {})}
         self._directory: Path | None = None
         self._port: int | None = None
         self._guard: subprocess.Popen[bytes] | None = None
@@ -334,7 +344,7 @@ class PostgresServer:
         """Start the server on a free port; False when the port was taken meanwhile."""
         self._port = _free_port()
         settings = {
-            **SETTINGS,
+            **self._settings,
             "port": str(self._port),
             "unix_socket_directories": str(self.socket_directory),
         }
