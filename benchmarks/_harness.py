@@ -26,6 +26,7 @@ __all__ = [
     "Check",
     "Row",
     "Sizes",
+    "Skipped",
     "aiolmdb_env",
     "chunked",
     "lateness_stats",
@@ -105,6 +106,11 @@ class Sizes:
             reps=3,
             quick=True,
         )
+
+
+class Skipped(Exception):
+    """A workload cannot run here (a server or a driver is missing): the run reports it,
+    with the reason, and is not failed by it."""
 
 
 @dataclass

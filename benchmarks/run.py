@@ -1,9 +1,12 @@
 """Benchmark suite: aiolmdb against sync py-lmdb, lmdb.aio, run_in_executor and aiosqlite.
 
 aiolmdb runs on LMDB; its in-memory engine (``aiolmdb :memory:`` rows) runs
-beside it, informative only, where a workload is about the API.
+beside it, informative only, where a workload is about the API. P1-P6 run its
+PostgreSQL engine against the raw driver (psycopg 3) sending the same statements.
 
-Run ``python -m benchmarks.run [--quick] [--only W1,W3] [--json PATH] [--strict]``.
+Run ``python -m benchmarks.run [--quick] [--only W1,P3] [--json PATH] [--strict]
+[--postgres URL]`` (without ``--postgres``, P1-P6 start a throwaway server; where
+none can be had, they are reported skipped, with the reason).
 Prints the machine, then one Markdown table (one row per contender per
 workload, with the issue's targets evaluated as PASS/FAIL), then notes on how
 each workload was measured; writes the same results as JSON (by default to
@@ -39,7 +42,8 @@ import pydantic
 
 import aiolmdb
 
-from ._harness import Row, Sizes
+from ._harness import Row, Sizes, Skipped
+from ._pg_server import check_url, postgres_source
 from ._workloads import WORKLOADS
 
 __all__ = ["main"]
@@ -161,7 +165,17 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
         "--json", default=str(DEFAULT_JSON), help="where to write the results as JSON"
     )
     parser.add_argument("--strict", action="store_true", help="exit with 3 when a target fails")
+    parser.add_argument(
+        "--postgres",
+        metavar="URL",
+        help="PostgreSQL server of P1-P6 (default: a throwaway one, started and stopped here)",
+    )
     args = parser.parse_args(argv)
+    if args.postgres is not None:
+        try:
+            check_url(args.postgres)
+        except ValueError as exc:
+            parser.error(f"--postgres {exc}")
     if args.only:
         wanted = [w.strip().upper() for w in args.only.split(",") if w.strip()]
         unknown = [w for w in wanted if w not in WORKLOADS]
@@ -175,30 +189,37 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     return args
 
 
-def _run_workloads(keys: Sequence[str], sizes: Sizes) -> tuple[list[Row], list[str], list[str]]:
+Outcomes = tuple[list[Row], list[str], list[str], list[str]]  # rows, notes, errors, skipped
+
+
+def _run_workloads(keys: Sequence[str], sizes: Sizes) -> Outcomes:
     rows: list[Row] = []
     notes: list[str] = []
     errors: list[str] = []
+    skipped: list[str] = []
     for key in keys:
         workload = WORKLOADS[key]
         started = time.perf_counter()
         print(f"[{key}] {workload.title} ...", file=sys.stderr, flush=True)
         try:
             rows.extend(asyncio.run(workload.run(sizes, notes)))
+        except Skipped as exc:
+            skipped.append(f"{key}: {exc}")
+            print(f"[{key}] skipped: {exc}", file=sys.stderr, flush=True)
         except Exception:
             errors.append(f"{key}: {traceback.format_exc()}")
             print(f"[{key}] FAILED TO RUN:\n{traceback.format_exc()}", file=sys.stderr, flush=True)
         print(f"[{key}] done in {time.perf_counter() - started:.1f} s", file=sys.stderr, flush=True)
-    return rows, notes, errors
+    return rows, notes, errors, skipped
 
 
-def _in_own_thread(keys: Sequence[str], sizes: Sizes) -> tuple[list[Row], list[str], list[str]]:
+def _in_own_thread(keys: Sequence[str], sizes: Sizes) -> Outcomes:
     """Run the workloads, in a thread of their own when called from a running event loop."""
     try:
         asyncio.get_running_loop()
     except RuntimeError:
         return _run_workloads(keys, sizes)
-    box: list[tuple[list[Row], list[str], list[str]]] = []
+    box: list[Outcomes] = []
     thread = threading.Thread(target=lambda: box.append(_run_workloads(keys, sizes)))
     thread.start()
     thread.join()
@@ -218,7 +239,8 @@ def main(argv: Sequence[str] | None = None) -> int:
         f"(SQLite {info['sqlite']}), pydantic {info['pydantic']}; temp dir {info['temp_dir']}",
         flush=True,
     )
-    rows, notes, errors = _in_own_thread(args.only, sizes)
+    with postgres_source(args.postgres):
+        rows, notes, errors, skipped = _in_own_thread(args.only, sizes)
     elapsed = time.perf_counter() - started
 
     print()
@@ -238,6 +260,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             end="",
         )
     print()
+    for skip in skipped:
+        print(f"Skipped {skip}")
     print(
         "\nNotes: every contender runs in this process on its own environment in a fresh "
         "temporary directory on disk, default durability (LMDB sync=True, SQLite "
@@ -262,6 +286,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         "targets": {"passed": len(checks) - len(failed), "total": len(checks)},
         "notes": notes,
         "errors": errors,
+        "skipped": skipped,
     }
     path = Path(args.json)
     path.parent.mkdir(parents=True, exist_ok=True)
