@@ -103,7 +103,12 @@ async def _contenders(
     """A fresh schema, an environment on it and a raw pool of the same size."""
     if not source.described:
         source.described = True
-        notes.append(f"P: {source.describe()}.")
+        notes.append(
+            f"P: {source.describe()}. The server runs on this machine and shares its CPUs "
+            "with the benchmark process (the client CPU per operation in each P note is "
+            "this process's alone). Each P workload works in a fresh schema, aiolmdb and "
+            "the raw driver on the same tables, after VACUUM ANALYZE and a CHECKPOINT."
+        )
     with source.schema(label) as url:
         async with _environment(url) as env, raw_pool(url) as pool:
             yield url, env, pool
@@ -409,9 +414,9 @@ async def p4(sizes: Sizes, notes: Notes) -> list[Row]:
             s.scan_reps, [(AIOLMDB, aiolmdb_scan), (RAW, raw_scan), (plain, plain_scan)]
         )
     notes.append(
-        f"P4: all {n:,} `User` records in key order through a {how} "
-        "(`async for k, u in users.items()`), every contender decoding the key and "
-        f"validating the JSON; {got.described(n)}. "
+        f"P4: all {n:,} `User` records in key order, `async for k, u in users.items()` "
+        f"over a {how}; every contender decodes the key and validates the JSON; "
+        f"{got.described(n)}. "
         "The engine reads a first batch of 64 records, then batches of 1,024 (each asks "
         "for one more, to see whether the range goes on), each in a REPEATABLE READ, READ "
         "ONLY transaction of its own, as SELECT ... ORDER BY key LIMIT pages of 256 then "
@@ -472,8 +477,8 @@ async def p5(sizes: Sizes, notes: Notes) -> list[Row]:
     notes.append(
         f"P5: {TASKS} tasks, {n:,} operations, 90% gets / 10% puts (overwrites) of random "
         f"keys among {s.records:,} records, over {POOL_SIZE} connections; "
-        f"{got.described(n)}. Gets and puts as in P1 and P3 (the raw side's puts ran again "
-        f"{raw.retries} times after a conflict, as the engine's do); "
+        f"{got.described(n)}. Gets and puts as in P1 and P3; a put that conflicts is run "
+        f"again, on both sides (the raw side's were {raw.retries} times); "
         f"'{plain}': the puts are one autocommit upsert each."
     )
     return _rows(wid, n, got)
