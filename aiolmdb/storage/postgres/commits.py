@@ -15,17 +15,26 @@ unknown (:class:`~aiolmdb.CommitUnknownError`).
 
 from __future__ import annotations
 
+import asyncio
 import enum
 import uuid
 
 import psycopg
 
 from ...errors import CommitUnknownError, UnavailableError
+from ..waiting import outlast_cancellation
 from .connections import Connection, Connections
+from .failures import Failure, failure_of, user_error
 from .layout import Sql
 from .views import run_statement
 
-__all__ = ["CommitOutcome", "commit", "new_marker", "settle_lost_commit"]
+__all__ = [
+    "CommitOutcome",
+    "commit",
+    "commit_settled",
+    "new_marker",
+    "settle_lost_commit",
+]
 
 
 class CommitOutcome(enum.Enum):
@@ -50,8 +59,42 @@ async def commit(conn: Connection, marker: str) -> None:
     await conn.execute(Sql.commit_with_marker(marker), prepare=False)
 
 
+async def commit_settled(
+    connections: Connections, conn: Connection, marker: str, what: str
+) -> CommitOutcome:
+    """Commit the transaction open on ``conn`` (``what``, in messages) with ``marker``,
+    and give the connection back; whether the commit happened.
+
+    A lost answer is settled (:func:`settle_lost_commit`): COMMITTED, or
+    NOT_APPLIED (and now never applied). So is a cancellation of the caller while
+    the commit is under way, before the cancellation goes on: nothing is left
+    half-known. A conflict raises :class:`~aiolmdb.ConflictError`, a refusal
+    aiolmdb's error, both with nothing applied.
+    """
+    try:
+        await commit(conn, marker)
+    except psycopg.Error as exc:
+        failure = failure_of(exc)
+        if failure is Failure.LOST:
+            await connections.discard(conn, exc)
+            return await settle_lost_commit(connections, marker, what, exc)
+        await connections.put(conn)
+        raise user_error(exc, failure, what) from exc
+    except asyncio.CancelledError as cancelled:
+        # Where the commit got to is the server's to say: settle it, whatever else
+        # cancels this meanwhile, then let the cancellation go on.
+        await connections.discard(conn, cancelled)
+        settling = asyncio.ensure_future(settle_lost_commit(connections, marker, what, cancelled))
+        await outlast_cancellation(settling)
+        if not settling.cancelled():
+            settling.exception()  # retrieved: the caller learns of its cancellation
+        raise
+    await connections.put(conn)
+    return CommitOutcome.COMMITTED
+
+
 async def settle_lost_commit(
-    connections: Connections, marker: str, what: str, error: psycopg.Error
+    connections: Connections, marker: str, what: str, error: BaseException
 ) -> CommitOutcome:
     """Whether the commit of ``marker``, whose answer was lost (``error``), happened.
 
@@ -66,7 +109,7 @@ async def settle_lost_commit(
 
     def unknown(why: str) -> CommitUnknownError:
         return CommitUnknownError(
-            f"{what}: the connection was lost while it committed ({error}), and PostgreSQL "
+            f"{what}: the connection was lost while it committed ({error!r}), and PostgreSQL "
             f"at {connections.where} {why}: its outcome is unknown (it happened if "
             f"aiolmdb_commits holds the row {marker!r})"
         )

@@ -24,11 +24,10 @@ from ...errors import AiolmdbError, ConnectionLostError, TransactionError
 from ..base import ReadView, WriteView, transaction_label
 from ..savepoints import Savepoints
 from .bridge import run_bridged
-from .commits import CommitOutcome, commit, new_marker, settle_lost_commit
+from .commits import CommitOutcome, commit_settled, new_marker
 from .connections import Connection, Connections
 from .failures import Failure, failure_of, user_error
 from .views import PostgresReadView, PostgresWriteView, run_statement
-from .writes import outlasting
 
 __all__ = ["PostgresSession", "PostgresSnapshot", "SessionState"]
 
@@ -166,30 +165,15 @@ class PostgresSession:
                 "the transaction was aborted"
             )
         async with self._lock:
-            # Once sent, the commit is seen through even if the caller is cancelled: its
-            # outcome is then known here, and the connection given back in order.
-            await outlasting(self._commit_now())
-
-    async def _commit_now(self) -> None:
-        marker = new_marker()
-        try:
-            await commit(self._conn, marker)
-        except psycopg.Error as exc:
-            failure = failure_of(exc)
-            if failure is not Failure.LOST:
-                await self._end()
-                raise user_error(exc, failure, self.label) from exc
-            self._spoilt = True
-            await self._end()
-            outcome = await settle_lost_commit(self._connections, marker, self.label, exc)
+            conn = self._conn
+            self._finish()  # the connection is the commit's to give back
+            outcome = await commit_settled(self._connections, conn, new_marker(), self.label)
             if outcome is CommitOutcome.NOT_APPLIED:
                 raise ConnectionLostError(
                     f"{self.label} lost its connection while it committed, and the commit "
-                    f"did not happen: nothing of it was applied ({exc}); run it again "
+                    "did not happen: nothing of it was applied; run it again "
                     "(env.transact does)"
-                ) from exc
-            return
-        await self._end()
+                )
 
     async def abort(self) -> None:
         """Abort the transaction, savepoints included; a no-op once it has ended."""
@@ -235,14 +219,17 @@ class PostgresSession:
             self._failure = error
         self._spoilt = self._spoilt or spoilt
 
+    def _finish(self) -> None:
+        self._state = SessionState.ENDED
+        self._stack.clear()
+        self._on_end(self)
+
     async def _end(self) -> None:
         """End the session: its connection goes back to the pool (rolled back there), or
         is closed if it is spoilt."""
         if self._state is SessionState.ENDED:
             return
-        self._state = SessionState.ENDED
-        self._stack.clear()
-        self._on_end(self)
+        self._finish()
         if self._spoilt or self._conn.broken:
             await self._connections.discard(self._conn, self._failure or ConnectionError())
         else:

@@ -12,25 +12,24 @@ when a commit's answer was lost but the commit did not happen
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from collections.abc import Callable
+from typing import TypeVar
 
 import psycopg
 
 from ...errors import ConflictError, UnavailableError
 from ..base import WriteView
-from ..waiting import backoff, outlast_cancellation
+from ..waiting import backoff
 from .bridge import run_bridged
-from .commits import CommitOutcome, commit, new_marker, settle_lost_commit
-from .connections import Connection, Connections
+from .commits import CommitOutcome, commit_settled, new_marker
+from .connections import Connections
 from .failures import Failure, failure_of, user_error
 from .layout import Sql
 from .views import PostgresWriteView
 
-__all__ = ["CONFLICT_ATTEMPTS", "outlasting", "run_write"]
+__all__ = ["CONFLICT_ATTEMPTS", "run_write"]
 
 R = TypeVar("R")
-T = TypeVar("T")
 
 #: How many times an auto-commit write runs when it conflicts, at most; then
 #: :class:`~aiolmdb.ConflictError`.
@@ -69,16 +68,15 @@ async def run_write(connections: Connections, fn: Callable[[WriteView], R], what
         except BaseException:  # fn raised, or the caller was cancelled: nothing applied
             await connections.put(conn)
             raise
-        outcome = await outlasting(commit_once(connections, conn, marker, what))
+        try:
+            outcome = await commit_settled(connections, conn, marker, what)
+        except ConflictError as exc:
+            conflicts += 1
+            if conflicts < CONFLICT_ATTEMPTS:
+                continue
+            raise ConflictError(f"{exc} ({conflicts} attempts)") from exc
         if outcome is CommitOutcome.COMMITTED:
             return result
-        if outcome is Failure.CONFLICT:
-            conflicts += 1
-            if conflicts >= CONFLICT_ATTEMPTS:
-                raise ConflictError(
-                    f"{what} ({conflicts} attempts) conflicted with concurrent transactions "
-                    "at every commit and was not applied: run it again"
-                )
 
 
 def check_deadline(
@@ -91,36 +89,3 @@ def check_deadline(
             f"{connections.where} kept failing for "
             f"{connections.reconnect_timeout:g} s (reconnect_timeout): {exc}"
         ) from exc
-
-
-async def commit_once(
-    connections: Connections, conn: Connection, marker: str, what: str
-) -> CommitOutcome | Failure:
-    """Commit the transaction on ``conn``, giving the connection back; whether it happened
-    (a conflict at the commit: not applied, to run again)."""
-    try:
-        await commit(conn, marker)
-    except psycopg.Error as exc:
-        failure = failure_of(exc)
-        if failure is Failure.LOST:
-            await connections.discard(conn, exc)
-            return await settle_lost_commit(connections, marker, what, exc)
-        await connections.put(conn)
-        if failure is Failure.CONFLICT:
-            return Failure.CONFLICT
-        raise user_error(exc, failure, what) from exc
-    await connections.put(conn)
-    return CommitOutcome.COMMITTED
-
-
-async def outlasting(work: Coroutine[Any, Any, T]) -> T:
-    """``work``'s result, seen through even if the caller is cancelled meanwhile (a commit
-    sent must be settled); the caller's cancellation is raised afterwards."""
-    task = asyncio.ensure_future(work)
-    try:
-        return await asyncio.shield(task)
-    except asyncio.CancelledError:
-        await outlast_cancellation(task)
-        if not task.cancelled():
-            task.exception()  # retrieved: the caller learns of its cancellation instead
-        raise
