@@ -172,7 +172,13 @@ class Raw:
                     got = await _rows(
                         conn, range_statement(RangeShape.AFTER), [self.keyspace, after, asked]
                     )
-                rows += got
+                # (key, value, size): values over INLINE_RANGE_VALUE come apart, as the
+                # engine's view fetches them.
+                large = [key for key, value, _ in got if value is None]
+                found = (
+                    dict(await _rows(conn, Sql.GET_MANY, [self.keyspace, large])) if large else {}
+                )
+                rows += [(key, found[key] if value is None else value) for key, value, _ in got]
                 if len(got) < asked:
                     break
                 after = got[-1][0]

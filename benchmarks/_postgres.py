@@ -23,9 +23,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aiolmdb
-from aiolmdb.coders import StringCoder, UInt64Coder
-from aiolmdb.errors import DatabaseNotFoundError
-from aiolmdb.models import Collection, Index
 
 from ._harness import Row, Sizes, at_most, make_pairs
 from ._models import User, encode_user, encode_user_key, make_users, open_users
@@ -120,37 +117,6 @@ async def _load(url: str, name: str, pairs: Sequence[tuple[bytes, bytes]]) -> No
         db = env.open_db(name)
         for start in range(0, len(pairs), LOAD_CHUNK):
             await db.put_multi(pairs[start : start + LOAD_CHUNK])
-
-
-class _CatalogSeed(Collection[int, User]):
-    """A collection with an index: opening it makes the environment's index catalog."""
-
-    key_coder = UInt64Coder()
-    by_email = Index(lambda u: u.email, StringCoder())
-
-
-async def _usable_users(url: str) -> str:
-    """Make the ``Users`` collection usable in the environment at ``url``; says how.
-
-    On a PostgreSQL environment where no collection ever had an index, a
-    collection without indexes fails its first call with DatabaseNotFoundError
-    (its index catalog, the ``__aiolmdb__`` database, is not there, and the
-    engine finds that out only once the open it queued ran): opening a
-    collection with an index first makes the catalog.
-    """
-    async with _environment(url) as env:
-        users, how = open_users(env)
-        try:
-            await users.get(0)
-        except DatabaseNotFoundError as exc:
-            if "'__aiolmdb__'" not in str(exc):
-                raise
-            await _CatalogSeed(env).get(0)
-            return (
-                f"{how} (its first call failed with DatabaseNotFoundError: no '__aiolmdb__' "
-                "database yet; a collection with an index was opened first to make it)"
-            )
-    return how
 
 
 @dataclass
@@ -290,9 +256,8 @@ async def p2(sizes: Sizes, notes: Notes) -> list[Row]:
     validate = User.model_validate_json
     async with _contenders(source, "p2", notes) as (url, env, pool):
         await _load(url, USERS, [(encode_user_key(k), encode_user(u)) for k, u in users])
-        how = await _usable_users(url)
         source.settle(url)
-        coll, _ = open_users(env)
+        coll, how = open_users(env)
         raw = await Raw.of(pool, USERS.encode())
         found = await raw.get(raw_lookups[0])
         assert found is not None
@@ -383,9 +348,8 @@ async def p4(sizes: Sizes, notes: Notes) -> list[Row]:
     plain = "psycopg plain (1 SELECT, every row)"
     async with _contenders(source, "p4", notes) as (url, env, pool):
         await _load(url, USERS, [(encode_user_key(k), encode_user(u)) for k, u in users])
-        how = await _usable_users(url)
         source.settle(url)
-        coll, _ = open_users(env)
+        coll, how = open_users(env)
         raw = await Raw.of(pool, USERS.encode())
 
         async def aiolmdb_scan() -> None:
