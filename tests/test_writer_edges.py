@@ -117,6 +117,7 @@ async def test_stop_iteration_inside_a_transaction_stalls_no_writer(
 # -- a batch with many failing writes is replayed in linear time ---------------
 
 
+@pytest.mark.needs("serial_writes")  # a group commit's replays, in call order
 async def test_a_batch_with_many_failures_calls_each_write_at_most_twice(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
@@ -161,6 +162,7 @@ class Accounts(Collection[int, Account]):
     by_email = Index(lambda a: a.email, StringCoder(), unique=True)
 
 
+@pytest.mark.needs("serial_writes")  # a group commit's replays, in call order
 async def test_a_write_failing_half_way_after_an_earlier_failure_leaves_nothing(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
