@@ -32,7 +32,7 @@ R = TypeVar("R")
 P = ParamSpec("P")
 
 #: How many times ``transact`` runs a function that conflicts, at most.
-TRANSACT_ATTEMPTS = 24
+TRANSACT_ATTEMPTS = 32
 
 
 def version() -> tuple[int, int, int]:
