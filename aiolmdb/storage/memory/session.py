@@ -12,13 +12,13 @@ from __future__ import annotations
 
 import asyncio
 import enum
-import itertools
 from collections.abc import Callable
 from typing import TypeVar
 
 from ...errors import TransactionError
 from ..base import WriteView, transaction_label
 from ..deadlock import Watch
+from ..savepoints import Savepoints
 from .image import Image
 from .store import Store
 from .views import MemoryWriteView, run_on
@@ -63,9 +63,8 @@ class MemorySession:
         self.watch = Watch(self.owner, self.label, lambda: self.ended)
         self._loop = asyncio.get_running_loop()
         self._state = SessionState.WAITING
-        # (savepoint id, image), the transaction itself (0) first.
-        self._stack: list[tuple[int, Image]] = []
-        self._ids = itertools.count(1)
+        # The images of the transaction (level 0) and of its savepoints.
+        self._stack: Savepoints[Image] = Savepoints(self.label)
         self._look_delay = IDLE_CHECK
         self._looking: asyncio.TimerHandle | None = None
         # When the session last did something (a look waits for it to sit idle).
@@ -84,12 +83,12 @@ class MemorySession:
     @property
     def savepoints(self) -> list[int]:
         """Ids of the open savepoints, innermost last."""
-        return [savepoint for savepoint, _ in self._stack[1:]]
+        return self._stack.ids
 
     @property
     def depth(self) -> int:
         """How many savepoints are open."""
-        return max(0, len(self._stack) - 1)
+        return self._stack.depth
 
     # -- the engine's side -----------------------------------------------
 
@@ -97,13 +96,14 @@ class MemorySession:
         """The writer is free: the transaction begins, holding it."""
         self._active_at = self._loop.time()
         self._writer.hold(self)
-        self._stack = [(0, self._store.begin_write())]
+        self._stack.begin(self._store.begin_write())
         self._state = SessionState.OPEN
 
     def abandon(self) -> None:
         """End the session now, undoing its writes (it never began, or nobody will end it)."""
         if self._state is SessionState.OPEN:
-            self._unwind(0)
+            for image in self._stack.clear():
+                self._store.end_image(image)
             self._store.end_write(commit=False)
         self._finish()
 
@@ -145,27 +145,23 @@ class MemorySession:
         """Open a savepoint inside ``parent`` (the innermost); return its id."""
         self._require_innermost(parent)
         self._active_at = self._loop.time()
-        savepoint = next(self._ids)
-        self._stack.append((savepoint, self._store.begin_image()))
-        return savepoint
+        return self._stack.push(self._store.begin_image())
 
     async def release(self, savepoint: int) -> None:
         """Commit savepoint ``savepoint`` (the innermost) into its parent."""
         self._require_open()
-        if savepoint == 0 or self._stack[-1][0] != savepoint:
-            state = "is not the innermost" if savepoint in self.savepoints else "is not open"
-            raise TransactionError(
-                f"{self.label}: cannot release savepoint {savepoint}: it {state}"
-            )
-        self._store.end_image(self._stack.pop()[1])
+        self._stack.require_releasable(savepoint)
+        self._store.end_image(self._stack.pop())
 
     async def rollback(self, savepoint: int) -> None:
         """Undo savepoint ``savepoint``, with every savepoint opened inside it."""
         self._require_open()
         if savepoint in self.savepoints:  # else it is already gone
-            level = self.savepoints.index(savepoint) + 1
-            self._unwind(level + 1)
-            self._store.restore(self._stack.pop()[1])
+            # An outer image undoes the inner savepoints' writes too: it kept every key
+            # they changed.
+            for image in self._stack.above(savepoint):
+                self._store.end_image(image)
+            self._store.restore(self._stack.pop())
 
     async def commit(self) -> None:
         """Commit the transaction; with a savepoint open, abort everything instead and raise."""
@@ -191,28 +187,13 @@ class MemorySession:
 
     def _require_innermost(self, level: int) -> None:
         self._require_open()
-        if self._stack[-1][0] == level:
-            return
-        where = "the transaction" if level == 0 else f"savepoint {level}"
-        if level != 0 and level not in self.savepoints:
-            raise TransactionError(f"{self.label}: {where} this call was made in has ended")
-        raise TransactionError(
-            f"{self.label}: a savepoint is open inside {where}, where this call was made: "
-            "make calls through it (tasks sharing a transaction cannot each hold a "
-            "savepoint at once)"
-        )
-
-    def _unwind(self, level: int) -> None:
-        """Forget the savepoints from stack position ``level`` up (an outer image undoes
-        their writes too: it kept every key they changed)."""
-        while len(self._stack) > level:
-            self._store.end_image(self._stack.pop()[1])
+        self._stack.require_innermost(level)
 
     def _finish(self) -> None:
         if self._state is SessionState.ENDED:
             return
         self._state = SessionState.ENDED
-        self._stack = []
+        self._stack.clear()
         if self._looking is not None:
             self._looking.cancel()
             self._looking = None
