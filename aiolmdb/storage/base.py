@@ -18,7 +18,7 @@ import dataclasses
 from collections.abc import Awaitable, Callable, Iterator, Sequence
 from typing import Any, Protocol, TypeVar
 
-from ..errors import TransactionError
+from ..errors import TransactionError, UnsupportedError
 from .keyspace import Keyspace
 
 __all__ = [
@@ -31,6 +31,7 @@ __all__ = [
     "Snapshot",
     "WriteView",
     "open_refusal",
+    "refuse_key_orders",
     "transaction_label",
 ]
 
@@ -53,6 +54,17 @@ def open_refusal(label: str, own: bool, where: str) -> TransactionError:
         f"{where}: opening a database needs the writer, which serves that transaction "
         "until it ends; open databases before the transaction (at start-up, for instance)"
     )
+
+
+def refuse_key_orders(engine: str, label: str, integer_keys: bool, reverse_keys: bool) -> None:
+    """Refuse LMDB's ``integerkey``/``reverse_key`` (asked for database ``label``) on an
+    engine that orders keys byte by byte, with ``UnsupportedError`` naming it."""
+    for wanted, flag in ((integer_keys, "integerkey"), (reverse_keys, "reverse_key")):
+        if wanted:
+            raise UnsupportedError(
+                f"the {engine} engine does not support {flag} (database {label}): "
+                f"it orders keys byte by byte; {flag} is LMDB's"
+            )
 
 
 def transaction_label(kind: str, task: asyncio.Task[Any] | None, where: str) -> str:

@@ -19,9 +19,8 @@ from ...errors import (
     ClosedError,
     DatabaseNotFoundError,
     TransactionError,
-    UnsupportedError,
 )
-from ..base import Buffer, Capabilities, ReadView, WriteView, open_refusal
+from ..base import Buffer, Capabilities, ReadView, WriteView, open_refusal, refuse_key_orders
 from ..deadlock import Queued, submit_behind
 from ..keyspace import Keyspace
 from ..waiting import awaitable_error, call_awaitably
@@ -135,12 +134,7 @@ class MemoryEngine:
         code that works here then works there.
         """
         self.check()
-        for wanted, flag in ((integer_keys, "integerkey"), (reverse_keys, "reverse_key")):
-            if wanted:
-                raise UnsupportedError(
-                    f"the memory engine does not support {flag} (database {label}): "
-                    f"it orders keys byte by byte; {flag} is LMDB's"
-                )
+        refuse_key_orders("memory", label, integer_keys, reverse_keys)
         known = self._keyspaces.get(name)
         if known is not None and not known.dropped and not known.handle.dropped:
             return known

@@ -26,9 +26,16 @@ from ...errors import (
     DatabaseNotFoundError,
     TransactionError,
     UnavailableError,
-    UnsupportedError,
 )
-from ..base import Buffer, Capabilities, NotNowError, ReadView, WriteView, open_refusal
+from ..base import (
+    Buffer,
+    Capabilities,
+    NotNowError,
+    ReadView,
+    WriteView,
+    open_refusal,
+    refuse_key_orders,
+)
 from ..keyspace import MAX_KEY_SIZE, Keyspace
 from ..waiting import ignore_outcome
 from .bridge import run_bridged
@@ -203,12 +210,7 @@ class PostgresEngine:
         open is made at once, on a connection of its own.
         """
         self.check()
-        for wanted, flag in ((integer_keys, "integerkey"), (reverse_keys, "reverse_key")):
-            if wanted:
-                raise UnsupportedError(
-                    f"the PostgreSQL engine does not support {flag} (database {label}): "
-                    f"it orders keys byte by byte; {flag} is LMDB's"
-                )
+        refuse_key_orders("PostgreSQL", label, integer_keys, reverse_keys)
         known = self._keyspaces.get(name)
         if known is not None and not known.dropped and known.error is None:
             return known
