@@ -135,7 +135,7 @@ class PostgresEngine:
         self._writes = 0
         # Auto-commit writes under way; work queued alone waits until there are none.
         self._in_flight = 0
-        self._waiting = 0  # auto-commit writes waiting for work queued alone before them
+        self._waiting = 0  # writes and sessions waiting for work queued alone before them
         self._drained = asyncio.Event()
         self._drained.set()
         self._closed = False
@@ -343,13 +343,7 @@ class PostgresEngine:
         return self._write(fn)
 
     async def _write(self, fn: Callable[[WriteView], R]) -> R:
-        alone = self._alone
-        if alone is not None and not alone.done():
-            self._waiting += 1
-            try:
-                await asyncio.wait([alone])
-            finally:
-                self._waiting -= 1
+        await self._behind_work_alone()
         self.check()
         self._in_flight += 1
         self._drained.clear()
@@ -365,6 +359,16 @@ class PostgresEngine:
         if self._writes % FORGET_MARKERS_EVERY == 0:
             self._start(self._forget_markers())
         return result
+
+    async def _behind_work_alone(self) -> None:
+        """Wait until no work queued alone is under way (nothing runs beside it: a write
+        that waited for one may find the next one queued meanwhile)."""
+        while (alone := self._alone) is not None and not alone.done():
+            self._waiting += 1
+            try:
+                await asyncio.wait([alone])
+            finally:
+                self._waiting -= 1
 
     async def _forget_markers(self) -> None:
         async def forget(conn: Connection) -> None:
@@ -468,9 +472,7 @@ class PostgresEngine:
     async def begin_session(self) -> PostgresSession:
         """Begin a SERIALIZABLE write transaction on a connection of its own."""
         self.check()
-        alone = self._alone
-        if alone is not None and not alone.done():
-            await asyncio.wait([alone])
+        await self._behind_work_alone()
         await self._connections.ready()
         conn = await self._connections.begin(Sql.BEGIN_WRITE)
         if self._closed:
