@@ -74,7 +74,6 @@ class Connections:
         self.where = where
         self.max_size = max_size
         self.reconnect_timeout = reconnect_timeout
-        self._conninfo = conninfo
         self._pool = AsyncConnectionPool(
             conninfo,
             min_size=min_size,
