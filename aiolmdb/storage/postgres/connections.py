@@ -32,6 +32,9 @@ __all__ = ["Connection", "Connections", "ensure_layout"]
 R = TypeVar("R")
 Connection = AsyncConnection[Any]
 
+#: Seconds between two direct tries to connect while the pool cannot.
+PROBE_EVERY = 0.5
+
 
 async def ensure_layout(conn: Connection, where: str) -> None:
     """Create the layout's tables if they are missing; refuse a layout of a later release."""
@@ -74,6 +77,9 @@ class Connections:
         self.where = where
         self.max_size = max_size
         self.reconnect_timeout = reconnect_timeout
+        self._conninfo = conninfo
+        # Connections made outside the pool while it could not connect (see get()).
+        self._direct_ones: set[Connection] = set()
         self._pool = AsyncConnectionPool(
             conninfo,
             min_size=min_size,
@@ -106,26 +112,57 @@ class Connections:
             raise user_error(exc, failure_of(exc), f"opening environment {self.where}") from exc
 
     async def get(self, deadline: float | None = None) -> Connection:
-        """A connection of the pool (give it back with :meth:`put`), waiting for one until
-        ``deadline`` (loop time; default: ``reconnect_timeout`` from now)."""
+        """A connection (give it back with :meth:`put`), waiting for one until ``deadline``
+        (loop time; default: ``reconnect_timeout`` from now).
+
+        While the pool cannot connect (the server restarts, a failover goes on), the
+        pool tries again at growing intervals (1, 2, 4, 8 s): meanwhile a connection
+        is also tried directly every PROBE_EVERY seconds, used for one call and
+        closed, so that calls go on as soon as the server (or the new primary)
+        takes them. These count against ``max_connections`` too.
+        """
         loop = asyncio.get_running_loop()
         if deadline is None:
             deadline = loop.time() + self.reconnect_timeout
+        while True:
+            remaining = deadline - loop.time()
+            try:
+                return await self._pool.getconn(timeout=max(0.001, min(remaining, PROBE_EVERY)))
+            except PoolClosed:
+                raise ClosedError(f"environment {self.where} is closed") from None
+            except PoolTimeout as exc:
+                conn = await self._direct()
+                if conn is not None:
+                    return conn
+                if loop.time() >= deadline:
+                    last = self._last_error or exc
+                    raise UnavailableError(
+                        f"no connection to PostgreSQL at {self.where} within "
+                        f"{self.reconnect_timeout:g} s (reconnect_timeout): the server is "
+                        f"unreachable, or all {self.max_size} connections of the pool "
+                        f"(max_connections) stayed in use; last error: {last}"
+                    ) from exc
+
+    async def _direct(self) -> Connection | None:
+        """A connection made outside the pool, while the pool is short of connections
+        because it cannot connect; None if the pool is full, or this fails too."""
+        in_pool = self._pool.get_stats().get("pool_size", self.max_size)
+        if in_pool + len(self._direct_ones) >= self.max_size:
+            return None  # every connection is in use: wait for one
         try:
-            return await self._pool.getconn(timeout=max(0.001, deadline - loop.time()))
-        except PoolClosed:
-            raise ClosedError(f"environment {self.where} is closed") from None
-        except PoolTimeout as exc:
-            last = self._last_error or exc
-            raise UnavailableError(
-                f"no connection to PostgreSQL at {self.where} within "
-                f"{self.reconnect_timeout:g} s (reconnect_timeout): the server is "
-                f"unreachable, or all {self.max_size} connections of the pool "
-                f"(max_connections) stayed in use; last error: {last}"
-            ) from exc
+            conn = await AsyncConnection.connect(self._conninfo, autocommit=True)
+        except psycopg.Error as exc:
+            self._last_error = exc
+            return None
+        self._direct_ones.add(conn)
+        return conn
 
     async def put(self, conn: Connection) -> None:
         """Give ``conn`` back: rolled back first if a transaction is open, closed if broken."""
+        if conn in self._direct_ones:
+            self._direct_ones.discard(conn)
+            await conn.close()
+            return
         if conn.broken or conn.closed:
             await self._pool.putconn(conn)
             return
@@ -144,6 +181,9 @@ class Connections:
         self._last_error = error
         with contextlib.suppress(psycopg.Error):
             await conn.close()
+        if conn in self._direct_ones:
+            self._direct_ones.discard(conn)
+            return
         await self._pool.putconn(conn)
 
     @contextlib.asynccontextmanager
