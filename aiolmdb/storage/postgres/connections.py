@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
 
 import psycopg
@@ -106,8 +106,7 @@ class Connections:
     async def _open(self) -> None:
         await self._pool.open(wait=False)
         try:
-            async with self.connection() as conn:
-                await ensure_layout(conn, self.where)
+            await self.retrying(lambda conn: ensure_layout(conn, self.where))
         except psycopg.Error as exc:
             raise user_error(exc, failure_of(exc), f"opening environment {self.where}") from exc
 
@@ -185,24 +184,6 @@ class Connections:
             self._direct_ones.discard(conn)
             return
         await self._pool.putconn(conn)
-
-    @contextlib.asynccontextmanager
-    async def connection(self) -> AsyncIterator[Connection]:
-        """A connection for the block, given back after it."""
-        conn = await self.get()
-        try:
-            yield conn
-        except psycopg.Error as exc:
-            if failure_of(exc) is Failure.LOST:
-                await self.discard(conn, exc)
-                raise
-            await self.put(conn)
-            raise
-        except BaseException:
-            await self.put(conn)
-            raise
-        else:
-            await self.put(conn)
 
     async def retrying(
         self, work: Callable[[Connection], Awaitable[R]], *, keep: bool = False
