@@ -31,6 +31,7 @@ __all__ = [
     "Snapshot",
     "WriteView",
     "open_refusal",
+    "outside_loop_refusal",
     "refuse_key_orders",
     "transaction_label",
 ]
@@ -53,6 +54,15 @@ def open_refusal(label: str, own: bool, where: str) -> TransactionError:
         f"database {label} cannot be opened while {holder} is open in environment "
         f"{where}: opening a database needs the writer, which serves that transaction "
         "until it ends; open databases before the transaction (at start-up, for instance)"
+    )
+
+
+def outside_loop_refusal(what: str, where: str) -> TransactionError:
+    """Why ``what`` cannot be opened outside an event loop now, in environment ``where``:
+    a write transaction is open, which may wait for an event loop that is not running."""
+    return TransactionError(
+        f"{what} cannot be opened outside an event loop while a write "
+        f"transaction is open in environment {where}"
     )
 
 

@@ -16,6 +16,7 @@ __all__ = [
     "call_awaitably",
     "deliver",
     "ignore_outcome",
+    "loop_running",
     "outlast_cancellation",
 ]
 
@@ -114,3 +115,12 @@ def backoff(attempt: int) -> float:
     """
     pause = min(BACKOFF * 2.0 ** (attempt - 1), BACKOFF_MAX)
     return pause * random.uniform(0.5, 1.5)
+
+
+def loop_running() -> bool:
+    """Whether an event loop runs in this thread (else: set-up code before ``asyncio.run``)."""
+    try:
+        asyncio.get_running_loop()
+    except RuntimeError:
+        return False
+    return True

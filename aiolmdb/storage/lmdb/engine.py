@@ -28,12 +28,19 @@ from ...errors import (
     ClosedError,
     DatabaseNotFoundError,
     MapNotAdoptedError,
-    TransactionError,
 )
-from ..base import Buffer, Capabilities, NotNowError, ReadView, WriteView, open_refusal
+from ..base import (
+    Buffer,
+    Capabilities,
+    NotNowError,
+    ReadView,
+    WriteView,
+    open_refusal,
+    outside_loop_refusal,
+)
 from ..deadlock import submit_behind
 from ..keyspace import Keyspace
-from ..waiting import call_awaitably
+from ..waiting import call_awaitably, loop_running
 from .gate import ReadGate, map_refusal
 from .session import ReadSnapshot, WriteSession
 from .views import LmdbReadView, LmdbWriteView
@@ -719,14 +726,9 @@ class LmdbEngine:
         Outside an event loop there is no loop to keep running: ``job`` runs
         at once, blocking, and this gives None.
         """
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
-            if self._sessions:  # one may wait for an event loop that is not running
-                raise TransactionError(
-                    f"{what} cannot be opened outside an event loop while a write "
-                    f"transaction is open in environment {self._name}"
-                ) from None
+        if not loop_running():
+            if self._sessions:
+                raise outside_loop_refusal(what, self._name)
             self._writer.run_now(job)
             return None
         future: asyncio.Future[R] = self._writer.queue_exclusive(job)

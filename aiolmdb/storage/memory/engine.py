@@ -20,10 +20,18 @@ from ...errors import (
     DatabaseNotFoundError,
     TransactionError,
 )
-from ..base import Buffer, Capabilities, ReadView, WriteView, open_refusal, refuse_key_orders
+from ..base import (
+    Buffer,
+    Capabilities,
+    ReadView,
+    WriteView,
+    open_refusal,
+    outside_loop_refusal,
+    refuse_key_orders,
+)
 from ..deadlock import Queued, submit_behind
 from ..keyspace import Keyspace
-from ..waiting import awaitable_error, call_awaitably
+from ..waiting import awaitable_error, call_awaitably, loop_running
 from .session import MemorySession, SessionState
 from .snapshot import MemorySnapshot
 from .store import Store
@@ -233,14 +241,9 @@ class MemoryEngine:
         ``committed(result)`` or ``failed(error)`` runs before any later write.
         """
         self.check()
-        try:
-            asyncio.get_running_loop()
-        except RuntimeError:
+        if not loop_running():
             if self._sessions or self._writer.busy:
-                raise TransactionError(
-                    f"{what} cannot be opened outside an event loop while a write "
-                    f"transaction is open in environment {self.description}"
-                ) from None
+                raise outside_loop_refusal(what, self.description)
             self._transact(fn, committed, failed)
             return None
         return self._queue_write(fn, committed, failed)

@@ -24,7 +24,6 @@ from psycopg.conninfo import conninfo_to_dict
 from ...errors import (
     ClosedError,
     DatabaseNotFoundError,
-    TransactionError,
     UnavailableError,
 )
 from ..base import (
@@ -34,10 +33,11 @@ from ..base import (
     ReadView,
     WriteView,
     open_refusal,
+    outside_loop_refusal,
     refuse_key_orders,
 )
 from ..keyspace import MAX_KEY_SIZE, Keyspace
-from ..waiting import ignore_outcome
+from ..waiting import ignore_outcome, loop_running
 from .bridge import run_bridged
 from .connections import Connection, Connections
 from .failures import failure_of, user_error
@@ -219,7 +219,7 @@ class PostgresEngine:
         self._serial += 1
         keyspace = Keyspace(name, label, self._serial)
         self._keyspaces[name] = keyspace
-        if _loop_running():
+        if loop_running():
             keyspace.opening = self._queue_alone(self._open_keyspace(keyspace, create))
         else:
             asyncio.run(self._outside_loop(lambda c: self._open_keyspace(keyspace, create, c)))
@@ -422,13 +422,10 @@ class PostgresEngine:
                 committed(result)
             return result
 
-        if _loop_running():
+        if loop_running():
             return self._queue_alone(alone(self._connections))
         if self._sessions:
-            raise TransactionError(
-                f"{what} cannot be opened outside an event loop while a write "
-                f"transaction is open in environment {self._where}"
-            )
+            raise outside_loop_refusal(what, self._where)
         asyncio.run(self._outside_loop(alone))
         return None
 
@@ -515,11 +512,3 @@ class PostgresEngine:
             await asyncio.gather(*endings, return_exceptions=True)
         self._keyspaces.clear()
         await self._connections.close()
-
-
-def _loop_running() -> bool:
-    try:
-        asyncio.get_running_loop()
-    except RuntimeError:
-        return False
-    return True
