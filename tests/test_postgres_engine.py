@@ -146,3 +146,30 @@ async def test_an_unreachable_server_raises_unavailable_error_naming_it() -> Non
             await bounded(env.open_db("a").get(b"k"))
     finally:
         await env.close()
+
+
+async def test_the_pool_is_bounded_and_a_call_finding_it_full_says_so(postgres_url: str) -> None:
+    async with aiolmdb.open(postgres_url, max_connections=2, reconnect_timeout=0.5) as env:
+        db = env.open_db("a")
+        await db.put(b"k", b"v")
+        held = asyncio.Semaphore(0)
+        done = asyncio.Event()
+
+        async def hold() -> None:
+            async with env.transaction():  # a connection of its own, until the block ends
+                await db.get(b"k")
+                held.release()
+                await done.wait()
+
+        holders = [asyncio.create_task(hold()) for _ in range(2)]
+        try:
+            for _ in holders:
+                await bounded(held.acquire())
+            # No third connection, not even one made outside the pool.
+            with pytest.raises(aiolmdb.UnavailableError, match=r"all 2 connections.*max_connect"):
+                await bounded(db.put(b"k", b"w"))
+        finally:
+            done.set()
+            await bounded(asyncio.gather(*holders))
+        assert await db.put(b"k", b"w")  # connections given back: calls go on
+        assert await db.get(b"k") == b"w"
