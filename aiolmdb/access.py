@@ -154,8 +154,8 @@ class DatabaseAccess:
         if engine.closed:  # a scan may outlive its environment (or its transaction)
             engine.check()
         if ctx is not None:
-            # A read in a write transaction suspends anyway: the engine runs it.
-            if not offload and not ctx.sees_own_writes and next(yield_due):
+            # A read in a pessimistic write transaction suspends anyway: the engine runs it.
+            if not offload and ctx.reads_inline and next(yield_due):
                 await asyncio.sleep(0)
             result: R = await ctx.run_read(checked, offload=offload)
             return result

@@ -18,6 +18,7 @@ from .database import AsyncDatabase, as_ints
 from .errors import RetryableError, TransactionError, UnsupportedError
 from .storage import Capabilities, Engine, Keyspace
 from .storage.locations import lmdb_version, open_engine
+from .storage.optimistic import SharedSnapshots
 from .storage.waiting import backoff
 from .transaction import Transaction
 
@@ -125,6 +126,7 @@ class AsyncEnvironment:
         self._current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
             f"aiolmdb transaction {self._name}", default=None
         )
+        self._shared_snapshots = SharedSnapshots(self._engine)
 
     # -- lifecycle -------------------------------------------------------
 
@@ -132,6 +134,12 @@ class AsyncEnvironment:
     def engine(self) -> Engine:
         """The storage engine behind the environment (see :mod:`aiolmdb.storage`)."""
         return self._engine
+
+    @property
+    def shared_snapshots(self) -> SharedSnapshots:
+        """The read snapshots the optimistic transactions begun together share (for
+        :class:`Transaction`)."""
+        return self._shared_snapshots
 
     @property
     def capabilities(self) -> Capabilities:
@@ -384,7 +392,7 @@ class AsyncEnvironment:
 
     # -- transactions ----------------------------------------------------
 
-    def transaction(self, *, write: bool = True) -> Transaction:
+    def transaction(self, *, write: bool = True, optimistic: bool = False) -> Transaction:
         """A transaction for every database call made inside ``async with``.
 
         ``async with env.transaction():`` opens one write transaction shared
@@ -393,26 +401,45 @@ class AsyncEnvironment:
         it is a savepoint. ``write=False`` gives a read snapshot: every read
         inside sees one consistent state. The transaction object can also be
         passed as ``txn=`` to calls made from other tasks.
+
+        On LMDB (and memory) a plain write transaction holds the one writer
+        while it is open: it never conflicts, and other writes wait for it.
+        ``optimistic=True`` holds nothing: the block reads a snapshot on the
+        event loop, its writes wait in a buffer (its own reads see them), and
+        its end hands the writer's next group commit one write that checks
+        every key and range the block read and applies the buffer only if
+        none changed; if one did, nothing is applied and the block's end
+        raises :class:`ConflictError`. For code that handles conflicts itself;
+        :meth:`transact` runs a function that way and again on a conflict. On
+        an engine whose writes run side by side (PostgreSQL) every write
+        transaction is optimistic already, and ``optimistic`` changes nothing.
         """
         self._check()
-        return Transaction(self, write=write)
+        if optimistic and not write:
+            raise ValueError(
+                "optimistic=True is for write transactions: a read snapshot "
+                "(write=False) never conflicts"
+            )
+        return Transaction(self, write=write, optimistic=optimistic)
 
     async def transact(
         self, fn: Callable[P, Awaitable[R]], /, *args: P.args, **kwargs: P.kwargs
     ) -> R:
-        """``await fn(*args, **kwargs)`` inside one write transaction; its result.
+        """``await fn(*args, **kwargs)`` inside one optimistic write transaction; its result.
 
         Every call ``fn`` makes joins the transaction, as in ``async with
-        env.transaction():``. It commits when ``fn`` returns and aborts when it
-        raises. On a :class:`RetryableError` (a :class:`ConflictError`: another
-        transaction changed what this one read, on an engine that runs
-        transactions concurrently; or a :class:`ConnectionLostError`: the
-        connection to the server was lost before the commit) it is aborted and
-        run again, up to ``TRANSACT_ATTEMPTS`` times with a jittered, growing
-        pause in between; then the last such error is raised. Keep
-        ``fn`` free of effects outside the environment: it may run more than
-        once. The LMDB and memory engines never conflict, so there ``fn`` runs
-        once; code written with ``transact`` runs unchanged on every engine.
+        env.transaction(optimistic=True):``. It commits when ``fn`` returns and
+        aborts when it raises. On a :class:`RetryableError` (a
+        :class:`ConflictError`: another transaction changed what this one
+        read; or a :class:`ConnectionLostError`: the connection to the server
+        was lost before the commit) it is aborted and run again, up to
+        ``TRANSACT_ATTEMPTS`` times with a jittered, growing pause in between;
+        then the last such error is raised. Keep ``fn`` free of effects
+        outside the environment: it may run more than once.
+
+        Many such transactions run at once, and on LMDB they commit together
+        in the writer's group commits: the form to use for transactions made
+        by concurrent tasks (the requests of a web service, say).
 
         Inside a write transaction of this task, ``fn`` runs in a savepoint of
         it and is not run again: a conflict belongs to the transaction around,
@@ -425,7 +452,7 @@ class AsyncEnvironment:
         attempt = 1
         while True:
             try:
-                async with self.transaction():
+                async with self.transaction(optimistic=True):
                     return await fn(*args, **kwargs)
             except RetryableError as exc:
                 if attempt == TRANSACT_ATTEMPTS:

@@ -106,11 +106,14 @@ class RetryableError(TransactionError):
 class ConflictError(RetryableError):
     """The write transaction conflicted with another one and was not applied.
 
-    An engine that runs transactions concurrently (serializable isolation)
-    raises it when another transaction changed what this one read, or for a
+    Raised when another transaction changed what this one read: at the
+    commit of an optimistic transaction (``env.transaction(optimistic=True)``,
+    ``env.transact``), which validates what it read, or on an engine that
+    runs transactions concurrently (serializable isolation), also for a
     deadlock between them. Nothing of the transaction was applied: run it
-    again. ``env.transact(fn)`` does so by itself; the LMDB and memory engines,
-    with their one writer, never conflict.
+    again. ``env.transact(fn)`` does so by itself. A plain
+    ``env.transaction()`` on LMDB or memory holds the one writer and never
+    conflicts.
     """
 
 

@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from .errors import TransactionError
 from .storage import ReadView, Session, Snapshot, WriteView, transaction_label
+from .storage.optimistic import OptimisticSession
 
 if TYPE_CHECKING:
     from .environment import AsyncEnvironment
@@ -59,9 +60,10 @@ class Transaction:
     ``contextvars.Context``.
     """
 
-    def __init__(self, env: AsyncEnvironment, *, write: bool) -> None:
+    def __init__(self, env: AsyncEnvironment, *, write: bool, optimistic: bool = False) -> None:
         self.env = env
         self.write = write
+        self._optimistic = optimistic
         self._state = _NEW
         self._session: Session | None = None
         self._snapshot: Snapshot | None = None
@@ -82,6 +84,19 @@ class Transaction:
         return self._state == _ACTIVE
 
     @property
+    def optimistic(self) -> bool:
+        """True when the transaction is optimistic: its writes wait in a buffer for its
+        commit, which applies them only if nothing it read has changed (it may raise
+        :class:`~aiolmdb.ConflictError`)."""
+        return isinstance(self._session, OptimisticSession)
+
+    @property
+    def reads_inline(self) -> bool:
+        """True when its reads run on the event loop (a read snapshot, an optimistic
+        transaction), so a long series of them must let other tasks run now and then."""
+        return self._snapshot is not None or self.optimistic
+
+    @property
     def sees_own_writes(self) -> bool:
         """True when its reads happen in a write transaction (this one or one it joined)."""
         return self._session is not None
@@ -99,7 +114,11 @@ class Transaction:
         if outer is not None and outer.active:
             await self._nest_in(outer)
         elif self.write:
-            self._session = await self.env.engine.begin_session()
+            engine = self.env.engine
+            if self._optimistic and engine.capabilities.serial_writes:
+                self._session = await OptimisticSession.begin(engine, self.env.shared_snapshots)
+            else:  # an engine whose writes run side by side conflicts already
+                self._session = await engine.begin_session()
         else:
             self._snapshot = await self.env.engine.begin_snapshot()
         self._state = _ACTIVE
