@@ -18,6 +18,7 @@ from pydantic import BaseModel
 
 import aiolmdb
 from aiolmdb.coders import StringCoder, UInt64Coder
+from aiolmdb.environment import OPTIMISTIC_ATTEMPTS
 from aiolmdb.models import Collection, Index
 
 ONE_WRITER = pytest.mark.needs("serial_writes")
@@ -371,3 +372,28 @@ async def test_transactions_begun_together_share_one_read_transaction(
     assert lmdb_engine(env).readers_open <= 2  # theirs, and at most one of a point read
     go.set()
     await bounded(asyncio.gather(*tasks))
+
+
+@ONE_WRITER
+async def test_under_contention_a_transaction_holds_the_writer_after_its_optimistic_attempts(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    counters = strings(env, "counters")
+    runs: dict[int, list[bool]] = {}
+
+    async def increment(task: int) -> None:
+        transaction = env.current_transaction()
+        assert transaction is not None
+        runs.setdefault(task, []).append(transaction.optimistic)
+        value = int(await counters.get("hot") or b"0")
+        await asyncio.sleep(0)
+        await asyncio.sleep(0)
+        await counters.put("hot", str(value + 1).encode())
+
+    await bounded(asyncio.gather(*(env.transact(increment, t) for t in range(30))), timeout=60)
+    assert await counters.get("hot") == b"30"
+    limit = OPTIMISTIC_ATTEMPTS + 1
+    assert max(len(attempts) for attempts in runs.values()) <= limit
+    for attempts in runs.values():  # optimistic first, then one holding the writer
+        assert attempts == [True] * len(attempts) or attempts == [True] * (limit - 1) + [False]
+    assert any(not attempts[-1] for attempts in runs.values())  # some needed the writer
