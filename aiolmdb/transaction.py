@@ -257,8 +257,11 @@ class Transaction:
         """Run ``fn(view)`` in this transaction, for reading."""
         self.check_usable()  # again: another task may have opened a savepoint meanwhile
         result: Any
-        if self._session is not None:
-            result = await self._session.call(fn, self._level)
+        session = self._session
+        if isinstance(session, OptimisticSession):  # its reads run where the snapshot's do
+            result = await session.call(fn, self._level, offload=offload)
+        elif session is not None:
+            result = await session.call(fn, self._level)
         else:
             assert self._snapshot is not None
             result = await self._snapshot.call(fn, offload=offload)

@@ -13,7 +13,7 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-from conftest import EnvFactory, bounded, detached, lmdb_engine
+from conftest import EnvFactory, WhereDecoded, bounded, detached, lmdb_engine
 from pydantic import BaseModel
 
 import aiolmdb
@@ -397,3 +397,18 @@ async def test_under_contention_a_transaction_holds_the_writer_after_its_optimis
     for attempts in runs.values():  # optimistic first, then one holding the writer
         assert attempts == [True] * len(attempts) or attempts == [True] * (limit - 1) + [False]
     assert any(not attempts[-1] for attempts in runs.values())  # some needed the writer
+
+
+@pytest.mark.lmdb_only
+async def test_a_large_value_read_in_an_optimistic_block_is_decoded_off_the_loop(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    where = WhereDecoded()
+    db = env.open_db("large", value_coder=where)
+    large = b"x" * (env.inline_value_limit * 2)
+    await db.put(b"k", large)
+    where.on_loop.clear()
+    async with env.transaction(optimistic=True):
+        assert await db.get(b"k") == large
+        await db.put(b"copy", b"small")
+    assert where.on_loop == [False]

@@ -85,9 +85,11 @@ class OptimisticSession:
         if self._state is OptimisticState.ENDED:
             raise TransactionError(f"{self.label} has ended: {what} cannot be made in it")
 
-    async def call(self, fn: Callable[[WriteView], R], level: int = 0) -> R:
+    async def call(
+        self, fn: Callable[[WriteView], R], level: int = 0, *, offload: bool = False
+    ) -> R:
         """Run ``fn`` on the transaction's view (its snapshot, its writes) in savepoint
-        ``level``, on the event loop."""
+        ``level``: on the event loop, or off it when ``offload`` (a read of large values)."""
         self._require_open("a call")
         self._stack.require_innermost(level)
         buffer, log, label = self._buffer, self._log, self.label
@@ -95,7 +97,7 @@ class OptimisticSession:
         def on_snapshot(view: ReadView) -> R:
             return fn(OptimisticView(view, buffer, log, label))
 
-        return await self._snapshot.call(on_snapshot)
+        return await self._snapshot.call(on_snapshot, offload=offload)
 
     async def savepoint(self, parent: int = 0) -> int:
         """Open a savepoint inside ``parent``: a checkpoint of the buffer."""
