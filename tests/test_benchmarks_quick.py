@@ -52,7 +52,7 @@ def test_quick_run_covers_every_workload_and_contender(
     seen = {row["workload"].split()[0] for row in rows}
     assert seen == set(workloads)
     for workload in LMDB_WORKLOADS:
-        contenders = {row["contender"] for row in rows if row["workload"].startswith(workload)}
+        contenders = {row["contender"] for row in rows if row["workload"].split()[0] == workload}
         assert any(c.startswith("aiolmdb") for c in contenders), workload
         if workload not in ("W8", "W9"):
             assert any("sync py-lmdb" in c for c in contenders), workload
@@ -61,7 +61,7 @@ def test_quick_run_covers_every_workload_and_contender(
         memory = [
             row
             for row in rows
-            if row["workload"].startswith(workload)
+            if row["workload"].split()[0] == workload
             and row["contender"].startswith("aiolmdb :memory:")
         ]
         assert bool(memory) == (workload in MEMORY_WORKLOADS), workload
