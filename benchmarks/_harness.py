@@ -77,6 +77,11 @@ class Sizes:
     w7_ops_per_task: int = 1_000
     w7_slow_ops_per_task: int = 50
     w9_records: int = 20_000
+    w10_accounts: int = 1_000
+    w10_hot_keys: int = 10
+    w10_tasks: int = 50
+    w10_txns_per_task: int = 200
+    w10_warm_per_task: int = 10
     reps: int = 3
     quick: bool = False
 
@@ -95,6 +100,9 @@ class Sizes:
             w3_slow_puts_per_task=1,
             w4_puts=100,
             w9_records=2_000,
+            w10_tasks=10,
+            w10_txns_per_task=5,
+            w10_warm_per_task=1,
             w5_records=100_000,
             w5_chunk=10_000,
             w5_sqlite_records=20_000,

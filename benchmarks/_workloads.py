@@ -1,4 +1,4 @@
-"""The workloads W1-W9 of the benchmark suite, and the registry of every workload.
+"""The workloads W1-W10 of the benchmark suite, and the registry of every workload.
 
 Every workload runs aiolmdb and its alternatives in this process, one after
 the other, each on its own LMDB environment (or SQLite file) in its own
@@ -23,8 +23,9 @@ Contenders:
 - ``aiosqlite``: ``kv(k BLOB PRIMARY KEY, v BLOB) WITHOUT ROWID``, one
   commit per write where the workload writes one record at a time.
 
-W9 lives in :mod:`._indexes`; P1-P6 (the PostgreSQL engine against the raw
-driver) in :mod:`._postgres`, imported when one of them runs.
+W9 lives in :mod:`._indexes`, W10 in :mod:`._transactions`; P1-P6 (the
+PostgreSQL engine against the raw driver) in :mod:`._postgres`, imported when
+one of them runs.
 """
 
 from __future__ import annotations
@@ -68,6 +69,7 @@ from ._harness import (
 from ._indexes import w9
 from ._models import User, encode_user, encode_user_key, make_users, open_users
 from ._pg_server import on_postgres
+from ._transactions import w10
 
 __all__ = ["WORKLOADS", "Workload"]
 
@@ -1211,6 +1213,7 @@ WORKLOADS: dict[str, Workload] = {
         Workload("W7", "100 tasks, 90% get / 10% put", _w7),
         Workload("W8", "event-loop lag during the W5 load", _w8),
         Workload("W9", "index maintenance cost of a put", w9),
+        Workload("W10", "50 tasks running read-write transactions", w10),
         Workload("P1", "PostgreSQL: point get, raw bytes", on_postgres("p1")),
         Workload("P2", "PostgreSQL: point get through a Collection", on_postgres("p2")),
         Workload("P3", "PostgreSQL: 100 concurrent tasks putting", on_postgres("p3")),

@@ -108,11 +108,22 @@ def _times(value: float | None) -> str:
     return f"{value:.2f}x" if value < 10 else f"{value:,.0f}x"
 
 
+def _measured(row: Row) -> str:
+    """The check's measure, then what the row's extras say (loop lateness, or latency
+    per transaction and conflicts)."""
+    e = row.extra
+    parts = [row.check.measured] if row.check else []
+    if not parts and "p99_ms" in e:
+        parts.append(f"p99 {e['p99_ms']:.2f} / max {e['max_ms']:.1f} ms")
+    if "txn_p99_ms" in e:
+        parts.append(f"p50 {_num(e['txn_p50_ms'])} / p99 {_num(e['txn_p99_ms'])} ms")
+    if "conflict_rate" in e:
+        parts.append(f"{e['conflict_rate']:.1%} conflicts")
+    return "; ".join(parts)
+
+
 def _cells(row: Row) -> dict[str, str]:
-    measured = row.check.measured if row.check else ""
-    if not measured and "p99_ms" in row.extra:
-        e = row.extra
-        measured = f"p99 {e['p99_ms']:.2f} / max {e['max_ms']:.1f} ms"
+    measured = _measured(row)
     calibration = row.note == "calibration"
     return {
         "workload": row.workload,
