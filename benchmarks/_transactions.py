@@ -469,8 +469,10 @@ async def w10(sizes: Sizes, notes: Notes) -> list[Row]:
         (contended, PESSIMISTIC, on(contended, on_disk, Form.TRANSACTION, PESSIMISTIC)),
     ]
     runs: dict[tuple[str, str], list[Run]] = {(v.wid, name): [] for v, name, _ in contenders}
-    for _ in range(sizes.reps):  # in turns, so drift hits all
-        for variant, name, run in contenders:
+    for rep in range(sizes.reps):
+        # In turns, so drift hits all; reversed every other turn, so that of two
+        # contenders neither always runs first (the load drifts within a turn too).
+        for variant, name, run in contenders if rep % 2 == 0 else reversed(contenders):
             runs[(variant.wid, name)].append(await run())
     rows = [
         _row(variant.wid, name, runs[(variant.wid, name)], counts_bodies=name != SYNC)
@@ -501,7 +503,8 @@ async def w10(sizes: Sizes, notes: Notes) -> list[Row]:
         "(checked once against a file written through aiolmdb): the limit of one writer; "
         f"'{MEMORY}': transact on the in-memory engine. '{contended.wid}': every transaction "
         f"moves a unit between two of {len(hot)} hot accounts. Each run is a fresh "
-        f"environment; median of {sizes.reps} runs in turns; latency from the task's view "
+        f"environment; median of {sizes.reps} runs in turns (every other turn in reverse "
+        "order); latency from the task's view "
         "(from the start of the first attempt to the return), p50/p99 over every timed "
         "transaction of every run; conflicts = body runs - committed transactions, their "
         "rate = conflicts / body runs. Every run ends by checking every balance, transfer "
