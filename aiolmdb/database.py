@@ -207,15 +207,23 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
                 )
             if value is not TOO_LARGE:
                 return default if value is _MISSING else value
-        decode = self.codec.decode_value
+        codec = self.codec
 
-        def read(view: ReadView) -> Any:
+        def read(view: ReadView, small_only: bool) -> Any:
             buf = view.get(keyspace, raw_key)
-            return _MISSING if buf is None else decode(raw_key, buf)
+            if buf is None:
+                return _MISSING
+            if small_only and not codec.decodes_inline(buf):
+                return TOO_LARGE
+            return codec.decode_value(raw_key, buf)
 
-        # Large values are decoded off the loop; inside a transaction the
-        # read goes where the transaction lives.
-        value = await access.read(read, ctx, offload=True)
+        if ctx is not None and ctx.reads_inline:
+            # A snapshot read on the loop: no thread hop, unless the value is large.
+            value = await access.read_small_inline(read, ctx)
+        else:
+            # Large values are decoded off the loop; inside a transaction that holds
+            # the writer, the read goes where the transaction lives.
+            value = await access.read(lambda view: read(view, False), ctx, offload=True)
         return default if value is _MISSING else value
 
     def _decode_small(self, raw_key: bytes, buf: Buffer | None) -> Any:
