@@ -23,20 +23,23 @@ class Savepoints(Generic[T]):
         self.label = label
         self._stack: list[tuple[int, T]] = []
         self._ids = itertools.count(1)
+        # Kept rather than counted: every call made in a session asks for it.
+        self._depth = 0
 
     def begin(self, root: T) -> None:
         """The transaction began: level 0 holds ``root``."""
         self._stack = [(0, root)]
+        self._depth = 0
+
+    @property
+    def depth(self) -> int:
+        """How many savepoints are open."""
+        return self._depth
 
     @property
     def ids(self) -> list[int]:
         """Ids of the open savepoints, innermost last."""
         return [savepoint for savepoint, _ in self._stack[1:]]
-
-    @property
-    def depth(self) -> int:
-        """How many savepoints are open."""
-        return max(0, len(self._stack) - 1)
 
     def require_innermost(self, level: int) -> None:
         """Refuse a call made in ``level`` unless it is the innermost level open."""
@@ -55,6 +58,7 @@ class Savepoints(Generic[T]):
         """Open a savepoint keeping ``kept``; its id."""
         savepoint = next(self._ids)
         self._stack.append((savepoint, kept))
+        self._depth += 1
         return savepoint
 
     def require_releasable(self, savepoint: int) -> None:
@@ -67,7 +71,9 @@ class Savepoints(Generic[T]):
 
     def pop(self) -> T:
         """Close the innermost savepoint; what it kept."""
-        return self._stack.pop()[1]
+        kept = self._stack.pop()[1]
+        self._depth = max(0, len(self._stack) - 1)
+        return kept
 
     def above(self, savepoint: int) -> list[T]:
         """Close every savepoint opened inside ``savepoint`` (innermost first); what they kept."""
@@ -75,10 +81,12 @@ class Savepoints(Generic[T]):
         closed: list[T] = []
         while len(self._stack) > level + 1:
             closed.append(self._stack.pop()[1])
+        self._depth = level
         return closed
 
     def clear(self) -> list[T]:
         """Forget every level, the transaction's included (innermost first); what they kept."""
         kept = [item for _, item in reversed(self._stack)]
         self._stack = []
+        self._depth = 0
         return kept

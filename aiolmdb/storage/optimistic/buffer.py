@@ -62,14 +62,16 @@ class Overlay:
         self._sorted = None
 
 
-@dataclasses.dataclass(frozen=True)
 class _KeyWritten:
     """Undoes one write: what ``key`` held in the overlay before (``known`` False: nothing)."""
 
-    overlay: Overlay
-    key: bytes
-    known: bool
-    before: bytes | None
+    __slots__ = ("before", "key", "known", "overlay")
+
+    def __init__(self, overlay: Overlay, key: bytes, known: bool, before: bytes | None) -> None:
+        self.overlay = overlay
+        self.key = key
+        self.known = known
+        self.before = before
 
     def undo(self) -> None:
         if self.known:
@@ -79,13 +81,15 @@ class _KeyWritten:
         self.overlay.changed_keys()
 
 
-@dataclasses.dataclass(frozen=True)
 class _Cleared:
     """Undoes a clear: the overlay's writes before it."""
 
-    overlay: Overlay
-    entries: dict[bytes, bytes | None]
-    cleared: bool
+    __slots__ = ("cleared", "entries", "overlay")
+
+    def __init__(self, overlay: Overlay, entries: dict[bytes, bytes | None], cleared: bool) -> None:
+        self.overlay = overlay
+        self.entries = entries
+        self.cleared = cleared
 
     def undo(self) -> None:
         self.overlay.entries, self.overlay.cleared = self.entries, self.cleared
@@ -100,7 +104,8 @@ class WriteBuffer:
         self._undo: list[_KeyWritten | _Cleared] = []
 
     def __bool__(self) -> bool:
-        return any(overlay.entries or overlay.cleared for overlay in self._overlays.values())
+        # Every write is in the undo log until it is rolled back.
+        return bool(self._undo)
 
     def overlay(self, keyspace: Keyspace) -> Overlay | None:
         """What was written into ``keyspace`` (None: nothing yet)."""

@@ -14,7 +14,7 @@ missed, and the transaction runs again.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any, TypeVar
 
 from ...errors import TransactionError
@@ -58,12 +58,12 @@ class _Lease:
         """True once released (or the engine ended the snapshot, closing)."""
         return self._shared is None or self._snapshot.ended
 
-    async def call(self, fn: Callable[[ReadView], R], *, offload: bool = False) -> R:
-        """Run ``fn(view)`` on the shared snapshot."""
+    def call(self, fn: Callable[[ReadView], R], *, offload: bool = False) -> Coroutine[Any, Any, R]:
+        """Run ``fn(view)`` on the shared snapshot (the snapshot's call, for the caller to
+        await)."""
         if self._shared is None:
             raise TransactionError("the read snapshot has ended")
-        result: R = await self._snapshot.call(fn, offload=offload)
-        return result
+        return self._snapshot.call(fn, offload=offload)
 
     async def release(self) -> None:
         """Let go of the snapshot: it ends with its last holder, once no new transaction
