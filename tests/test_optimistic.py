@@ -412,3 +412,27 @@ async def test_a_large_value_read_in_an_optimistic_block_is_decoded_off_the_loop
         assert await db.get(b"k") == large
         await db.put(b"copy", b"small")
     assert where.on_loop == [False]
+
+
+async def test_a_database_opened_just_after_a_shared_snapshot_began_is_seen_by_later_blocks(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    old = strings(env, "old")
+    await old.put("k", b"1")
+    release = asyncio.Event()
+
+    async def first() -> None:
+        async with env.transaction(optimistic=True):
+            assert await old.get("k") == b"1"
+            await release.wait()
+
+    holder = asyncio.ensure_future(first())
+    await asyncio.sleep(0)  # its snapshot is asked for
+    await asyncio.sleep(0)  # and begun, in this very loop iteration
+    new = strings(env, "new")
+    async with env.transaction(optimistic=True):
+        await new.put("n", b"1")
+        assert [k async for k in new.keys()] == ["n"]
+    release.set()
+    await bounded(holder)
+    assert await new.get("n") == b"1"

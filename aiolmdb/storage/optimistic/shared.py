@@ -4,9 +4,10 @@ event-loop iteration.
 Optimistic transactions each hold a snapshot across their awaits; hundreds
 of concurrent ones would each hold an LMDB read transaction (and a reader
 slot: 126 by default). Those begun in the same iteration of the event loop
-share one instead. A transaction begun later gets a new one, so it sees
-every commit acknowledged before it began (an acknowledgement reaches a
-task one iteration after the commit, at the earliest). A stale snapshot
+share one (unless a database was opened in between). A transaction begun
+later gets a new one, so it sees every commit acknowledged before it began
+(an acknowledgement reaches a task one iteration after the commit, at the
+earliest). A stale snapshot
 would not be wrong, only costly: the commit's validation catches what it
 missed, and the transaction runs again.
 """
@@ -28,11 +29,13 @@ R = TypeVar("R")
 class _Shared:
     """One engine snapshot (being begun, or begun) and how many transactions hold it."""
 
-    __slots__ = ("begun", "holders")
+    __slots__ = ("begun", "holders", "keyspaces")
 
-    def __init__(self) -> None:
+    def __init__(self, keyspaces: int) -> None:
         self.begun: asyncio.Future[Snapshot] | None = None
         self.holders = 0
+        #: The engine's keyspace serial when it was asked for: it sees those keyspaces.
+        self.keyspaces = keyspaces
 
     @property
     def snapshot(self) -> Snapshot | None:
@@ -73,6 +76,11 @@ class _Lease:
             await self._owner.let_go(shared)
 
 
+def _ended(shared: _Shared) -> bool:
+    snapshot = shared.snapshot
+    return snapshot is not None and snapshot.ended
+
+
 class SharedSnapshots:
     """The snapshots of one engine's optimistic transactions, one per loop iteration."""
 
@@ -84,8 +92,10 @@ class SharedSnapshots:
     async def take(self) -> Snapshot:
         """A snapshot for a transaction beginning now."""
         shared = self._current
-        if shared is None or (shared.snapshot is not None and shared.snapshot.ended):
-            shared = self._current = _Shared()
+        serial = self._engine.keyspace_serial
+        # A keyspace opened since it was asked for may be invisible to it.
+        if shared is None or shared.keyspaces != serial or _ended(shared):
+            shared = self._current = _Shared(serial)
             shared.begun = asyncio.ensure_future(self._begin(shared))
         assert shared.begun is not None
         # Held from now: the snapshot must not end before this transaction has it.
