@@ -37,7 +37,7 @@ TRANSACT_ATTEMPTS = 32
 #: How many of those attempts are optimistic on an engine with one writer (LMDB,
 #: memory); the next ones hold the writer, where they cannot conflict: under heavy
 #: contention on a few keys, no transaction starves.
-OPTIMISTIC_ATTEMPTS = 4
+OPTIMISTIC_ATTEMPTS = 2
 
 
 def version() -> tuple[int, int, int]:
