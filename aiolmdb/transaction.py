@@ -53,6 +53,13 @@ class Transaction:
     read inside sees one consistent state, whatever commits meanwhile; nested
     inside a write transaction it joins it (reads see its writes).
 
+    An optimistic one (``env.transaction(optimistic=True)``, on an engine with
+    one writer) holds nothing while it is open: its reads run on a read
+    snapshot on the event loop, its writes wait in a buffer that its reads
+    see, and its commit applies them in the writer's next group commit only
+    if nothing it read has changed since, else raises
+    :class:`~aiolmdb.ConflictError` with nothing applied.
+
     Tasks started inside the block inherit the transaction: their calls join
     it while it is open, and raise :class:`~aiolmdb.TransactionError` once it
     has ended (they never fall back to auto-commit, nor open a transaction of
