@@ -436,3 +436,27 @@ async def test_a_database_opened_just_after_a_shared_snapshot_began_is_seen_by_l
     release.set()
     await bounded(holder)
     assert await new.get("n") == b"1"
+
+
+@pytest.mark.parametrize("reverse", [False, True])
+async def test_a_scan_of_many_batches_merges_the_blocks_writes_in_order(
+    env: aiolmdb.AsyncEnvironment, reverse: bool
+) -> None:
+    db = env.open_db("db", key_coder=UInt64Coder(), value_coder=StringCoder())
+    stored = {k: f"stored {k}" for k in range(0, 600, 2)}
+    await db.put_multi(stored)
+    expected = dict(stored)
+    async with env.transaction(optimistic=True):
+        for k in range(0, 600, 7):  # inserts between stored keys, overwrites, deletes
+            if k % 3 == 0:
+                await db.delete(k)
+                expected.pop(k, None)
+            else:
+                await db.put(k, f"mine {k}")
+                expected[k] = f"mine {k}"
+        got = [kv async for kv in db.items(reverse=reverse)]
+        assert got == sorted(expected.items(), reverse=reverse)
+        assert await db.count(100, 400) == sum(100 <= k < 400 for k in expected)
+        window = [k async for k in db.keys(100, 400, reverse=reverse, limit=50)]
+        assert window == sorted((k for k in expected if 100 <= k < 400), reverse=reverse)[:50]
+    assert {k: v async for k, v in db.items()} == expected
