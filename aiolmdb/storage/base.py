@@ -338,7 +338,12 @@ class Engine(Protocol):
         ...
 
     def read_now(self, fn: Callable[[ReadView], R]) -> R:
-        """``fn(view)`` in a read of its own, on the event loop (may raise NotNowError)."""
+        """``fn(view)`` on one consistent state, on the event loop (may raise NotNowError).
+
+        It sees every commit this process made before it. (LMDB's reads on the
+        event loop share a read transaction: another process's commit is seen
+        from the loop's next iteration on, or sooner.)
+        """
         ...
 
     async def read(self, fn: Callable[[ReadView], R], *, offload: bool = False) -> R:

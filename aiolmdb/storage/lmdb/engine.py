@@ -3,9 +3,10 @@
 The engine behind ``aiolmdb.open(path)``. It owns the LMDB handle, one
 writer thread (every write transaction runs there: group commit, sessions,
 opening databases) and a small pool of reader threads. Small reads run on
-the event loop thread in a read transaction of their own (no thread hop).
-The map grows when a write finds it full; a resize waits for this process's
-read transactions to end (see :mod:`.gate`).
+the event loop thread (no thread hop), in the read transaction they share
+(see :mod:`.reused_read`: how fresh such a read is). The map grows when a
+write finds it full; a resize waits for this process's read transactions to
+end (see :mod:`.gate`).
 """
 
 from __future__ import annotations
@@ -42,6 +43,7 @@ from ..deadlock import submit_behind
 from ..keyspace import Keyspace
 from ..waiting import call_awaitably, loop_running
 from .gate import ReadGate, map_refusal
+from .reused_read import CommitCounter, ReusedRead
 from .session import ReadSnapshot, WriteSession
 from .views import LmdbReadView, LmdbWriteView
 from .writer import Writer, grown_or_error
@@ -214,6 +216,7 @@ class LmdbEngine:
         self._closing: asyncio.Future[None] | None = None
         self.inline_value_limit = settings.inline_value_limit
         self._max_key_size = self.lmdb_env.max_key_size()
+        self._commits = CommitCounter()
         self._writer = Writer(
             self.lmdb_env,
             self._begin_write,
@@ -221,7 +224,10 @@ class LmdbEngine:
             max_pending=settings.max_pending_writes,
             max_batch=settings.max_batch_writes,
             grow_map=self._grow_map,
+            commits=self._commits,
         )
+        # The read transaction the event loop's reads share.
+        self._reused = ReusedRead(self._begin_read, self._end_read, self._commits, self._gate)
         self._pool = ThreadPoolExecutor(
             max_workers=settings.read_workers, thread_name_prefix=f"aiolmdb-reader {key}"
         )
@@ -328,6 +334,7 @@ class LmdbEngine:
         self.closed = True
         self._state = _State.CLOSED
         self._pool.shutdown(wait=True)
+        self._reused.close()
         for snapshot in list(self._snapshots):
             snapshot.release_now()
         self.lmdb_env.close()
@@ -341,6 +348,9 @@ class LmdbEngine:
         if self._state in (_State.CLOSED, _State.FORKED):
             return
         self.closed = True
+        # The event loop is gone: the reads' shared transaction would stay open,
+        # and a resize of the map the writer may be waiting for with it.
+        self._reused.close()
         thread = self._writer.stop()
         if thread is not None:
             thread.join(timeout=5.0)
@@ -441,6 +451,10 @@ class LmdbEngine:
         def named() -> Any:
             try:
                 handle = open_db()
+                # Committed: reads on the event loop must renew their transaction
+                # before they can see the handle (a transaction begun before it
+                # cannot read the database).
+                self._commits.bump()
                 # integerkey: every key must have the size of the keys stored.
                 if keyspace.integer_keys and (size := self._first_key_size(handle)) is not None:
                     keyspace.key_size = size
@@ -472,30 +486,26 @@ class LmdbEngine:
     def read_point(
         self, keyspace: Keyspace, key: bytes, decode: Callable[[bytes, Buffer | None], R]
     ) -> R:
-        """One value, read and decoded on the event loop in a read transaction of its own."""
-        # _begin_read, spelt out on the hottest path of every read.
-        gate = self._gate
-        if not gate.enter():
-            raise self._resizing_error()
-        try:
-            txn = self.lmdb_env.begin(buffers=True)
-        except lmdb.MapResizedError:
-            gate.leave()
-            raise self._resizing_error() from None
-        except BaseException:
-            gate.leave()
-            raise
-        try:
-            return decode(key, txn.get(key, db=keyspace.handle))
-        finally:
-            self._end_read(txn)
+        """One value, read and decoded on the event loop, in the read transaction the
+        loop's reads share (see :mod:`.reused_read` for how fresh it is)."""
+        view = self._reused.view()
+        if view is None:  # not on the loop that holds it: a transaction of its own
+            return self._call_in_read_txn(lambda txn: decode(key, txn.get(key, db=keyspace.handle)))
+        # Positional arguments: py-lmdb parses keywords slowly, on the hottest path.
+        return decode(key, view.txn.get(key, None, keyspace.handle))
 
     def read_now(self, fn: Callable[[ReadView], R]) -> R:
-        """``fn(view)`` in a read transaction of its own, on the calling thread."""
-        return self._call_in_read_txn(lambda t: fn(LmdbReadView(t)))
+        """``fn(view)`` now, on the calling thread: on the event loop in the read
+        transaction the loop's reads share (see :mod:`.reused_read`), elsewhere in
+        one of its own."""
+        view = self._reused.view()
+        if view is None:
+            return self._call_in_read_txn(lambda txn: fn(LmdbReadView(txn)))
+        return fn(view)
 
     async def read(self, fn: Callable[[ReadView], R], *, offload: bool = False) -> R:
-        """``fn(view)`` in a read transaction of its own: inline, or on a reader thread."""
+        """``fn(view)`` inline (as :meth:`read_now`), or in a read transaction of its own on
+        a reader thread (``offload``, or when the loop cannot read now)."""
         if self.closed:  # a scan may outlive its environment
             self.check()
         if not offload:
@@ -741,7 +751,9 @@ class LmdbEngine:
             while True:
                 try:
                     with self._begin_write() as txn:
-                        return fn(LmdbWriteView(self.lmdb_env, txn))
+                        result = fn(LmdbWriteView(self.lmdb_env, txn))
+                    self._commits.bump()
+                    return result
                 except lmdb.MapFullError as exc:
                     error = grown_or_error(exc, self._grow_map)
                     if error is not None:
@@ -786,6 +798,7 @@ class LmdbEngine:
             self._name,
             self._growth_refusal,
             self._sessions.discard,
+            self._commits,
             self._session_aborted,
         )
         behind = list(self._sessions)  # it waits for them to end
@@ -827,6 +840,7 @@ class LmdbEngine:
         """
         self.closed = True
         self._state = _State.FORKED
+        self._reused.abandon()
         for snapshot in self._snapshots:
             snapshot.abandon()
         for session in self._sessions:

@@ -38,6 +38,7 @@ from ...errors import TransactionError
 from ..base import transaction_label
 from ..deadlock import Queued, Watch
 from ..waiting import call_awaitably, deliver, ignore_outcome, outlast_cancellation
+from .reused_read import CommitCounter
 from .views import LmdbReadView, LmdbWriteView
 from .writer import disk_full_error, map_full_error
 
@@ -87,9 +88,12 @@ class WriteSession:
         name: str,
         growth_refusal: Callable[[], str | None],
         on_end: Callable[[WriteSession], None],
+        commits: CommitCounter,
         aborted: Callable[[], None] = lambda: None,
     ) -> None:
         self._env = env
+        # Counts the commit, before the caller is told of it.
+        self._commits = commits
         # Told on the writer thread once the whole transaction was aborted (a test hook).
         self._aborted = aborted
         # Tells the engine the session is ending: writes no longer wait behind it.
@@ -306,6 +310,7 @@ class WriteSession:
             # The commit may need pages of its own (to save LMDB's free list).
             with self._telling_map_full():
                 stack.pop()[1].commit()
+            self._commits.bump()
         elif op.kind == _ABORT:
             self._abort_from(0)
         return None

@@ -38,6 +38,7 @@ import lmdb
 
 from ...errors import ClosedError, DiskFullError
 from ..waiting import Outcome, Waiting, deliver
+from .reused_read import CommitCounter
 from .views import LmdbWriteView
 
 __all__ = ["Writer", "disk_full_error", "grown_or_error", "map_full_error"]
@@ -86,7 +87,8 @@ class Writer:
 
     ``max_pending`` bounds how many writes may wait in the queue; submitters
     beyond it wait (asynchronously) for the writer to catch up. ``max_batch``
-    bounds how many writes go into one transaction.
+    bounds how many writes go into one transaction. Each commit is counted
+    in ``commits`` before its outcome is delivered.
     """
 
     def __init__(
@@ -98,8 +100,10 @@ class Writer:
         max_pending: int,
         max_batch: int,
         grow_map: Callable[[], str | None],
+        commits: CommitCounter,
     ) -> None:
         self._env = env  # for nested transactions
+        self._commits = commits
         # LMDB refuses nested write transactions under MDB_WRITEMAP.
         self._can_nest = not env.flags()["writemap"]
         self._begin = begin  # begins a (root) write transaction
@@ -380,6 +384,7 @@ class Writer:
             error = disk_full_error(error, self._env, self._name)
             deliver([(job, False, error) for job, _, _ in results])
             return _DONE
+        self._commits.bump()
         return results
 
 
