@@ -376,9 +376,7 @@ async def test_another_threads_loop_reads_in_transactions_of_its_own(
 
 
 @pytest.mark.lmdb_only
-def test_a_loop_that_stopped_in_the_middle_leaves_nothing_to_the_next(
-    tmp_path: Path, ageless: None
-) -> None:
+def test_a_loop_that_stopped_in_the_middle_leaves_nothing_to_the_next(tmp_path: Path) -> None:
     env = aiolmdb.open(tmp_path / "env")
     engine = lmdb_engine(env)
     loop = asyncio.new_event_loop()
@@ -394,6 +392,8 @@ def test_a_loop_that_stopped_in_the_middle_leaves_nothing_to_the_next(
         loop.run_forever()
         assert reading.done()
         assert engine.readers_open == 1
+        # The next loop of this thread would reuse it until it is MAX_AGE old.
+        time.sleep(2 * reused_read.MAX_AGE)
 
         async def read_in_a_new_loop() -> int:
             db = env.open_db("data")

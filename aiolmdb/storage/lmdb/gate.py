@@ -32,16 +32,14 @@ class ReadGate:
         self._lock = threading.Lock()
         self._readers = 0
         self._resizes = 0  # resizes waiting for the readers inside to leave
+        #: True while a resize waits for the readers inside to leave (an attribute,
+        #: not a property: every read on the event loop looks at it).
+        self.resizing = False
 
     @property
     def readers(self) -> int:
         """How many read transactions are counted in now."""
         return self._readers
-
-    @property
-    def resizing(self) -> bool:
-        """True while a resize waits for the readers inside to leave."""
-        return self._resizes > 0
 
     def enter(self) -> bool:
         """A read transaction is about to begin: count it in; False (not counted) while a
@@ -73,6 +71,7 @@ class ReadGate:
         deadline = time.monotonic() + timeout
         with self._lock:
             self._resizes += 1
+            self.resizing = True
         try:
             while True:
                 with self._lock:
@@ -87,6 +86,7 @@ class ReadGate:
         finally:
             with self._lock:
                 self._resizes -= 1
+                self.resizing = self._resizes > 0
 
 
 def map_refusal(size: int) -> str | None:

@@ -26,10 +26,14 @@ process that completed before the read was made, and every commit of other
 processes that completed before the current iteration of the loop began, or
 more than :data:`MAX_AGE` before the read.
 
-The transaction belongs to the event loop that began it: a read from
-another loop's thread (a read transaction must not be used by two threads
-at once) or with no loop running gets none, and reads in a transaction of
-its own.
+The transaction belongs to the thread whose event loop began it: a read
+from another thread (a read transaction must not be used by two threads at
+once) gets none, and reads in a transaction of its own, as does a read
+with no event loop running that finds none open. Reads look at the thread,
+not the loop, because asking for the running loop costs a system call
+(``getpid``) in Python 3.11: a loop that stopped before its next iteration
+leaves the transaction to the next loop of its thread, which reuses it for
+at most :data:`MAX_AGE`, then renews it.
 """
 
 from __future__ import annotations
@@ -37,8 +41,9 @@ from __future__ import annotations
 import asyncio
 import enum
 import threading
-import time
 from collections.abc import Callable
+from threading import get_ident
+from time import monotonic
 
 import lmdb
 
@@ -118,27 +123,27 @@ class ReusedRead:
         view serves one read: the caller uses it before it returns to the loop (and
         keeps nothing read through it), and makes no other read meanwhile.
         """
+        view = self._view
+        if (
+            view is None
+            or self._thread != get_ident()
+            or self._seen != self._commits.count
+            or monotonic() >= self._expires
+            or self._gate.resizing
+        ):
+            return self._renewed()
+        return view
+
+    def _renewed(self) -> LmdbReadView | None:
         try:
             loop = asyncio.get_running_loop()
         except RuntimeError:
             return None  # nothing would end it
-        view = self._view
-        if (
-            view is None
-            or loop is not self._loop
-            or self._seen != self._commits.count
-            or time.monotonic() >= self._expires
-            or self._gate.resizing
-        ):
-            return self._renewed(loop)
-        return view
-
-    def _renewed(self, loop: asyncio.AbstractEventLoop) -> LmdbReadView | None:
         with self._lock:
             if self._state is not _State.OPEN:
                 return None
             if self._view is not None:
-                if loop is not self._loop and not self._ends_here():
+                if self._thread != get_ident() and not self._ends_here():
                     return None
                 self._end_now()
             # Read before the transaction begins: a commit counted after this is
@@ -148,10 +153,10 @@ class ReusedRead:
             self._view, self._loop, self._thread, self._seen = (
                 view,
                 loop,
-                threading.get_ident(),
+                get_ident(),
                 seen,
             )
-            self._expires = time.monotonic() + self._max_age
+            self._expires = monotonic() + self._max_age
             self._serial += 1
             serial = self._serial
         # Told its serial number, not the transaction: py-lmdb frees an ended read
@@ -160,13 +165,10 @@ class ReusedRead:
         return view
 
     def _ends_here(self) -> bool:
-        """Whether a read from another event loop may end the transaction: begun in this
-        thread (whose other loop is not running, then), or too old to serve a read (so
-        its loop no longer uses it) on a loop that is not running."""
+        """Whether a read from another thread may end the transaction: when it is too old
+        to serve a read (so its thread no longer uses it) and its loop is not running."""
         assert self._loop is not None
-        if self._thread == threading.get_ident():
-            return True
-        return time.monotonic() >= self._expires and not self._loop.is_running()
+        return monotonic() >= self._expires and not self._loop.is_running()
 
     def _loop_went_on(self, serial: int) -> None:
         with self._lock:
