@@ -28,11 +28,13 @@ class _FixedIntCoder(Coder[int]):
     def serialize(self, obj: int) -> bytes:
         """Encode ``obj`` in ``width`` big-endian bytes."""
         # bool is an int, but True stored as key 1 is almost always a bug.
-        if not isinstance(obj, int) or isinstance(obj, bool):
+        if type(obj) is not int and (not isinstance(obj, int) or isinstance(obj, bool)):
             raise encode_error(self, obj, "expected int")
-        if not self.min <= obj <= self.max:
-            raise encode_error(self, obj, f"out of range {self.min}..{self.max}")
-        return (obj + self._bias).to_bytes(self.width, "big")
+        try:
+            # The range check: to_bytes refuses a negative number or one too large.
+            return (obj + self._bias).to_bytes(self.width, "big")
+        except OverflowError:
+            raise encode_error(self, obj, f"out of range {self.min}..{self.max}") from None
 
     def deserialize(self, buf: Buffer) -> int:
         """Decode exactly ``width`` big-endian bytes."""
