@@ -203,10 +203,15 @@ class Codec(Generic[K, V]):
         try:
             return self.value_coder.deserialize(buf)
         except Exception as exc:
-            raise DecodeError(
-                f"database {self.label}: cannot decode the value of key "
-                f"{self.show_key(raw_key)} with {self.value_coder!r}: {exc}"
-            ) from exc
+            raise self.value_error(raw_key, exc) from exc
+
+    def value_error(self, raw_key: Buffer, exc: Exception) -> DecodeError:
+        """The error of a value stored under ``raw_key`` that the value coder could not
+        decode (it raised ``exc``)."""
+        return DecodeError(
+            f"database {self.label}: cannot decode the value of key "
+            f"{self.show_key(raw_key)} with {self.value_coder!r}: {exc}"
+        )
 
     def decode_key(self, raw_key: Buffer) -> K:
         """The key stored as ``raw_key``."""

@@ -145,7 +145,6 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         # What the hot get uses, looked up once.
         self._keyspace = keyspace
         self._engine = env.engine
-        self._encode_key = self.codec.encode_key
         self._decode_small_value = self._decode_small
         self._ranges_of = DatabaseRanges[K, V](self.access)
         super().__init__(self._ranges_of)
@@ -187,7 +186,7 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
     async def get(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """The value stored under ``key``, or ``default`` when there is none."""
         access = self.access
-        raw_key = self._encode_key(key)
+        raw_key = self.codec.encode_key(key)
         if access.pending:
             await access.until_open(txn)
         if next(yield_due):  # before the checks: a drop may run meanwhile
@@ -232,12 +231,16 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
             self.access.require_live()
         if buf is None:
             return _MISSING
-        # codec.decodes_inline(buf), its cheap test spelt out on the hottest path
+        # codec.decodes_inline(buf) and codec.decode_value(raw_key, buf), spelt out
+        # on the hottest path (a call fewer each).
         codec = self.codec
         coder, limit = codec.value_coder, codec.inline_value_limit
-        if len(buf) * coder.max_expansion <= limit or coder.decodes_within(buf, limit):
-            return codec.decode_value(raw_key, buf)
-        return TOO_LARGE
+        if len(buf) * coder.max_expansion > limit and not coder.decodes_within(buf, limit):
+            return TOO_LARGE
+        try:
+            return coder.deserialize(buf)
+        except Exception as exc:
+            raise codec.value_error(raw_key, exc) from exc
 
     @overload
     async def get_multi(
