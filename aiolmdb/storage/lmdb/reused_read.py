@@ -53,7 +53,7 @@ from .views import LmdbReadView
 __all__ = ["MAX_AGE", "CommitCounter", "ReusedRead"]
 
 #: Seconds a reused read transaction serves reads at most, within one loop iteration.
-MAX_AGE = 0.0002
+MAX_AGE = 0.0005
 
 
 class CommitCounter:
