@@ -28,12 +28,12 @@ more than :data:`MAX_AGE` before the read.
 
 The transaction belongs to the thread whose event loop began it: a read
 from another thread (a read transaction must not be used by two threads at
-once) gets none, and reads in a transaction of its own, as does a read
-with no event loop running that finds none open. Reads look at the thread,
-not the loop, because asking for the running loop costs a system call
-(``getpid``) in Python 3.11: a loop that stopped before its next iteration
+once) reads in a transaction of its own, as does a read that would begin
+one with no event loop running (nothing would end it). Reads look at the
+thread, not the loop, because asking for the running loop costs a system
+call (``getpid``) in Python 3.11: a loop stopped before its next iteration
 leaves the transaction to the next loop of its thread, which reuses it for
-at most :data:`MAX_AGE`, then renews it.
+what is left of :data:`MAX_AGE`, then renews it.
 """
 
 from __future__ import annotations
