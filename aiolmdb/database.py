@@ -4,7 +4,7 @@ value coder."""
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
 from .access import TOO_LARGE, DatabaseAccess, yield_due
@@ -185,6 +185,8 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
 
     async def get(self, key: K, default: Any = None, *, txn: Transaction | None = None) -> Any:
         """The value stored under ``key``, or ``default`` when there is none."""
+        # No closure in here: Python would make a cell of each local it uses at
+        # every call. The other paths are methods of their own.
         access = self.access
         raw_key = self.codec.encode_key(key)
         if access.pending:
@@ -192,21 +194,28 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         if next(yield_due):  # before the checks: a drop may run meanwhile
             await asyncio.sleep(0)
         ctx = access.resolve(txn)
-        keyspace = self._keyspace
         if ctx is None:
             # The hot path: a read of its own, on the loop thread.
             try:
-                value = self._engine.read_point(keyspace, raw_key, self._decode_small_value)
+                value = self._engine.read_point(self._keyspace, raw_key, self._decode_small_value)
             except NotNowError:  # the engine's own point read, which may wait
-                value = await access.read_keys(
-                    [raw_key],
-                    lambda values: self._decode_small(raw_key, values[0]),
-                    None,
-                    inline=False,
-                )
+                value = await self._read_point_elsewhere(raw_key)
             if value is not TOO_LARGE:
                 return default if value is _MISSING else value
-        codec = self.codec
+        value = await self._read_large_or_in(raw_key, ctx)
+        return default if value is _MISSING else value
+
+    def _read_point_elsewhere(self, raw_key: bytes) -> Awaitable[Any]:
+        """The engine's own point read of ``raw_key`` (which may wait), decoded as
+        :meth:`_decode_small` does."""
+        return self.access.read_keys(
+            [raw_key], lambda values: self._decode_small(raw_key, values[0]), None, inline=False
+        )
+
+    def _read_large_or_in(self, raw_key: bytes, ctx: Transaction | None) -> Awaitable[Any]:
+        """The value of ``raw_key`` (:data:`_MISSING` when there is none) read in ``ctx``,
+        or, outside a transaction, one too large to decode on the event loop."""
+        access, keyspace, codec = self.access, self._keyspace, self.codec
 
         def read(view: ReadView, small_only: bool) -> Any:
             buf = view.get(keyspace, raw_key)
@@ -218,12 +227,10 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
 
         if ctx is not None and ctx.reads_inline:
             # A snapshot read on the loop: no thread hop, unless the value is large.
-            value = await access.read_small_inline(read, ctx)
-        else:
-            # Large values are decoded off the loop; inside a transaction that holds
-            # the writer, the read goes where the transaction lives.
-            value = await access.read(lambda view: read(view, False), ctx, offload=True)
-        return default if value is _MISSING else value
+            return access.read_small_inline(read, ctx)
+        # Large values are decoded off the loop; inside a transaction that holds
+        # the writer, the read goes where the transaction lives.
+        return access.read(lambda view: read(view, False), ctx, offload=True)
 
     def _decode_small(self, raw_key: bytes, buf: Buffer | None) -> Any:
         """A value read on the event loop: decoded, or :data:`TOO_LARGE` to decode there."""

@@ -488,9 +488,11 @@ class LmdbEngine:
     ) -> R:
         """One value, read and decoded on the event loop, in the read transaction the
         loop's reads share (see :mod:`.reused_read` for how fresh it is)."""
+        # No closure in here (nor in read_now): Python would make a cell of each
+        # local it uses at every call.
         view = self._reused.view()
         if view is None:  # not on the loop that holds it: a transaction of its own
-            return self._call_in_read_txn(lambda txn: decode(key, txn.get(key, db=keyspace.handle)))
+            return self._read_alone(_point_read(keyspace, key, decode))
         # Positional arguments: py-lmdb parses keywords slowly, on the hottest path.
         return decode(key, view.txn.get(key, None, keyspace.handle))
 
@@ -500,8 +502,12 @@ class LmdbEngine:
         one of its own."""
         view = self._reused.view()
         if view is None:
-            return self._call_in_read_txn(lambda txn: fn(LmdbReadView(txn)))
+            return self._read_alone(fn)
         return fn(view)
+
+    def _read_alone(self, fn: Callable[[ReadView], R]) -> R:
+        """``fn(view)`` in a read transaction of its own, on the calling thread."""
+        return self._call_in_read_txn(lambda txn: fn(LmdbReadView(txn)))
 
     async def read(self, fn: Callable[[ReadView], R], *, offload: bool = False) -> R:
         """``fn(view)`` inline (as :meth:`read_now`), or in a read transaction of its own on
@@ -874,6 +880,13 @@ class LmdbEngine:
 
     def __repr__(self) -> str:
         return f"<LmdbEngine {self._name}>"
+
+
+def _point_read(
+    keyspace: Keyspace, key: bytes, decode: Callable[[bytes, Buffer | None], R]
+) -> Callable[[ReadView], R]:
+    """The read of :meth:`LmdbEngine.read_point`, as a function of a view."""
+    return lambda view: decode(key, view.get(keyspace, key))
 
 
 _live: weakref.WeakSet[LmdbEngine] = weakref.WeakSet()
