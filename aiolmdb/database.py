@@ -97,7 +97,11 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
     transaction every call is its own atomic transaction: reads run on the
     event loop thread when they are small (no thread hop), writes are queued
     to the engine's writer (on LMDB, its writer thread) and group-committed.
-    Inside ``env.transaction()`` calls join that transaction.
+    A read sees every commit this process made before it; on LMDB, reads on
+    the event loop share a read transaction, so another process's commit is
+    seen from the loop's next iteration on, or within 500 µs
+    (``aiolmdb.storage.lmdb.reused_read``). Inside ``env.transaction()``
+    calls join that transaction.
 
     Obtain one with :meth:`AsyncEnvironment.open_db`. Layers built on
     databases (collections, tools) use :attr:`codec` (encoding and decoding,
