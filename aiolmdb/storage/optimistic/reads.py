@@ -96,8 +96,7 @@ class ReadLog:
     def change(self, view: ReadView) -> str | None:
         """What changed, as seen by ``view``, since the transaction read it (None: nothing)."""
         for (keyspace, key), value in self._points.items():
-            now = view.get(keyspace, key)
-            if (now is None) != (value is None) or (now is not None and now != value):
+            if view.get(keyspace, key) != value:  # a buffer compares by its bytes
                 return f"key {key!r} of {keyspace.label} changed after the transaction read it"
         for read in self._ranges:
             change = read.change(view)
