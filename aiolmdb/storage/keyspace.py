@@ -8,7 +8,7 @@ from typing import Any
 
 from ..errors import AiolmdbError, raise_again
 
-__all__ = ["MAX_KEY_SIZE", "Keyspace", "checked_key"]
+__all__ = ["MAX_KEY_SIZE", "Keyspace", "checked_key", "refuse_negative_limit"]
 
 #: LMDB's longest key, which every engine keeps: code that works on one works on all.
 MAX_KEY_SIZE = 511
@@ -123,3 +123,9 @@ def checked_key(keyspace: Keyspace, key: bytes) -> bytes:
             f"keys take 1 to {MAX_KEY_SIZE} bytes (LMDB's limit, which every engine keeps)"
         )
     return key if type(key) is bytes else bytes(key)
+
+
+def refuse_negative_limit(keyspace: Keyspace, limit: int | None) -> None:
+    """Refuse a range read of ``keyspace`` given a negative ``limit``, naming the database."""
+    if limit is not None and limit < 0:
+        raise ValueError(f"database {keyspace.label}: limit must be >= 0, got {limit}")

@@ -7,7 +7,7 @@ from typing import TypeVar
 
 from ...errors import AiolmdbError, DatabaseDroppedError, TransactionError
 from ..base import Buffer, WriteView
-from ..keyspace import MAX_KEY_SIZE, Keyspace, checked_key
+from ..keyspace import MAX_KEY_SIZE, Keyspace, checked_key, refuse_negative_limit
 from ..waiting import call_awaitably
 from .image import Image
 from .store import Store
@@ -87,8 +87,7 @@ class MemoryReadView:
     ) -> Iterator[tuple[bytes, Buffer]]:
         """Records with ``low <= key < high`` in key order (highest first when ``reverse``),
         only those strictly beyond ``after``, at most ``limit``; lazy."""
-        if limit is not None and limit < 0:
-            raise ValueError(f"database {keyspace.label}: limit must be >= 0, got {limit}")
+        refuse_negative_limit(keyspace, limit)
         return self._records(self._table(keyspace), low, high, reverse, after, limit)
 
     def _records(

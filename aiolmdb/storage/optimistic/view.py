@@ -14,7 +14,7 @@ from typing import TypeVar
 
 from ...errors import TransactionError
 from ..base import Buffer, ReadView, WriteView
-from ..keyspace import Keyspace, checked_key
+from ..keyspace import Keyspace, checked_key, refuse_negative_limit
 from .buffer import Overlay, WriteBuffer
 from .reads import ReadLog
 
@@ -64,8 +64,7 @@ class OptimisticView:
         limit: int | None = None,
     ) -> Iterator[tuple[bytes, Buffer]]:
         """Records with ``low <= key < high``, the transaction's writes merged in."""
-        if limit is not None and limit < 0:
-            raise ValueError(f"database {keyspace.label}: limit must be >= 0, got {limit}")
+        refuse_negative_limit(keyspace, limit)
         overlay = self._buffer.overlay(keyspace)
         if overlay is not None and overlay.cleared:
             return _limited(_written(overlay.between(low, high, reverse, after)), limit)

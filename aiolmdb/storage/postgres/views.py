@@ -17,7 +17,7 @@ from psycopg import AsyncConnection
 
 from ...errors import AiolmdbError, DatabaseDroppedError
 from ..base import Buffer, WriteView
-from ..keyspace import Keyspace, checked_key
+from ..keyspace import Keyspace, checked_key, refuse_negative_limit
 from .bridge import wait
 from .layout import RangeShape, Sql, range_statement
 
@@ -107,8 +107,7 @@ class PostgresReadView:
     ) -> Iterator[tuple[bytes, Buffer]]:
         """Records with ``low <= key < high`` in key order (highest first when ``reverse``),
         only those strictly beyond ``after``, at most ``limit``; read in pages, lazily."""
-        if limit is not None and limit < 0:
-            raise ValueError(f"database {keyspace.label}: limit must be >= 0, got {limit}")
+        refuse_negative_limit(keyspace, limit)
         return self._pages(keyspace_id(keyspace), low, high, reverse, after, limit)
 
     def _pages(
