@@ -58,6 +58,20 @@ class Index(Generic[IK]):
     query methods.
     """
 
+    if TYPE_CHECKING:
+        # Only the coder decides IK. pyright solves a type variable from the first
+        # argument that binds it, and an extractor taking Any gives Any; the overloads
+        # of __init__ then check the extractor against the coder's IK.
+        def __new__(
+            cls,
+            extractor: Callable[[Any], object],
+            coder: Coder[IK],
+            *,
+            unique: bool = False,
+            multi: bool = False,
+            version: int = 1,
+        ) -> Index[IK]: ...
+
     @overload
     def __init__(
         self,
