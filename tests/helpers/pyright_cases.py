@@ -23,6 +23,7 @@ import json
 import re
 import subprocess
 import sys
+import sysconfig
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -59,20 +60,16 @@ _PYRIGHT_REVEALED = re.compile(r'^Type of ".*" is "(?P<type>.*)"$', re.DOTALL)
 # "aiolmdb.database.AsyncDatabase", "builtins." in "builtins.int", "main." in "main.User".
 _MODULE_PATH = re.compile(r"\b(?:[A-Za-z_]\w*\.)+(?=[A-Za-z_])")
 
-# What users' editors show with pyright at its strictest: a library that holds there
-# holds in basic and standard mode too, and strict mode also reports library types
-# that reach user code partly unknown. The cases import names and bind variables only
-# to show their types, so the unused-name reports are off.
+# What users' editors show with pyright at its strictest: strict mode reports all that
+# basic and standard mode do, and also library types that reach user code partly
+# unknown. The cases import names and bind variables only to show their types, so the
+# unused-name reports are off. No stubPath: users do not have the checkout's stubs/.
 PYRIGHT_CONFIG: dict[str, Any] = {
     "typeCheckingMode": "strict",
     "reportUnusedImport": False,
     "reportUnusedVariable": False,
     # As mypy.ini's python_version: the oldest Python aiolmdb supports.
     "pythonVersion": "3.10",
-    # The checkout's aiolmdb: pyright does not follow the import hook of an
-    # editable install.
-    "extraPaths": [str(ROOT)],
-    "stubPath": str(ROOT / "stubs"),
 }
 
 
@@ -163,26 +160,39 @@ class CaseResult:
     reveals: dict[int, str] = field(default_factory=dict)
 
 
+def _installed_environment(directory: Path) -> None:
+    """Make ``directory`` a virtual environment, as pyright reads one, with the
+    checkout's aiolmdb installed in it, over this interpreter's site-packages.
+
+    pyright then sees aiolmdb as users' editors do, an installed package marked
+    py.typed (whose unannotated names it infers less than those of a project's own
+    code); and it does not follow the import hook of an editable install.
+    """
+    version = f"python{sys.version_info.major}.{sys.version_info.minor}"
+    site_packages = directory / "lib" / version / "site-packages"
+    site_packages.mkdir(parents=True)
+    (site_packages / "aiolmdb").symlink_to(ROOT / "aiolmdb", target_is_directory=True)
+    # pyright adds the directories a .pth file names, as Python's site module does.
+    paths = sysconfig.get_paths()
+    libraries = dict.fromkeys([paths["purelib"], paths["platlib"]])
+    (site_packages / "dependencies.pth").write_text("".join(f"{path}\n" for path in libraries))
+
+
 def run_pyright(cases: list[TypingCase], directory: Path) -> dict[str, CaseResult]:
-    """Write each case as a module of one project in ``directory``, check them all
+    """Write each case as a module of one project under ``directory``, check them all
     with one pyright run, and give what it reported, by case name."""
+    _installed_environment(directory / "env")
+    project = directory / "project"
+    project.mkdir()
     for case in cases:
-        (directory / f"{case.name}.py").write_text(case.main)
-    config = directory / "pyrightconfig.json"
-    config.write_text(json.dumps(PYRIGHT_CONFIG, indent=2))
+        (project / f"{case.name}.py").write_text(case.main)
+    config = project / "pyrightconfig.json"
+    config.write_text(
+        json.dumps({**PYRIGHT_CONFIG, "venvPath": str(directory), "venv": "env"}, indent=2)
+    )
     run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "pyright",
-            "--outputjson",
-            "--project",
-            str(config),
-            # The environment whose site-packages give pydantic, msgpack and the rest.
-            "--pythonpath",
-            sys.executable,
-        ],
-        cwd=directory,
+        [sys.executable, "-m", "pyright", "--outputjson", "--project", str(config)],
+        cwd=project,
         capture_output=True,
         text=True,
         check=False,
