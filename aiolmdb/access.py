@@ -59,6 +59,7 @@ class DatabaseAccess:
     ) -> None:
         self.env = env
         self.engine = env.engine
+        self.context = env.transaction_context
         self.keyspace = keyspace
         self.codec = codec
         self.records = records
@@ -75,7 +76,10 @@ class DatabaseAccess:
         Checks that the environment is open, that the database was not
         dropped, and that the transaction can see it.
         """
-        context = self.env.transaction_for(txn)
+        if txn is None and not self.engine.closed and self.context.get() is None:
+            context = None  # what transaction_for gives then, a call cheaper: the hot path
+        else:
+            context = self.env.transaction_for(txn)
         if self.keyspace.dropped:
             self.require_live()
         if context is not None and context.handles_known < self.keyspace.serial:

@@ -127,8 +127,11 @@ class AsyncEnvironment:
         settings = {name: value for name, value in given.items() if value is not None}
         self._engine: Engine = open_engine(location, settings, lmdb_kwargs)
         self._name = self._engine.description
-        self._current: contextvars.ContextVar[Transaction | None] = contextvars.ContextVar(
-            f"aiolmdb transaction {self._name}", default=None
+        #: The transaction this task's calls join, as a context variable (None: each call
+        #: is its own). Read with :meth:`current_transaction`; the databases' hot paths
+        #: read it directly, a call cheaper.
+        self.transaction_context: contextvars.ContextVar[Transaction | None] = (
+            contextvars.ContextVar(f"aiolmdb transaction {self._name}", default=None)
         )
         self._shared_snapshots = SharedSnapshots(self._engine)
 
@@ -383,7 +386,7 @@ class AsyncEnvironment:
                 f"database {label}: the {self._engine.name} engine does not support {flag} "
                 "(LMDB's key orders): use an ordered key coder instead"
             )
-        current = self._current.get()
+        current = self.transaction_context.get()
         return self._engine.open_keyspace(
             name.encode() if isinstance(name, str) else name,
             label,
@@ -452,7 +455,7 @@ class AsyncEnvironment:
         it and is not run again: a conflict belongs to the transaction around,
         which only its own code can run again.
         """
-        current = self._current.get()
+        current = self.transaction_context.get()
         if current is not None and current.active and current.sees_own_writes:
             async with self.transaction():
                 return await fn(*args, **kwargs)
@@ -473,15 +476,15 @@ class AsyncEnvironment:
 
     def current_transaction(self) -> Transaction | None:
         """The transaction this task's calls join (None: each call is its own)."""
-        return self._current.get()
+        return self.transaction_context.get()
 
     def enter_transaction(self, txn: Transaction) -> contextvars.Token[Transaction | None]:
         """Make ``txn`` the one this task's calls join (for :class:`Transaction`)."""
-        return self._current.set(txn)
+        return self.transaction_context.set(txn)
 
     def leave_transaction(self, token: contextvars.Token[Transaction | None]) -> None:
         """Undo :meth:`enter_transaction` (for :class:`Transaction`)."""
-        self._current.reset(token)
+        self.transaction_context.reset(token)
 
     def transaction_for(self, txn: Transaction | None) -> Transaction | None:
         """The transaction a call made with ``txn=txn`` joins: ``txn``, else the task's own
@@ -492,7 +495,7 @@ class AsyncEnvironment:
         if self._engine.closed:
             self._engine.check()
         if txn is None:
-            txn = self._current.get()
+            txn = self.transaction_context.get()
             if txn is None:
                 return None
             # Tasks started inside the block inherit it and join it; one that
