@@ -13,7 +13,7 @@ from pydantic import BaseModel
 
 import aiolmdb
 import aiolmdb.scanning as scan_module
-from aiolmdb.coders import JSONCoder, MsgpackCoder, StringCoder, UInt64Coder
+from aiolmdb.coders import Buffer, IdentityCoder, JSONCoder, MsgpackCoder, StringCoder, UInt64Coder
 from aiolmdb.models import Collection, Index
 from aiolmdb.storage import Keyspace
 
@@ -286,3 +286,24 @@ async def test_an_index_get_decodes_a_record_where_a_collection_get_would(
     assert await bounded(records.get(1)) == value
     on_loop = kind == "small compressed"
     assert inner.on_loop == [on_loop, on_loop]
+
+
+class _Reversed(IdentityCoder):
+    """Bytes stored reversed: a subclass whose serialize and deserialize must run."""
+
+    def serialize(self, obj: bytes | bytearray | memoryview) -> bytes:
+        return bytes(obj)[::-1]
+
+    def deserialize(self, buf: Buffer) -> bytes:
+        return bytes(buf)[::-1]
+
+
+async def test_the_bytes_fast_path_of_get_leaves_identity_subclasses_their_own_coding(
+    env: Env,
+) -> None:
+    db = env.open_db("reversed", key_coder=_Reversed(), value_coder=_Reversed())
+    await db.put(b"key", b"value")
+    assert await db.get(b"key") == b"value"
+    raw = env.open_db("reversed")
+    assert await raw.get(b"yek") == b"eulav"
+    assert await raw.get(b"key") is None
