@@ -9,9 +9,10 @@ from __future__ import annotations
 import asyncio
 import contextvars
 import os
+import warnings
 from collections.abc import Awaitable, Callable
 from types import TracebackType
-from typing import TYPE_CHECKING, Any, ParamSpec, TypeVar, cast, overload
+from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, cast, overload
 
 from .coders import Coder, IdentityCoder
 from .database import AsyncDatabase, as_ints
@@ -189,6 +190,22 @@ class AsyncEnvironment:
     ) -> None:
         await self.close()
 
+    def __enter__(self) -> NoReturn:
+        """Refused: closing waits for the writes in flight, so the environment is an
+        asynchronous context manager (``async with aiolmdb.open(path) as env:``)."""
+        raise TypeError(
+            f"environment {self._name}: use `async with aiolmdb.open(...) as env:`, not "
+            "`with`: closing waits for the writes in flight (or call `await env.close()`)"
+        )
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        tb: TracebackType | None,
+    ) -> None:
+        """Never reached: :meth:`__enter__` refuses ``with``."""
+
     def __repr__(self) -> str:
         state = "closed" if self.closed else "open"
         return f"<AsyncEnvironment {self._engine.name} {self._name} {state}>"
@@ -281,6 +298,15 @@ class AsyncEnvironment:
     def get_default_database(self) -> AsyncDatabase[bytes, bytes]:
         """The unnamed default database (which also lists the named databases' names)."""
         return self.open_db(None)
+
+    def get_default_db(self) -> AsyncDatabase[bytes, bytes]:
+        """Deprecated (aiolmdb 0.1.1's name): :meth:`get_default_database`."""
+        warnings.warn(
+            "env.get_default_db() is deprecated: use env.get_default_database()",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        return self.get_default_database()
 
     @overload
     async def open_db_async(
@@ -556,9 +582,40 @@ class AsyncEnvironment:
         """LMDB's reader table, as a multi-line string."""
         return self.require_lmdb("readers()").lmdb_env.readers()
 
-    async def copy(self, path: str | os.PathLike[str], *, compact: bool = False) -> None:
-        """Write a consistent backup of the LMDB environment into the directory ``path``."""
+    def max_readers(self) -> int:
+        """How many reader slots LMDB's reader table has (the ``max_readers`` it was
+        opened with)."""
+        return self.require_lmdb("max_readers()").lmdb_env.max_readers()
+
+    def reader_check(self) -> int:
+        """Clear the reader slots of processes that are gone; how many were cleared.
+
+        Opening does it once; a long-lived process sharing the environment with
+        processes that crash may call it now and then.
+        """
+        return self.require_lmdb("reader_check()").lmdb_env.reader_check()
+
+    async def set_mapsize(self, map_size: int) -> None:
+        """Set the size of LMDB's memory map, in bytes (LMDB rounds it up to pages).
+
+        The writer makes the change between two commits, once this process's
+        read transactions have ended (waiting up to ``map_resize_wait``
+        seconds); other processes adopt it on their next write. The map also
+        grows by itself when full, up to ``max_map_size``.
+        """
+        await self.require_lmdb("set_mapsize()").set_map_size(map_size)
+
+    async def copy(self, path: str | os.PathLike[str], compact: bool = False) -> None:
+        """Write a consistent backup of the LMDB environment into the directory ``path``.
+
+        ``compact`` leaves free pages out (slower, smaller).
+        """
         await self.require_lmdb("copy()").copy(os.fspath(path), compact=compact)
+
+    async def copyfd(self, fd: int, compact: bool = False) -> None:
+        """Write a consistent backup of the LMDB environment to the open file descriptor
+        ``fd`` (a file, a pipe): the data file a ``copy()`` would write."""
+        await self.require_lmdb("copyfd()").copy_to_fd(fd, compact=compact)
 
     @property
     def lmdb_env(self) -> RawEnvironment:

@@ -860,16 +860,47 @@ class LmdbEngine:
 
     async def copy(self, path: str, *, compact: bool = False) -> None:
         """Write a consistent backup of the environment into the directory ``path``."""
+        await self._backup(lambda: self.lmdb_env.copy(path, compact=compact))
+
+    async def copy_to_fd(self, fd: int, *, compact: bool = False) -> None:
+        """Write a consistent backup of the environment to the file descriptor ``fd``."""
+        await self._backup(lambda: self.lmdb_env.copyfd(fd, compact=compact))
+
+    async def _backup(self, write_copy: Callable[[], None]) -> None:
+        """``write_copy()`` on a reader thread, inside the read gate: LMDB's copy reads
+        in a transaction of its own."""
 
         def backup() -> None:
-            if not self._gate.enter():  # the copy reads in a transaction of its own
+            if not self._gate.enter():
                 raise self._resizing_error()
             try:
-                self.lmdb_env.copy(path, compact=compact)
+                write_copy()
             finally:
                 self._gate.leave()
 
         await self._on_reader_thread(backup)
+
+    async def set_map_size(self, map_size: int) -> None:
+        """Set the map size on the writer thread, between two commits, once this
+        process's read transactions have ended (``map_resize_wait`` seconds at most)."""
+        self.check()
+        if map_size <= 0:
+            raise ValueError(f"environment {self._name}: map_size must be > 0, got {map_size}")
+        wait = self._settings.map_resize_wait
+
+        def resize() -> None:
+            if (refusal := map_refusal(map_size)) is not None:
+                raise MemoryError(f"environment {self._name}: {refusal}")
+            if not self._gate.run_alone(
+                lambda: self.lmdb_env.set_mapsize(map_size), wait, self._writer.run_urgent
+            ):
+                raise TimeoutError(
+                    f"environment {self._name}: setting the map size to {map_size} bytes "
+                    f"waited {wait} s in vain for read transactions of this process to end "
+                    "(a read snapshot held open?)"
+                )
+
+        await self._writer.submit_exclusive(resize)
 
     async def sync(self, force: bool = False) -> None:
         """Flush to disk (needed only with ``sync=False`` or ``map_async=True``)."""
