@@ -12,7 +12,7 @@ from .codec import Codec, show
 from .coders import Coder, IdentityCoder
 from .errors import KeyExistsError, KeyNotFoundError, TransactionError
 from .query import Part, Ranged
-from .records import PlainRecords, RecordLogic
+from .records import DuplicateRecords, PlainRecords, RecordLogic
 from .scanning import Scan, as_stored, key_only
 from .storage import Buffer, Keyspace, NotNowError, ReadView, WriteView
 
@@ -103,6 +103,16 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
     (``aiolmdb.storage.lmdb.reused_read``). Inside ``env.transaction()``
     calls join that transaction.
 
+    A database opened with ``dupsort=True`` (LMDB) keeps several values per
+    key, sorted by their encodings: :meth:`put` adds one, :meth:`delete` with
+    a value removes one, :meth:`get_all` reads them all, :meth:`pop` takes
+    the first and :meth:`replace` replaces them all. Every other read sees
+    each key once, with its first value: :meth:`get`, :meth:`get_multi`,
+    ``items()``/``keys()``/``values()`` and :meth:`count` (which counts
+    keys). Its writes run in ``env.transaction()`` but not in an optimistic
+    transaction (which buffers one value per key): there they raise
+    :class:`~aiolmdb.UnsupportedError`.
+
     Obtain one with :meth:`AsyncEnvironment.open_db`. Layers built on
     databases (collections, tools) use :attr:`codec` (encoding and decoding,
     with errors naming the database) and :attr:`access` (the checked path
@@ -132,6 +142,7 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
             create,
             integer_keys=flags.get("integerkey", False),
             reverse_keys=flags.get("reverse_key", False),
+            duplicates=flags.get("dupsort", False),
         )
         #: Encodes and decodes keys and values, naming the database in errors.
         self.codec: Codec[K, V] = Codec(
@@ -142,7 +153,15 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
             max_key_size=env.max_key_size(),
             inline_value_limit=env.inline_value_limit,
         )
-        logic = PlainRecords(env.engine, keyspace) if records is None else records(keyspace)
+        #: The dupsort database's own logic (None: one value per key).
+        self._duplicates: DuplicateRecords | None = None
+        logic: RecordLogic[V]
+        if records is not None:
+            logic = records(keyspace)
+        elif keyspace.duplicates:
+            logic = self._duplicates = DuplicateRecords(env.engine, keyspace)
+        else:
+            logic = PlainRecords(env.engine, keyspace)
         #: The checked path from this database's calls to the engine.
         self.access = DatabaseAccess(env, keyspace, self.codec, logic, kind)
         self._records: RecordLogic[V] = logic
@@ -152,6 +171,12 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         self._decode_small_value = self._decode_small
         self._ranges_of = DatabaseRanges[K, V](self.access)
         super().__init__(self._ranges_of)
+
+    @property
+    def dupsort(self) -> bool:
+        """True for a database opened with ``dupsort=True`` (LMDB): a key holds several
+        values, kept in the byte order of their encodings."""
+        return self._duplicates is not None
 
     @property
     def key_coder(self) -> Coder[K]:
@@ -302,6 +327,35 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
             )
         return result
 
+    async def get_all(self, key: K, *, txn: Transaction | None = None) -> list[V]:
+        """Every value of ``key``, decoded (empty when it is not stored).
+
+        On a dupsort database, all of them, in the byte order of their
+        encodings (the order LMDB keeps); on any other, the one value, as a list.
+        """
+        access, codec = self.access, self.codec
+        raw_key = codec.encode_key(key)
+        if access.pending:
+            await access.until_open(txn)
+        ctx = access.resolve(txn)
+        duplicates, keyspace = self._duplicates, self._keyspace
+
+        def read(view: ReadView, small_only: bool) -> Any:
+            if duplicates is None:
+                buf = view.get(keyspace, raw_key)
+                bufs = [] if buf is None else [buf]
+            else:
+                bufs = duplicates.values(view, raw_key)
+            # Many values, or a large one, are decoded off the event loop.
+            if small_only and (
+                len(bufs) > INLINE_MULTI_LIMIT or not all(map(codec.decodes_inline, bufs))
+            ):
+                return TOO_LARGE
+            return [codec.decode_value(raw_key, buf) for buf in bufs]
+
+        values: list[V] = await access.read_small_inline(read, ctx)
+        return values
+
     async def contains(self, key: K, *, txn: Transaction | None = None) -> bool:
         """True when ``key`` is stored."""
         access = self.access
@@ -341,17 +395,34 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
     # -- writes ----------------------------------------------------------
 
     async def put(
-        self, key: K, value: V, *, overwrite: bool = True, txn: Transaction | None = None
+        self,
+        key: K,
+        value: V,
+        *,
+        overwrite: bool = True,
+        dupdata: bool = True,
+        txn: Transaction | None = None,
     ) -> bool:
         """Store ``value`` under ``key``; returns False when ``overwrite=False`` and it exists.
 
         Returns once the write is committed (durably, unless the environment
-        was opened with LMDB's ``sync=False``).
+        was opened with LMDB's ``sync=False``). On a dupsort database ``value``
+        is added to the values of ``key``: False (nothing written) when
+        ``overwrite=False`` and the key has values, or, with ``dupdata=False``,
+        when ``value`` is one of them already (LMDB's flags; elsewhere
+        ``dupdata`` changes nothing, as in LMDB).
         """
         codec, records = self.codec, self._records
         raw_key = codec.encode_key(key)
         raw_value = codec.encode_value(key, value)
         ctx = self.access.resolve(txn)
+        if (duplicates := self._duplicates) is not None:
+            return await self.access.write(
+                lambda view: duplicates.add(
+                    view, raw_key, raw_value, overwrite=overwrite, dupdata=dupdata
+                ),
+                ctx,
+            )
         return await self.access.write(
             lambda view: records.store(view, raw_key, raw_value, value, overwrite), ctx
         )
@@ -387,12 +458,43 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
 
         return await access.write(write, ctx, may_fail_midway=not records.plain)
 
-    async def delete(self, key: K, *, txn: Transaction | None = None) -> bool:
-        """Delete ``key``; returns whether it existed."""
-        raw_key = self.codec.encode_key(key)
+    @overload
+    async def delete(self, key: K, *, txn: Transaction | None = None) -> bool: ...
+
+    @overload
+    async def delete(self, key: K, value: V, *, txn: Transaction | None = None) -> bool: ...
+
+    async def delete(
+        self, key: K, value: Any = _MISSING, *, txn: Transaction | None = None
+    ) -> bool:
+        """Delete ``key``; returns whether it existed.
+
+        On a dupsort database this deletes every value of ``key``, and
+        ``delete(key, value)`` that one value only (whether it was stored). A
+        database with one value per key refuses a value with ``TypeError``.
+        """
+        codec = self.codec
+        raw_key = codec.encode_key(key)
         ctx = self.access.resolve(txn)
+        if value is not _MISSING:
+            duplicates = self._dupsort_only("delete(key, value)", "delete(key)")
+            raw_value = codec.encode_value(key, value)
+            return await self.access.write(
+                lambda view: duplicates.remove_value(view, raw_key, raw_value), ctx
+            )
         records = self._records
         return await self.access.write(lambda view: records.remove(view, raw_key), ctx)
+
+    def _dupsort_only(self, call: str, instead: str) -> DuplicateRecords:
+        """The dupsort logic, for ``call``; ``TypeError`` saying to use ``instead`` on a
+        database with one value per key."""
+        if self._duplicates is None:
+            raise TypeError(
+                f"{self.access.kind} {self.label} is not a dupsort database (it keeps one "
+                f"value per key): {call} is for databases opened with dupsort=True; "
+                f"use {instead}"
+            )
+        return self._duplicates
 
     async def delete_multi(
         self, keys: Iterable[K], *, txn: Transaction | None = None
@@ -461,6 +563,11 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         (when its group commit is retried): keep it a pure function of its
         argument. Raises :class:`KeyNotFoundError` when ``key`` is not stored.
         """
+        if self._duplicates is not None:
+            raise TypeError(
+                f"{self.access.kind} {self.label} is a dupsort database: update() cannot tell "
+                "which of a key's values to change; use delete(key, value) and put(key, value)"
+            )
         codec, records, keyspace = self.codec, self._records, self.access.keyspace
         raw_key = codec.encode_key(key)
         ctx = self.access.resolve(txn)
@@ -481,12 +588,17 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         if old is None:
             return _MISSING
         value = self.codec.decode_value(raw_key, old)
-        self._records.remove(view, raw_key)
+        if self._duplicates is not None:  # the first value goes, the others stay
+            self._duplicates.remove_value(view, raw_key, bytes(old))
+        else:
+            self._records.remove(view, raw_key)
         return value
 
     def _replace_raw(self, view: WriteView, raw_key: bytes, raw_value: bytes, new: V) -> V | None:
         old = view.get(self.access.keyspace, raw_key)
         value = None if old is None else self.codec.decode_value(raw_key, old)
+        if self._duplicates is not None and old is not None:  # every value is replaced
+            self._duplicates.remove(view, raw_key)
         self._records.store(view, raw_key, raw_value, new, True)
         return value
 

@@ -220,6 +220,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[bytes, bytes]: ...
 
     @overload
@@ -231,6 +232,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[K, bytes]: ...
 
     @overload
@@ -242,6 +244,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[bytes, V]: ...
 
     @overload
@@ -254,6 +257,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[K, V]: ...
 
     def open_db(
@@ -265,14 +269,18 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[Any, Any]:
         """Open the named database (``None``: the unnamed default one).
 
         Both coders default to :class:`~aiolmdb.coders.IdentityCoder` (bytes).
         ``create=False`` raises :class:`DatabaseNotFoundError` when the
         database does not exist. ``reverse_key`` and ``integerkey`` are LMDB's
-        key-order flags (they change the order range queries see);
-        duplicate-key databases (``dupsort``) are not supported.
+        key-order flags (they change the order range queries see).
+        ``dupsort=True`` (LMDB only) opens a database whose keys hold several
+        values each, kept sorted: ``put`` adds a value, ``delete(key, value)``
+        removes one, ``get_all(key)`` reads them all, and the other reads see
+        each key once, with its first value (see :class:`AsyncDatabase`).
 
         This never waits: a database this environment has not opened yet is
         opened (or created) by the writer thread, after the job it is busy
@@ -292,7 +300,7 @@ class AsyncEnvironment:
             key_coder if key_coder is not None else IdentityCoder(),
             value_coder if value_coder is not None else IdentityCoder(),
             create=create,
-            flags={"reverse_key": reverse_key, "integerkey": integerkey},
+            flags={"reverse_key": reverse_key, "integerkey": integerkey, "dupsort": dupsort},
         )
 
     def get_default_database(self) -> AsyncDatabase[bytes, bytes]:
@@ -316,6 +324,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[bytes, bytes]: ...
 
     @overload
@@ -327,6 +336,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[K, bytes]: ...
 
     @overload
@@ -338,6 +348,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[bytes, V]: ...
 
     @overload
@@ -350,6 +361,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[K, V]: ...
 
     async def open_db_async(
@@ -361,6 +373,7 @@ class AsyncEnvironment:
         create: bool = True,
         reverse_key: bool = False,
         integerkey: bool = False,
+        dupsort: bool = False,
     ) -> AsyncDatabase[Any, Any]:
         """:meth:`open_db`, then wait until the writer has opened the database.
 
@@ -378,6 +391,7 @@ class AsyncEnvironment:
             create,
             integer_keys=integerkey,
             reverse_keys=reverse_key,
+            duplicates=dupsort,
             behind_other_tasks=True,
         )
         database = self.open_db(
@@ -387,6 +401,7 @@ class AsyncEnvironment:
             create=create,
             reverse_key=reverse_key,
             integerkey=integerkey,
+            dupsort=dupsort,
         )
         await database.access.until_open(None)
         return database
@@ -399,6 +414,7 @@ class AsyncEnvironment:
         *,
         integer_keys: bool = False,
         reverse_keys: bool = False,
+        duplicates: bool = False,
         behind_other_tasks: bool = False,
     ) -> Keyspace:
         """The keyspace of database ``name`` (see ``Engine.open_keyspace``): never waits.
@@ -412,6 +428,12 @@ class AsyncEnvironment:
                 f"database {label}: the {self._engine.name} engine does not support {flag} "
                 "(LMDB's key orders): use an ordered key coder instead"
             )
+        if duplicates and not self.capabilities.duplicate_values:
+            raise UnsupportedError(
+                f"database {label}: the {self._engine.name} engine does not support dupsort "
+                "(LMDB's keys with several values): keep a list of values under the key, "
+                "or one record per value under a key that ends with it"
+            )
         current = self.transaction_context.get()
         return self._engine.open_keyspace(
             name.encode() if isinstance(name, str) else name,
@@ -419,6 +441,7 @@ class AsyncEnvironment:
             create=create,
             integer_keys=integer_keys,
             reverse_keys=reverse_keys,
+            duplicates=duplicates,
             in_own_session=current is not None and current.active and current.sees_own_writes,
             behind_other_tasks=behind_other_tasks,
         )

@@ -2,7 +2,8 @@
 
 Every write of a record goes through a :class:`RecordLogic`, as synchronous
 functions over the engine's write view that may run more than once. A plain
-database stores bytes as they are (:class:`PlainRecords`); a collection
+database stores bytes as they are (:class:`PlainRecords`); a dupsort database
+keeps several values per key (:class:`DuplicateRecords`); a collection
 composes its own logic, which keeps its indexes in step in the same view.
 """
 
@@ -10,9 +11,19 @@ from __future__ import annotations
 
 from typing import Protocol, TypeVar
 
-from .storage import Engine, Keyspace, WriteView
+from .errors import EncodeError, UnsupportedError
+from .storage import (
+    Buffer,
+    DuplicatesReadView,
+    DuplicatesWriteView,
+    Engine,
+    Keyspace,
+    ReadView,
+    WriteView,
+)
+from .storage.keyspace import MAX_KEY_SIZE
 
-__all__ = ["PlainRecords", "RecordLogic"]
+__all__ = ["DuplicateRecords", "PlainRecords", "RecordLogic"]
 
 V = TypeVar("V")
 V_contra = TypeVar("V_contra", contravariant=True)
@@ -94,3 +105,72 @@ class PlainRecords:
     def forget_deleted(self) -> None:
         """The engine forgets the keyspace."""
         self._engine.forget_keyspace(self._keyspace)
+
+
+class DuplicateRecords(PlainRecords):
+    """The records of a dupsort database (LMDB): a key holds several values, sorted.
+
+    Storing adds a value to the key's values (False when the pair was stored
+    already); removing a key removes every value of it. LMDB keeps the values
+    of a key as the keys of a tree of their own: each takes 1 to 511 bytes
+    encoded, like a key. Its views are the
+    engine's own: an optimistic transaction's view, which buffers writes by
+    key (one value each), is refused, naming the database.
+    """
+
+    plain = False  # put_multi stores one pair at a time: it counts the pairs added
+
+    def store(
+        self, view: WriteView, raw_key: bytes, raw_value: bytes, value: object, overwrite: bool
+    ) -> bool:
+        """Add the value to the key's values; False when it is one of them already (or,
+        not ``overwrite``, when the key has values)."""
+        return self.add(view, raw_key, raw_value, overwrite=overwrite, dupdata=False)
+
+    def add(
+        self, view: WriteView, raw_key: bytes, raw_value: bytes, *, overwrite: bool, dupdata: bool
+    ) -> bool:
+        """LMDB's ``put`` on a dupsort database, with its ``overwrite`` and ``dupdata``."""
+        if not 0 < len(raw_value) <= MAX_KEY_SIZE:
+            raise EncodeError(
+                f"database {self._keyspace.label}: a value of {len(raw_value)} bytes cannot be "
+                f"stored under key {raw_key!r}: the values of a dupsort database take 1 to "
+                f"{MAX_KEY_SIZE} bytes encoded (LMDB keeps them as keys)"
+            )
+        return self.writer(view).add_value(
+            self._keyspace, raw_key, raw_value, overwrite=overwrite, dupdata=dupdata
+        )
+
+    def remove(self, view: WriteView, raw_key: bytes) -> bool:
+        """Delete every value of the key."""
+        return self.writer(view).delete(self._keyspace, raw_key)
+
+    def remove_value(self, view: WriteView, raw_key: bytes, raw_value: bytes) -> bool:
+        """Delete one value of the key; whether it was stored."""
+        writer = self.writer(view)
+        if not 0 < len(raw_value) <= MAX_KEY_SIZE:
+            return False  # a value that cannot be stored is not
+        return writer.delete_value(self._keyspace, raw_key, raw_value)
+
+    def values(self, view: ReadView, raw_key: bytes) -> list[Buffer]:
+        """Every value of the key, in byte order."""
+        if not isinstance(view, DuplicatesReadView):
+            raise self._refusal("read every value of a key")
+        return view.values_of(self._keyspace, raw_key)
+
+    def empty(self, view: WriteView) -> None:
+        """Clear the keyspace."""
+        self.writer(view).clear(self._keyspace)
+
+    def writer(self, view: WriteView) -> DuplicatesWriteView:
+        """``view``, as the engine's own write view of a dupsort keyspace."""
+        if not isinstance(view, DuplicatesWriteView):
+            raise self._refusal("write")
+        return view
+
+    def _refusal(self, what: str) -> UnsupportedError:
+        return UnsupportedError(
+            f"database {self._keyspace.label} is a dupsort database, which an optimistic "
+            f"transaction (env.transaction(optimistic=True), env.transact()) cannot {what}: "
+            "it buffers writes by key, one value each; use env.transaction()"
+        )

@@ -27,6 +27,7 @@ async def test_a_path_opens_lmdb_and_memory_a_fresh_store_each_time(tmp_path: Pa
             backup=True,
             multi_process=True,
             durable=True,
+            duplicate_values=True,
         )
         await env.open_db("a").put(b"k", b"on disk")
     async with aiolmdb.open(str(tmp_path / "env")) as env:  # a str path too

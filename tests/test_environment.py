@@ -427,7 +427,7 @@ async def test_open_db_create_false_on_an_existing_db(env: aiolmdb.AsyncEnvironm
     assert await by_bytes.get(b"k") == b"v"
 
 
-@pytest.mark.parametrize("flag", ["dupsort", "dupfixed", "integerdup", "bogus"])
+@pytest.mark.parametrize("flag", ["dupfixed", "integerdup", "bogus"])
 async def test_unsupported_open_db_flags_raise_type_error(
     env: aiolmdb.AsyncEnvironment, flag: str
 ) -> None:

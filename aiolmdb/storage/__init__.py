@@ -8,6 +8,8 @@ names them: ``import aiolmdb`` loads no engine.
 from .base import (
     Buffer,
     Capabilities,
+    DuplicatesReadView,
+    DuplicatesWriteView,
     Engine,
     NotNowError,
     ReadView,
@@ -21,6 +23,8 @@ from .keyspace import Keyspace
 __all__ = [
     "Buffer",
     "Capabilities",
+    "DuplicatesReadView",
+    "DuplicatesWriteView",
     "Engine",
     "Keyspace",
     "NotNowError",

@@ -16,7 +16,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Awaitable, Callable, Iterator, Sequence
-from typing import Any, Protocol, TypeVar
+from typing import Any, Protocol, TypeVar, runtime_checkable
 
 from ..errors import TransactionError, UnsupportedError
 from .keyspace import Keyspace
@@ -24,6 +24,8 @@ from .keyspace import Keyspace
 __all__ = [
     "Buffer",
     "Capabilities",
+    "DuplicatesReadView",
+    "DuplicatesWriteView",
     "Engine",
     "NotNowError",
     "ReadView",
@@ -32,6 +34,7 @@ __all__ = [
     "WriteView",
     "open_refusal",
     "outside_loop_refusal",
+    "refuse_duplicates",
     "refuse_key_orders",
     "transaction_label",
 ]
@@ -77,6 +80,16 @@ def refuse_key_orders(engine: str, label: str, integer_keys: bool, reverse_keys:
             )
 
 
+def refuse_duplicates(engine: str, label: str, duplicates: bool) -> None:
+    """Refuse LMDB's ``dupsort`` (asked for database ``label``) on an engine that keeps
+    one value per key, with ``UnsupportedError`` naming it."""
+    if duplicates:
+        raise UnsupportedError(
+            f"the {engine} engine does not support dupsort (database {label}): it keeps "
+            "one value per key; dupsort databases are LMDB's"
+        )
+
+
 def transaction_label(kind: str, task: asyncio.Task[Any] | None, where: str) -> str:
     """How messages name a transaction: its kind, the task that opened it, where it is."""
     by = f"task {task.get_name()!r}" if task is not None else "no task"
@@ -106,6 +119,9 @@ class Capabilities:
     multi_process: bool = False
     #: Committed writes survive the process (and, synced, the machine).
     durable: bool = False
+    #: Databases with LMDB's ``dupsort``: a key holds several values, kept sorted
+    #: (the views of such keyspaces are :class:`DuplicatesReadView`/:class:`DuplicatesWriteView`).
+    duplicate_values: bool = False
     #: Write transactions run one at a time: a write (or another write transaction)
     #: waits behind the open write transaction, and is refused if that transaction's
     #: owner awaits it. Without it, they run side by side and may conflict
@@ -190,6 +206,48 @@ class WriteView(ReadView, Protocol):
         For work that may fail after writing part of itself, inside a longer
         transaction.
         """
+        ...
+
+
+@runtime_checkable
+class DuplicatesReadView(ReadView, Protocol):
+    """A view that reads every value of a key of a keyspace opened with ``duplicates``.
+
+    Such a keyspace reads through :class:`ReadView` as one record per key, holding
+    the key's first value: ``get`` gives it, ``range`` gives each key once with it
+    and ``count`` counts keys. Only the engines with the ``duplicate_values``
+    capability hand out views that have this (and, among their views, not those
+    of optimistic transactions, which buffer writes by key: one value each).
+    """
+
+    def values_of(self, keyspace: Keyspace, key: bytes) -> list[Buffer]:
+        """Every value of ``key``, in byte order (empty when it is not stored)."""
+        ...
+
+
+@runtime_checkable
+class DuplicatesWriteView(WriteView, DuplicatesReadView, Protocol):
+    """A write view of keyspaces opened with ``duplicates``.
+
+    On such a keyspace :meth:`WriteView.delete` deletes every value of the key.
+    """
+
+    def add_value(
+        self,
+        keyspace: Keyspace,
+        key: bytes,
+        value: bytes,
+        *,
+        overwrite: bool = True,
+        dupdata: bool = True,
+    ) -> bool:
+        """Add ``value`` to the values of ``key``; False (nothing written) when the key
+        has values and not ``overwrite``, or, unless ``dupdata``, when it has this one
+        (LMDB's ``put`` on a dupsort database, with its flags)."""
+        ...
+
+    def delete_value(self, keyspace: Keyspace, key: bytes, value: bytes) -> bool:
+        """Delete ``value`` from the values of ``key``; whether it was one of them."""
         ...
 
 
@@ -310,13 +368,16 @@ class Engine(Protocol):
         create: bool,
         integer_keys: bool = False,
         reverse_keys: bool = False,
+        duplicates: bool = False,
         in_own_session: bool = False,
         behind_other_tasks: bool = False,
     ) -> Keyspace:
         """The keyspace ``name`` (None: the engine's default one), never waiting.
 
         Opening may take the engine's writer: the keyspace is then pending
-        (``Keyspace.wait()``). ``in_own_session``: the caller's task has a
+        (``Keyspace.wait()``). ``duplicates``: a key holds several values
+        (LMDB's dupsort; refused by an engine without the ``duplicate_values``
+        capability). ``in_own_session``: the caller's task has a
         write session open; ``behind_other_tasks``: the caller will await
         the open, so it may wait behind other tasks' sessions.
         """

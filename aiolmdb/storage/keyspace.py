@@ -26,6 +26,7 @@ class Keyspace:
 
     __slots__ = (
         "dropped",
+        "duplicates",
         "error",
         "handle",
         "integer_keys",
@@ -47,6 +48,7 @@ class Keyspace:
         *,
         integer_keys: bool = False,
         reverse_keys: bool = False,
+        duplicates: bool = False,
     ) -> None:
         #: The raw name (None: the engine's default keyspace).
         self.name = name
@@ -56,6 +58,8 @@ class Keyspace:
         self.serial = serial
         self.integer_keys = integer_keys
         self.reverse_keys = reverse_keys
+        #: A key holds several values (LMDB's dupsort).
+        self.duplicates = duplicates
         #: The engine's handle, once open.
         self.handle: Any = None
         #: Set when the keyspace was deleted: its handle is dead.

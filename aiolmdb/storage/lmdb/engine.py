@@ -83,14 +83,15 @@ LMDB_CAPABILITIES = Capabilities(
     backup=True,
     multi_process=True,
     durable=True,
+    duplicate_values=True,
 )
 
 logger = logging.getLogger("aiolmdb")
 
 _open_paths: dict[str, weakref.ReferenceType[LmdbEngine]] = {}
 _open_paths_lock = threading.Lock()
-#: An open database's cache key: its raw name, reverse_key, integerkey.
-_HandleKey = tuple[bytes | None, bool, bool]
+#: An open database's cache key: its raw name, reverse_key, integerkey, dupsort.
+_HandleKey = tuple[bytes | None, bool, bool, bool]
 
 #: In the child of a fork: paths whose environment the parent had open.
 _inherited_paths: set[str] = set()
@@ -368,6 +369,7 @@ class LmdbEngine:
         create: bool,
         integer_keys: bool = False,
         reverse_keys: bool = False,
+        duplicates: bool = False,
         in_own_session: bool = False,
         behind_other_tasks: bool = False,
     ) -> Keyspace:
@@ -388,7 +390,7 @@ class LmdbEngine:
         number of its open: a transaction begun before that cannot see it.
         """
         self.check()
-        key = (name, reverse_keys, integer_keys)
+        key = (name, reverse_keys, integer_keys, duplicates)
         known = self._handles.get(key)
         if known is not None and not known.dropped and known.error is None:
             return known
@@ -407,6 +409,7 @@ class LmdbEngine:
             self._handle_serial + 1,
             integer_keys=integer_keys,
             reverse_keys=reverse_keys,
+            duplicates=duplicates,
         )
         opening = self._queue_now(self._opener(keyspace, create), f"database {label}")
         if opening is not None:
@@ -440,6 +443,7 @@ class LmdbEngine:
                             create=may_create,  # noqa: B023 - called within the iteration
                             reverse_key=keyspace.reverse_keys,
                             integerkey=keyspace.integer_keys,
+                            dupsort=keyspace.duplicates,
                         )
                     )
                 except lmdb.NotFoundError:
@@ -451,6 +455,7 @@ class LmdbEngine:
         def named() -> Any:
             try:
                 handle = open_db()
+                self._check_dupsort(keyspace, handle)
                 # Committed: reads on the event loop must renew their transaction
                 # before they can see the handle (a transaction begun before it
                 # cannot read the database).
@@ -466,6 +471,22 @@ class LmdbEngine:
                 ) from exc
 
         return lambda: keyspace.open_with(named)
+
+    def _check_dupsort(self, keyspace: Keyspace, handle: Any) -> None:
+        """On the writer thread: refuse a database whose ``dupsort`` is not the one asked
+        for. LMDB keeps the flag a database was created with and ignores the one an open
+        gives, so a mismatch would read and write it the other way silently."""
+        with self.lmdb_env.begin() as t:
+            stored = bool(handle.flags(t)["dupsort"])
+        if stored != keyspace.duplicates:
+            fix = (
+                "open it with open_db(..., dupsort=True)"
+                if stored
+                else "it keeps one value per key: open it without dupsort"
+            )
+            raise lmdb.IncompatibleError(
+                f"it was created {'with' if stored else 'without'} dupsort: {fix}"
+            )
 
     def _first_key_size(self, handle: Any) -> int | None:
         """On the writer thread: the size of the first key of a database (None: empty).

@@ -52,6 +52,9 @@ class LmdbReadView:
             or (not reverse and low is not None and after < low)
         ):
             after = None
+        if keyspace.duplicates:
+            yield from _first_values(self.txn, keyspace, low, high, reverse, after, limit)
+            return
         given = 0
         with self.txn.cursor(keyspace.handle) as cursor:
             if reverse:
@@ -74,17 +77,27 @@ class LmdbReadView:
                     return
 
     def count(self, keyspace: Keyspace, low: bytes | None = None, high: bytes | None = None) -> int:
-        if low is None and high is None:
+        # LMDB's entries count every value of a dupsort database: keys are walked.
+        if low is None and high is None and not keyspace.duplicates:
             return int(self.txn.stat(keyspace.handle)["entries"])
         counted = 0
         with self.txn.cursor(keyspace.handle) as cursor:
+            step = cursor.next_nodup if keyspace.duplicates else cursor.next
             more = cursor.set_range(low) if low is not None else cursor.first()
             while more:
                 if high is not None and bytes(cursor.key()) >= high:
                     break
                 counted += 1
-                more = cursor.next()
+                more = step()
         return counted
+
+    def values_of(self, keyspace: Keyspace, key: bytes) -> list[Buffer]:
+        with self.txn.cursor(keyspace.handle) as cursor:
+            if not cursor.set_key(key):
+                return []
+            if not keyspace.duplicates:
+                return [cursor.value()]
+            return list(cursor.iternext_dup())
 
 
 class LmdbWriteView(LmdbReadView):
@@ -124,6 +137,23 @@ class LmdbWriteView(LmdbReadView):
             except lmdb.IncompatibleError:  # a named database's record
                 continue
 
+    def add_value(
+        self,
+        keyspace: Keyspace,
+        key: bytes,
+        value: bytes,
+        *,
+        overwrite: bool = True,
+        dupdata: bool = True,
+    ) -> bool:
+        return self.txn.put(key, value, db=keyspace.handle, overwrite=overwrite, dupdata=dupdata)
+
+    def delete_value(self, keyspace: Keyspace, key: bytes, value: bytes) -> bool:
+        # A cursor rather than txn.delete(key, value): that deletes every value of the
+        # key when ``value`` is empty, which an empty value must not mean here.
+        with self.txn.cursor(keyspace.handle) as cursor:
+            return cursor.set_key_dup(key, value) and cursor.delete()
+
     def drop(self, keyspace: Keyspace) -> None:
         # LMDB closes the handle at once, whatever becomes of the transaction:
         # from now on calls get a clear error instead of a dead handle's.
@@ -135,13 +165,57 @@ class LmdbWriteView(LmdbReadView):
             return fn(LmdbWriteView(self.env, child))
 
 
-def _seek_from(cursor: lmdb.Cursor, low: bytes | None, after: bytes | None) -> bool:
+def _first_values(
+    txn: lmdb.Transaction,
+    keyspace: Keyspace,
+    low: bytes | None,
+    high: bytes | None,
+    reverse: bool,
+    after: bytes | None,
+    limit: int | None,
+) -> Iterator[tuple[bytes, Buffer]]:
+    """The range of a dupsort database, one record per key: each key with its first
+    value (what ``get`` gives). ``after`` and the bounds are as in ``range``, already
+    checked."""
+    given = 0
+    with txn.cursor(keyspace.handle) as cursor:
+        if reverse:
+            # Moving back lands on a key's last value: its first one is the record.
+            found = _seek_below(cursor, after if after is not None else high)
+            step = cursor.prev_nodup
+        else:
+            found = _seek_from(cursor, low, after, cursor.next_nodup)
+            step = cursor.next_nodup
+        while found:
+            if reverse:
+                cursor.first_dup()
+            key = bytes(cursor.key())
+            if reverse:
+                if low is not None and key < low:
+                    return
+            elif high is not None and key >= high:
+                return
+            yield key, cursor.value()
+            given += 1
+            if given == limit:
+                return
+            found = step()
+
+
+def _seek_from(
+    cursor: lmdb.Cursor,
+    low: bytes | None,
+    after: bytes | None,
+    step: Callable[[], bool] | None = None,
+) -> bool:
+    """Position on the first record from ``low``, or strictly after key ``after``
+    (``step`` moves past it: to the next record, or, dupsort, the next key)."""
     if after is None:
         return cursor.set_range(low) if low is not None else cursor.first()
     if not cursor.set_range(after):
         return False
     if bytes(cursor.key()) == after:
-        return cursor.next()
+        return (step or cursor.next)()
     return True
 
 

@@ -27,6 +27,7 @@ from ..base import (
     WriteView,
     open_refusal,
     outside_loop_refusal,
+    refuse_duplicates,
     refuse_key_orders,
 )
 from ..deadlock import Queued, submit_behind
@@ -131,6 +132,7 @@ class MemoryEngine:
         create: bool,
         integer_keys: bool = False,
         reverse_keys: bool = False,
+        duplicates: bool = False,
         in_own_session: bool = False,
         behind_other_tasks: bool = False,
     ) -> Keyspace:
@@ -143,6 +145,7 @@ class MemoryEngine:
         """
         self.check()
         refuse_key_orders("memory", label, integer_keys, reverse_keys)
+        refuse_duplicates("memory", label, duplicates)
         known = self._keyspaces.get(name)
         if known is not None and not known.dropped and not known.handle.dropped:
             return known

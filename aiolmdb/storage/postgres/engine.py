@@ -34,6 +34,7 @@ from ..base import (
     WriteView,
     open_refusal,
     outside_loop_refusal,
+    refuse_duplicates,
     refuse_key_orders,
 )
 from ..keyspace import MAX_KEY_SIZE, Keyspace
@@ -197,6 +198,7 @@ class PostgresEngine:
         create: bool,
         integer_keys: bool = False,
         reverse_keys: bool = False,
+        duplicates: bool = False,
         in_own_session: bool = False,
         behind_other_tasks: bool = False,
     ) -> Keyspace:
@@ -211,6 +213,7 @@ class PostgresEngine:
         """
         self.check()
         refuse_key_orders("PostgreSQL", label, integer_keys, reverse_keys)
+        refuse_duplicates("PostgreSQL", label, duplicates)
         known = self._keyspaces.get(name)
         if known is not None and not known.dropped and known.error is None:
             return known
