@@ -4,6 +4,7 @@ value coder."""
 from __future__ import annotations
 
 import asyncio
+import warnings
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from typing import TYPE_CHECKING, Any, Generic, TypeVar, cast, overload
 
@@ -171,6 +172,12 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         self._decode_small_value = self._decode_small
         self._ranges_of = DatabaseRanges[K, V](self.access)
         super().__init__(self._ranges_of)
+
+    @property
+    def async_env(self) -> AsyncEnvironment:
+        """Deprecated (aiolmdb 0.1.1's name): :attr:`env`."""
+        warnings.warn("db.async_env is deprecated: use db.env", DeprecationWarning, stacklevel=2)
+        return self.env
 
     @property
     def dupsort(self) -> bool:

@@ -641,6 +641,12 @@ class AsyncEnvironment:
         await self.require_lmdb("copyfd()").copy_to_fd(fd, compact=compact)
 
     @property
+    def env(self) -> RawEnvironment:
+        """Deprecated (aiolmdb 0.1.1's name): :attr:`lmdb_env`."""
+        warnings.warn("env.env is deprecated: use env.lmdb_env", DeprecationWarning, stacklevel=2)
+        return self.lmdb_env
+
+    @property
     def lmdb_env(self) -> RawEnvironment:
         """The underlying ``lmdb.Environment``, for what aiolmdb does not wrap.
 

@@ -35,6 +35,36 @@ async def test_get_default_db_is_an_error_where_deprecation_warnings_are(
 
 
 @pytest.mark.lmdb_only
+async def test_env_env_warns_and_gives_the_lmdb_environment(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    with pytest.warns(DeprecationWarning, match=r"use env\.lmdb_env") as caught:
+        raw = env.env
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name]
+    assert raw is env.lmdb_env
+
+
+async def test_env_env_is_lmdbs(env: aiolmdb.AsyncEnvironment, engine_kind: EngineKind) -> None:
+    if engine_kind is EngineKind.LMDB:
+        pytest.skip("LMDB has it")
+    with (
+        pytest.warns(DeprecationWarning),
+        pytest.raises(aiolmdb.UnsupportedError, match="lmdb_env"),
+    ):
+        env.env  # noqa: B018 - the attribute access is the call
+
+
+async def test_db_async_env_warns_and_gives_the_environment(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    db = env.open_db("records")
+    with pytest.warns(DeprecationWarning, match=r"use db\.env") as caught:
+        owner = db.async_env
+    assert [Path(w.filename).name for w in caught] == [Path(__file__).name]
+    assert owner is env
+
+
+@pytest.mark.lmdb_only
 async def test_max_readers_is_the_reader_table_size(tmp_path: Path) -> None:
     async with aiolmdb.open(tmp_path / "e", max_readers=77) as env:
         assert env.max_readers() == 77
