@@ -82,11 +82,12 @@ class DatabaseRanges(Generic[K, V]):
             await access.until_open(txn)
         ctx = access.resolve(txn)
         keyspace = access.keyspace
-        # A count over a range walks it: off the loop; the whole keyspace is one lookup.
+        # A count over a range walks it: off the loop; the whole keyspace is one lookup,
+        # except in a dupsort database, whose keys are walked.
         return await access.read(
             lambda view: view.count(keyspace, low, high),
             ctx,
-            offload=(low, high) != (None, None),
+            offload=(low, high) != (None, None) or keyspace.duplicates,
         )
 
 
