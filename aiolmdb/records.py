@@ -113,9 +113,9 @@ class DuplicateRecords(PlainRecords):
     Storing adds a value to the key's values (False when the pair was stored
     already); removing a key removes every value of it. LMDB keeps the values
     of a key as the keys of a tree of their own: each takes 1 to 511 bytes
-    encoded, like a key. Its views are the
-    engine's own: an optimistic transaction's view, which buffers writes by
-    key (one value each), is refused, naming the database.
+    encoded, like a key. Its views are the engine's own: an optimistic
+    transaction's view, which buffers writes by key (one value each), is
+    refused, naming the database.
     """
 
     plain = False  # put_multi stores one pair at a time: it counts the pairs added

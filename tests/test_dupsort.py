@@ -112,6 +112,19 @@ async def test_delete_one_value_or_every_value(lmdb_env: aiolmdb.AsyncEnvironmen
     assert await tags.count() == 0
 
 
+async def test_drop_empties_or_deletes_it(lmdb_env: aiolmdb.AsyncEnvironment) -> None:
+    tags = lmdb_env.open_db("tags", dupsort=True)
+    await tags.put_multi([(b"k", b"a"), (b"k", b"b")])
+    await tags.drop(delete=False)
+    assert await tags.get_all(b"k") == []
+    await tags.put(b"k", b"c")
+    await tags.drop()
+    with pytest.raises(aiolmdb.DatabaseNotFoundError):
+        await lmdb_env.open_db_async("tags", create=False, dupsort=True)
+    again = await lmdb_env.open_db_async("tags", dupsort=True)
+    assert await again.get_all(b"k") == []
+
+
 async def test_values_take_1_to_511_bytes(lmdb_env: aiolmdb.AsyncEnvironment) -> None:
     tags = lmdb_env.open_db("tags", dupsort=True)
     assert await tags.put(b"k", b"x" * 511)
