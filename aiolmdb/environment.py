@@ -446,6 +446,16 @@ class AsyncEnvironment:
             behind_other_tasks=behind_other_tasks,
         )
 
+    async def database_names(self) -> list[bytes]:
+        """The names of the named databases the environment holds, in byte order.
+
+        Those made by other processes and earlier runs too; the databases of
+        collections' indexes and aiolmdb's own ones (names starting with
+        ``__aiolmdb__``) are among them.
+        """
+        self._check()
+        return await self._engine.database_names()
+
     # -- transactions ----------------------------------------------------
 
     def transaction(self, *, write: bool = True, optimistic: bool = False) -> Transaction:

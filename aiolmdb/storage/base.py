@@ -387,6 +387,11 @@ class Engine(Protocol):
         """After a drop: mark the keyspace dead for every object sharing it."""
         ...
 
+    async def database_names(self) -> list[bytes]:
+        """The names of the named keyspaces stored (databases and indexes), in byte order;
+        those of other processes and earlier runs too, where the engine keeps them."""
+        ...
+
     def read_point(
         self, keyspace: Keyspace, key: bytes, decode: Callable[[bytes, Buffer | None], R]
     ) -> R:

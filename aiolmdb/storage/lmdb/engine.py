@@ -60,6 +60,9 @@ R = TypeVar("R")
 
 #: Named databases an environment may hold when the caller does not say.
 DEFAULT_MAX_DBS = 128
+#: Bytes of the value under which the main database holds a named database (``MDB_db``:
+#: a 32-bit pad, two 16-bit fields, five 64-bit counters and page numbers).
+DATABASE_RECORD_SIZE = 48
 #: Writes that may wait in the queue before submitters are made to wait.
 DEFAULT_MAX_PENDING_WRITES = 10_000
 #: Writes applied in one LMDB transaction at most.
@@ -417,6 +420,24 @@ class LmdbEngine:
         self._handle_serial = keyspace.serial
         self._handles[key] = keyspace
         return keyspace
+
+    async def database_names(self) -> list[bytes]:
+        """The keys of the main database that name a database.
+
+        LMDB keeps a named database as a record of the main database whose value
+        is the database's header (``MDB_db``, :data:`DATABASE_RECORD_SIZE` bytes);
+        records stored in the unnamed database by the application are other keys
+        there, told apart by the size of their value (one of exactly that size
+        is listed too: opening it then fails with ``lmdb.IncompatibleError``).
+        """
+        self.check()
+
+        def names(txn: lmdb.Transaction) -> list[bytes]:
+            return [bytes(key) for key, value in txn.cursor() if len(value) == DATABASE_RECORD_SIZE]
+
+        return await self._on_reader_thread(
+            self._call_in_read_txn, names, self._settings.map_resize_wait
+        )
 
     def _lacks(self, raw_name: bytes | None) -> bool:
         """True when the main database holds no record named ``raw_name`` (read here, now).

@@ -165,6 +165,13 @@ class MemoryEngine:
         self._keyspaces[name] = keyspace
         return keyspace
 
+    async def database_names(self) -> list[bytes]:
+        """The names of the named keyspaces this store holds."""
+        self.check()
+        return sorted(
+            name for name, table in self._tables.items() if name is not None and not table.dropped
+        )
+
     def forget_keyspace(self, keyspace: Keyspace) -> None:
         """After a drop: the keyspace is dead; opening its name again creates a fresh one."""
         keyspace.dropped = True

@@ -272,6 +272,21 @@ class PostgresEngine:
 
         keyspace.open_with(fail)
 
+    async def database_names(self) -> list[bytes]:
+        """The names of every named keyspace, from ``aiolmdb_keyspaces``."""
+        self.check()
+        await self._connections.ready()
+
+        async def names(conn: Connection) -> list[bytes]:
+            return [bytes(row[0]) for row in await fetch_rows(conn, Sql.KEYSPACE_NAMES, ())]
+
+        try:
+            return await self._connections.retrying(names)
+        except psycopg.Error as exc:
+            raise user_error(
+                exc, failure_of(exc), f"listing the databases of {self._where}"
+            ) from exc
+
     def forget_keyspace(self, keyspace: Keyspace) -> None:
         """After a drop: the keyspace is dead; opening its name again looks afresh."""
         keyspace.dropped = True

@@ -76,6 +76,7 @@ class Sql:
     LAYOUT = "SELECT version FROM aiolmdb_layout"
     LAYOUT_EXISTS = "SELECT to_regclass('aiolmdb_layout') IS NOT NULL"
     FIND_KEYSPACE = "SELECT id FROM aiolmdb_keyspaces WHERE name = %s"
+    KEYSPACE_NAMES = "SELECT name FROM aiolmdb_keyspaces WHERE name IS NOT NULL ORDER BY name"
     ADD_KEYSPACE = (
         "INSERT INTO aiolmdb_keyspaces (name) VALUES (%s) "
         "ON CONFLICT (name) DO NOTHING RETURNING id"
