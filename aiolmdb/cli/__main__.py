@@ -1,0 +1,5 @@
+"""``python -m aiolmdb.cli``: the ``aiolmdb`` console script."""
+
+from . import main
+
+main()
