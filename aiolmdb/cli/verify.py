@@ -145,7 +145,9 @@ async def _check_records(
                 codec.decode_key(raw_key)
                 record = codec.decode_value(raw_key, raw_value)
             except AiolmdbError as exc:
-                problems.append(Problem(ProblemKind.UNDECODABLE, collection.label, str(exc)))
+                problems.append(
+                    Problem(ProblemKind.UNDECODABLE, f"collection {collection.label}", str(exc))
+                )
                 continue
             for index in indexes:
                 upkeep = index.upkeep
