@@ -197,23 +197,29 @@ def scan(
     """Records in key order, within bounds or a prefix."""
     _source_options(db, collection)
 
-    async def body(env: AsyncEnvironment) -> list[tuple[Any, Any]]:
+    rows: list[tuple[Any, Any]] = []
+
+    async def body(env: AsyncEnvironment) -> int:
         source = await open_database(env, db, _collection(collection))
         records = scan_records(
             source, start=start, stop=stop, prefix=prefix, reverse=reverse, limit=limit
         )
-        return [record async for record in records]
+        count = 0
+        async for key, value in records:
+            count += 1
+            if as_json:  # streamed: a scan of any size runs in bounded memory
+                out.print(_json_line({"key": key, "value": value}), markup=False)
+            else:
+                rows.append((key, value))
+        return count
 
-    records = run(_with_env(location, body))
-    if as_json:
-        for key, value in records:
-            out.print(_json_line({"key": key, "value": value}), markup=False)
-        return
-    table = Table("key", "value")
-    for key, value in records:
-        table.add_row(_json_line(key), _json_line(value))
-    out.print(table)
-    err.print(f"{len(records)} records", markup=False)
+    count = run(_with_env(location, body))
+    if not as_json:
+        table = Table("key", "value")
+        for key, value in rows:
+            table.add_row(_json_line(key), _json_line(value))
+        out.print(table)
+    err.print(f"{count} records", markup=False)
 
 
 @app.command()

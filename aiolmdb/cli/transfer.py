@@ -126,19 +126,23 @@ async def load_records(
         progress(done, total)
     pending: list[tuple[Any, Any]] = []
 
+    async def write(records: list[tuple[Any, Any]], loaded: int) -> None:
+        await db.put_multi(records)
+        if loaded < total:
+            await loads.put(marker, str(loaded).encode())
+        else:
+            await loads.delete(marker)
+
     async def write_chunk() -> None:
         nonlocal done
         loaded = done + len(pending)
         try:
-            async with env.transaction():
-                await db.put_multi(pending)
-                if loaded < total:
-                    await loads.put(marker, str(loaded).encode())
-                else:
-                    await loads.delete(marker)
+            # One transaction, run again on a conflict with another writer (its
+            # writes are the same every time).
+            await env.transact(write, pending, loaded)
+        except DecodeError as exc:
+            raise CliError(str(exc), ExitCode.DECODE) from exc
         except AiolmdbError as exc:
-            if isinstance(exc, DecodeError):
-                raise CliError(str(exc), ExitCode.DECODE) from exc
             raise CliError(
                 f"{path}: the records after line {done} could not be written: {exc}",
                 ExitCode.PROBLEMS,

@@ -1,0 +1,5 @@
+"""``python -m aiolmdb``: the ``aiolmdb`` console script."""
+
+from .cli import main
+
+main()
