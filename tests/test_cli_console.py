@@ -224,15 +224,21 @@ def test_lmdb_only_commands_say_so_elsewhere(location: str, workdir: Path) -> No
 
 
 def test_raw_records_print_as_escaped_bytes(location: str, workdir: Path) -> None:
-    (workdir / "raw.jsonl").write_text(
-        '{"key": "k\\\\x00\\\\x01", "value": "\\\\xff hi\\\\\\\\"}\n'
-    )
+    line = r'{"key": "k\\x00\\x01", "value": "\\xff hi\\\\"}' + "\n"
+    (workdir / "raw.jsonl").write_text(line)
     assert invoke("load", location, "raw.jsonl", "--db", "raw", "--create")[0] == 0
-    code, stdout, _ = invoke("get", location, "k\\x00\\x01", "--db", "raw")
-    assert (code, stdout) == (0, '"\\\\xff hi\\\\\\\\"\n')
+
+    async def stored() -> dict[bytes, bytes]:
+        async with aiolmdb.open(location) as env:
+            raw = await env.open_db_async("raw", create=False)
+            return {key: value async for key, value in raw.items()}
+
+    assert asyncio.run(stored()) == {b"k\x00\x01": b"\xff hi\\"}
+    code, stdout, _ = invoke("get", location, r"k\x00\x01", "--db", "raw")
+    assert (code, stdout) == (0, "\\xff hi\\\\\n")
     code, stdout, _ = invoke("scan", location, "--db", "raw", "--prefix", "k")
-    assert code == 0
-    assert '"k\\\\x00\\\\x01"' in stdout
+    assert (code, r"k\x00\x01" in stdout) == (0, True)
+    assert invoke("scan", location, "--db", "raw", "--json")[1] == line
 
 
 def test_memory_and_unknown_locations_are_refused(workdir: Path) -> None:

@@ -116,6 +116,12 @@ def _json_line(obj: Any) -> str:
     return json.dumps(obj, ensure_ascii=False)
 
 
+def _shown(obj: Any, *, indent: int | None = None) -> str:
+    """A key or value for a person to read: a string (raw bytes are escaped text) as it
+    is, anything else as JSON."""
+    return obj if isinstance(obj, str) else json.dumps(obj, indent=indent, ensure_ascii=False)
+
+
 @app.command()
 def stat(location: Location) -> None:
     """The engine, the location, how many databases; on LMDB its map and pages too."""
@@ -166,16 +172,14 @@ def get(
     db: DbOption = None,
     collection: CollectionOption = None,
 ) -> None:
-    """The value stored under KEY, as JSON (exit 3 when there is none)."""
+    """The value stored under KEY: JSON, or a string as it is (exit 3 when there is none)."""
     _source_options(db, collection)
 
     async def body(env: AsyncEnvironment) -> Any:
         source = await open_database(env, db, _collection(collection))
         return await get_record(source, key)
 
-    out.print(
-        json.dumps(run(_with_env(location, body)), indent=2, ensure_ascii=False), markup=False
-    )
+    out.print(_shown(run(_with_env(location, body)), indent=2), markup=False)
 
 
 @app.command()
@@ -217,7 +221,7 @@ def scan(
     if not as_json:
         table = Table("key", "value")
         for key, value in rows:
-            table.add_row(_json_line(key), _json_line(value))
+            table.add_row(_shown(key), _shown(value))
         out.print(table)
     err.print(f"{count} records", markup=False)
 
@@ -274,6 +278,7 @@ def load(
             TimeElapsedColumn(),
             console=err,
             transient=True,
+            disable=not err.is_terminal,
         ) as progress:
             task = progress.add_task("load", total=None)
 

@@ -79,9 +79,12 @@ async def verify_collection(
     indexes not built, entries missing or stray."""
     problems: list[Problem] = []
     indexes = [collection.bound_index(name) for name in declared_indexes(type(collection))]
+    # Every keyspace open before the snapshot begins, which would not see one opened after.
+    await collection.access.until_open(None)
+    for index in indexes:
+        await index.upkeep.keyspace.wait()
     internal: AsyncDatabase[bytes, bytes] | None = None
     if indexes:
-        # Opened before the snapshot, which would not see a database opened after it began.
         try:
             internal = await env.open_db_async(INTERNAL_DATABASE, create=False)
         except DatabaseNotFoundError:
