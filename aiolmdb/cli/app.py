@@ -80,6 +80,9 @@ def run(work: Coroutine[Any, Any, R]) -> R:
     and exits with its code."""
     try:
         return asyncio.run(work)
+    except KeyboardInterrupt:
+        # What was committed stays; a load run again goes on from there.
+        _fail("interrupted (a load run again goes on where it stopped)", ExitCode.INTERRUPTED)
     except CliError as exc:
         _fail(str(exc), exc.code)
     except AiolmdbError as exc:

@@ -23,6 +23,8 @@ class ExitCode(enum.IntEnum):
     UNSUPPORTED = 5
     #: The ``cli`` extra (typer, rich) is not installed.
     MISSING_EXTRA = 6
+    #: Interrupted (Ctrl-C), as shells report SIGINT.
+    INTERRUPTED = 130
 
 
 class CliError(Exception):
