@@ -117,6 +117,21 @@ async def test_ls_lists_collections_indexes_and_databases_with_counts_and_sizes(
     assert [summary.name for summary in await list_databases(env)] == sorted(summaries)
 
 
+async def test_database_names_are_the_named_databases_stored(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    for name in ("b", "a", "gone"):
+        await (await env.open_db_async(name)).put(b"k", b"v")
+    await (await env.open_db_async("gone")).drop()
+    default = env.get_default_database()
+    # On LMDB these are records of the main database, beside the databases' own.
+    await default.put(b"looks-like-a-database", bytes(48))
+    await default.put(b"plain", b"v")
+    names = await env.database_names()
+    assert [name for name in names if name != b"looks-like-a-database"] == [b"a", b"b"]
+    assert [summary.name for summary in await list_databases(env)] == ["a", "b"]
+
+
 async def test_get_decodes_through_the_collection_or_shows_escaped_bytes(
     env: aiolmdb.AsyncEnvironment,
 ) -> None:
