@@ -264,6 +264,23 @@ def test_mistakes_on_the_command_line_are_usage_errors(tmp_path: Path, workdir: 
     assert (code, "give --db or --collection, not both" in stderr) == (ExitCode.USAGE, True)
 
 
+def test_the_console_script_is_declared_and_python_m_aiolmdb_runs_it(tmp_path: Path) -> None:
+    project = (ROOT / "pyproject.toml").read_text()
+    assert '[project.scripts]\naiolmdb = "aiolmdb.cli:main"\n' in project
+    assert 'cli = [\n    "typer>=0.12",\n    "rich>=13",\n]' in project
+    result = subprocess.run(
+        [sys.executable, "-m", "aiolmdb", "--help"],
+        env={**os.environ, "PYTHONPATH": str(ROOT), "COLUMNS": "100"},
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "Usage: aiolmdb [OPTIONS] COMMAND [ARGS]..." in result.stdout
+    for command in ("stat", "ls", "get", "scan", "dump", "load", "copy", "verify", "readers"):
+        assert f"│ {command} " in result.stdout
+
+
 def test_without_the_cli_extra_it_says_how_to_install_it(tmp_path: Path) -> None:
     code = "import sys; sys.modules['typer'] = None; from aiolmdb.cli import main; main()"
     result = subprocess.run(

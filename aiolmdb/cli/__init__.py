@@ -27,4 +27,4 @@ def main() -> None:
         raise SystemExit(int(ExitCode.MISSING_EXTRA)) from None
     from .app import app
 
-    app()
+    app(prog_name="aiolmdb")

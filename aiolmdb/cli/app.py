@@ -268,8 +268,7 @@ def load(
         bool, typer.Option("--create", help="Create the environment and database if missing.")
     ] = False,
 ) -> None:
-    """Write the records of FILE, a transaction per chunk; run it again after an
-    interruption and it goes on where it stopped."""
+    """Write the records of FILE, a transaction per chunk; run again, it resumes."""
     _source_options(db, collection)
 
     async def body(env: AsyncEnvironment) -> Any:
