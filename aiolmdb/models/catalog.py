@@ -14,16 +14,27 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from ..database import AsyncDatabase
+from ..database import INTERNAL_DATABASE, AsyncDatabase
 from ..scanning import prefix_end
 from ..storage import Keyspace, ReadView, WriteView
 
-__all__ = ["IndexCatalog"]
+__all__ = ["CATALOG_PREFIX", "INDEX_DATABASE_PREFIX", "IndexCatalog", "index_database_name"]
+
+#: The catalog's keys: ``index/<collection>/<index>``.
+CATALOG_PREFIX = "index/"
+#: The databases of indexes: ``__aiolmdb__/index/<collection>/<index>``.
+INDEX_DATABASE_PREFIX = f"{INTERNAL_DATABASE}/index/"
 
 #: Where a build under way records the last record key it indexed (hex; None: none yet).
 BUILT_UP_TO = "built_up_to"
 #: Set on a removed index's record by a write that did not keep it in step.
 STALE = "stale"
+
+
+def index_database_name(collection: str, index: str) -> str:
+    """The name of the database holding the entries of ``collection``'s index ``index``
+    (under the reserved prefix: no user database can be named like it)."""
+    return f"{INDEX_DATABASE_PREFIX}{collection}/{index}"
 
 
 class IndexCatalog:
@@ -36,7 +47,7 @@ class IndexCatalog:
     def __init__(self, internal: AsyncDatabase[bytes, bytes], collection: str) -> None:
         self._internal = internal
         self._collection = collection
-        self._prefix = f"index/{collection}/".encode()
+        self._prefix = f"{CATALOG_PREFIX}{collection}/".encode()
 
     @property
     def keyspace(self) -> Keyspace:

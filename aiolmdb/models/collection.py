@@ -21,7 +21,7 @@ from ..errors import (
 )
 from ..storage import Keyspace, NotNowError, ReadView, WriteView
 from .build import IndexBuild, IndexProgress, IndexRepair
-from .catalog import IndexCatalog
+from .catalog import IndexCatalog, index_database_name
 from .index import BoundIndex, Index
 from .upkeep import IndexedRecords, IndexUpkeep
 
@@ -227,9 +227,8 @@ class Collection(AsyncDatabase[K, M]):
         )
 
     def _open_index_keyspace(self, index_name: str, create: bool) -> Keyspace:
-        # Under the reserved prefix: no user database can be named like it.
         assert isinstance(self.name, str)
-        name = f"{INTERNAL_DATABASE}/index/{self.name}/{index_name}"
+        name = index_database_name(self.name, index_name)
         return self.env.open_keyspace(name, f"{self.label}.{index_name}", create)
 
     def _set_up(self, records: IndexedRecords[K, M]) -> None:
