@@ -88,6 +88,8 @@ def run(work: Coroutine[Any, Any, R]) -> R:
     except AiolmdbError as exc:
         code = next((code for kind, code in _EXIT_CODES if isinstance(exc, kind)), None)
         _fail(f"{type(exc).__name__}: {exc}", code or ExitCode.PROBLEMS)
+    except OSError as exc:  # a file, a directory, a connection: the user's to fix
+        _fail(f"{type(exc).__name__}: {exc}", ExitCode.PROBLEMS)
 
 
 def _fail(message: str, code: ExitCode) -> NoReturn:

@@ -10,6 +10,7 @@ from typing import Any
 from ..database import INTERNAL_DATABASE, AsyncDatabase
 from ..environment import AsyncEnvironment
 from ..errors import AiolmdbError, DecodeError, UnorderedKeyError
+from ..models.catalog import CATALOG_PREFIX, INDEX_DATABASE_PREFIX
 from .errors import CliError, ExitCode
 from .render import escape_bytes, parse_key, to_json
 
@@ -24,10 +25,8 @@ __all__ = [
 ]
 
 _INTERNAL = INTERNAL_DATABASE.encode()
-#: Where the catalog keeps the indexes of collection C: keys ``index/C/<index>``.
-_CATALOG_PREFIX = b"index/"
-#: Where a collection's index database lives: ``__aiolmdb__/index/C/<index>``.
-_INDEX_PREFIX = _INTERNAL + b"/index/"
+_CATALOG_PREFIX = CATALOG_PREFIX.encode()
+_INDEX_PREFIX = INDEX_DATABASE_PREFIX.encode()
 
 
 class DatabaseKind(enum.Enum):
@@ -102,7 +101,8 @@ async def list_databases(env: AsyncEnvironment) -> list[DatabaseSummary]:
     if _INTERNAL in names:
         internal = await env.open_db_async(INTERNAL_DATABASE, create=False)
         async for key in internal.keys(prefix=_CATALOG_PREFIX):
-            collections.add(key[len(_CATALOG_PREFIX) :].split(b"/", 1)[0])
+            # Index names are identifiers: the collection's name is the rest (slashes too).
+            collections.add(key[len(_CATALOG_PREFIX) :].rpartition(b"/")[0])
     summaries = []
     for name in names:
         db = await open_named(env, name)
@@ -113,7 +113,7 @@ async def list_databases(env: AsyncEnvironment) -> list[DatabaseSummary]:
         of = ""
         if name.startswith(_INDEX_PREFIX):
             kind = DatabaseKind.INDEX
-            collection, _, index = name[len(_INDEX_PREFIX) :].partition(b"/")
+            collection, _, index = name[len(_INDEX_PREFIX) :].rpartition(b"/")
             of = f"{escape_bytes(collection)}.{escape_bytes(index)}"
         elif name.startswith(_INTERNAL):
             kind = DatabaseKind.INTERNAL

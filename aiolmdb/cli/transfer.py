@@ -14,7 +14,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import AsyncIterator, Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TextIO
 
@@ -90,7 +90,7 @@ def _parse(db: AsyncDatabase[Any, Any], path: Path, number: int, line: str) -> t
         ) from exc
 
 
-async def _lines(path: Path) -> AsyncIterator[tuple[int, str]]:
+def _lines(path: Path) -> Iterator[tuple[int, str]]:
     """The non-blank lines of ``path`` with their line numbers (from 1)."""
     with path.open(encoding="utf-8") as f:
         for number, line in enumerate(f, 1):
@@ -144,7 +144,7 @@ async def load_records(
             raise CliError(str(exc), ExitCode.DECODE) from exc
         except AiolmdbError as exc:
             raise CliError(
-                f"{path}: the records after line {done} could not be written: {exc}",
+                f"{path}: the records after the first {done} could not be written: {exc}",
                 ExitCode.PROBLEMS,
             ) from exc
         done = loaded
@@ -153,13 +153,13 @@ async def load_records(
             progress(done, total)
 
     seen = 0
-    async for number, line in _lines(path):
+    for number, line in _lines(path):
         seen += 1
         if seen <= skipped:
             continue
         pending.append(_parse(db, path, number, line))
         if len(pending) == chunk:
             await write_chunk()
-    if pending or (skipped == 0 and total == 0):
+    if pending:
         await write_chunk()
     return LoadResult(total=total, skipped=skipped, written=done - skipped)
