@@ -211,16 +211,64 @@ def test_lmdb_only_commands_say_so_elsewhere(location: str, workdir: Path) -> No
     (workdir / "raw.jsonl").write_text('{"key": "a", "value": "1"}\n{"key": "b", "value": "2"}\n')
     assert invoke("load", location, "raw.jsonl", "--db", "raw", "--create")[0] == 0
     if location.startswith("postgresql://"):
-        for command in (["copy", location, "backup"], ["readers", location]):
-            code, _, stderr = invoke(*command)
-            assert code == ExitCode.UNSUPPORTED
-            assert "the postgresql engine does not have it" in stderr
+        code, _, stderr = invoke("copy", location, "backup")
+        assert code == ExitCode.UNSUPPORTED
+        assert "copy is LMDB's, and the postgresql engine does not have it" in stderr
+        code, _, stderr = invoke("readers", location)
+        assert code == ExitCode.UNSUPPORTED
+        assert "postgresql:// locations have no reader table" in stderr
         return
     code, _, stderr = invoke("copy", location, "backup", "--compact")
     assert (code, stderr) == (0, "copied to backup (compacted)\n")
     assert invoke("dump", "backup", "--db", "raw") == invoke("dump", location, "--db", "raw")
     code, stdout, _ = invoke("readers", location, "--clear-stale")
     assert (code, stdout) == (0, "(no active readers)\n")
+
+
+def test_readers_lists_and_clears_the_slot_of_a_process_that_died(
+    tmp_path: Path, workdir: Path
+) -> None:
+    location = str(tmp_path / "data")
+    (workdir / "raw.jsonl").write_text('{"key": "a", "value": "1"}\n')
+    assert invoke("load", location, "raw.jsonl", "--db", "raw", "--create")[0] == 0
+    # LMDB resets the reader table when a process opens an environment no other has
+    # open: a process keeps it open, as a running application would.
+    holds = (
+        "import lmdb, sys\n"
+        "env = lmdb.open(sys.argv[1], max_dbs=8)\n"
+        "print('open', flush=True)\n"
+        "input()\n"
+    )
+    holder = subprocess.Popen(
+        [sys.executable, "-c", holds, location],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "open\n"
+        dies_reading = (
+            "import lmdb, os, signal, sys\n"
+            "env = lmdb.open(sys.argv[1], max_dbs=8)\n"
+            "txn = env.begin()\n"
+            "print(os.getpid(), flush=True)\n"
+            "os.kill(os.getpid(), signal.SIGKILL)\n"
+        )
+        died = subprocess.run(
+            [sys.executable, "-c", dies_reading, location],
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert died.returncode == -signal.SIGKILL
+        code, stdout, _ = invoke("readers", location)
+        assert code == 0
+        assert [line.split()[0] for line in stdout.splitlines()[1:]] == [died.stdout.strip()]
+        code, stdout, stderr = invoke("readers", location, "--clear-stale")
+        assert (code, stdout) == (0, "(no active readers)\n")
+        assert stderr == "1 stale reader slots cleared\n"
+    finally:
+        holder.communicate("\n", timeout=60)
 
 
 def test_raw_records_print_as_escaped_bytes(location: str, workdir: Path) -> None:

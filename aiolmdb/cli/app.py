@@ -26,8 +26,8 @@ from ..errors import AiolmdbError, DatabaseNotFoundError, DecodeError, Unsupport
 from ..models import Collection
 from .errors import CliError, ExitCode
 from .inspect import environment_stat, get_record, list_databases, scan_records
-from .maintenance import clear_stale_readers, copy_environment, reader_table
-from .target import import_collection, open_database, open_location
+from .maintenance import copy_environment, reader_table
+from .target import import_collection, open_database, open_location, require_environment
 from .transfer import LOAD_CHUNK, dump_records, load_records
 from .verify import verify_collection, verify_databases
 
@@ -357,11 +357,11 @@ def readers(
 ) -> None:
     """LMDB's reader table; with --clear-stale, free the slots of dead processes."""
 
-    async def body(env: AsyncEnvironment) -> tuple[str, int | None]:
-        cleared = clear_stale_readers(env) if clear_stale else None
-        return reader_table(env), cleared
+    async def body() -> tuple[str, int | None]:
+        await require_environment(location)
+        return reader_table(location, clear_stale=clear_stale)
 
-    table, cleared = run(_with_env(location, body))
+    table, cleared = run(body())
     out.print(table.rstrip("\n"), markup=False)
     if cleared is not None:
         err.print(f"{cleared} stale reader slots cleared", markup=False)

@@ -7,10 +7,11 @@ from pathlib import Path
 
 from ..environment import AsyncEnvironment
 from ..errors import UnsupportedError
+from ..storage.locations import EngineKind, engine_kind
 from .errors import CliError, ExitCode
 from .target import LMDB_DATA_FILE
 
-__all__ = ["clear_stale_readers", "copy_environment", "reader_table"]
+__all__ = ["copy_environment", "reader_table"]
 
 
 def _unsupported(exc: UnsupportedError, instead: str) -> CliError:
@@ -37,18 +38,28 @@ async def copy_environment(env: AsyncEnvironment, destination: str, *, compact: 
     await env.copy(target, compact=compact)
 
 
-def reader_table(env: AsyncEnvironment) -> str:
-    """LMDB's reader table: one line per reader slot in use (pid, thread, transaction)."""
-    try:
-        return env.readers()
-    except UnsupportedError as exc:
-        raise _unsupported(exc, "only LMDB has a reader table") from exc
+def reader_table(location: str, *, clear_stale: bool) -> tuple[str, int | None]:
+    """LMDB's reader table at ``location`` (one line per slot in use: pid, thread,
+    transaction), after freeing the slots of processes that died when ``clear_stale``
+    (how many were freed; None otherwise).
 
+    Read through py-lmdb directly rather than an opened environment, whose open
+    would clear the stale slots first and take a slot of its own.
+    """
+    if engine_kind(location) is not EngineKind.LMDB:
+        raise CliError(
+            f"readers: {location.split('://', 1)[0]}:// locations have no reader table: "
+            "only LMDB's environments have one",
+            ExitCode.UNSUPPORTED,
+        )
+    import lmdb
 
-def clear_stale_readers(env: AsyncEnvironment) -> int:
-    """Free the reader slots of processes that died; how many were freed."""
     try:
-        cleared: int = env.lmdb_env.reader_check()
-    except UnsupportedError as exc:
-        raise _unsupported(exc, "only LMDB has a reader table") from exc
-    return cleared
+        env = lmdb.open(location, readonly=True, create=False, max_dbs=0)
+        try:
+            cleared: int | None = env.reader_check() if clear_stale else None
+            return env.readers(), cleared
+        finally:
+            env.close()
+    except lmdb.Error as exc:
+        raise CliError(f"readers: {location}: {exc}", ExitCode.PROBLEMS) from exc
