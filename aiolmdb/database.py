@@ -12,7 +12,7 @@ from .access import TOO_LARGE, DatabaseAccess, yield_due
 from .codec import Codec, show
 from .coders import Coder, IdentityCoder
 from .errors import KeyExistsError, KeyNotFoundError, TransactionError
-from .query import Part, Ranged
+from .query import Part, RangeBounds, Ranged
 from .records import DuplicateRecords, PlainRecords, RecordLogic
 from .scanning import Scan, as_stored, key_only
 from .storage import Buffer, Keyspace, NotNowError, ReadView, WriteView
@@ -48,10 +48,21 @@ class DatabaseRanges(Generic[K, V]):
         self._access = access
         self._codec: Codec[K, V] = access.codec
 
+    @property
+    def label(self) -> str:
+        return f"{self._access.kind} {self._access.label}"
+
     def key_range(
         self, start: K | None, stop: K | None, prefix: object
     ) -> tuple[bytes | None, bytes | None]:
         return self._codec.key_range(start, stop, prefix)
+
+    def resume_range(self, after: K) -> tuple[bytes, bytes | None]:
+        # The one key of after (checked as a bound is: an ordered coder), and the
+        # smallest key above it.
+        at, _ = self._codec.key_range(after, None, None)
+        assert at is not None  # a bound was given
+        return at, at + b"\x00"
 
     def scan(
         self,
@@ -91,7 +102,7 @@ class DatabaseRanges(Generic[K, V]):
         )
 
 
-class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
+class AsyncDatabase(Ranged[K, K, K, V], Generic[K, V]):
     """One database, read and written through coroutines.
 
     Keys are encoded with :attr:`key_coder` and values with
@@ -172,6 +183,7 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         self._engine = env.engine
         self._decode_small_value = self._decode_small
         self._ranges_of = DatabaseRanges[K, V](self.access)
+        self._bounds_of = RangeBounds[K, K](self._ranges_of)
         super().__init__(self._ranges_of)
 
     @property
@@ -378,11 +390,13 @@ class AsyncDatabase(Ranged[K, K, V], Generic[K, V]):
         start: K | None = None,
         stop: K | None = None,
         *,
+        after: K | None = None,
         prefix: object = None,
         txn: Transaction | None = None,
     ) -> int:
-        """The number of records (with bounds or a prefix, as :meth:`items`: of those only)."""
-        low, high = self.codec.key_range(start, stop, prefix)
+        """The number of records (with bounds, ``after`` or a prefix, as :meth:`items`
+        going forward: of those only)."""
+        low, high = self._bounds_of.raw(start, stop, prefix, after, False)
         return await self._ranges_of.count(low, high, txn)
 
     async def stat(self, *, txn: Transaction | None = None) -> dict[str, int]:

@@ -16,7 +16,7 @@ from ..access import TOO_LARGE, DatabaseAccess
 from ..coders import Coder
 from ..coders.base import escape_element
 from ..errors import DatabaseDroppedError, EncodeError, UnorderedKeyError
-from ..query import Part, Ranged
+from ..query import Part, RangeBounds, Ranged
 from ..scanning import Fetch, Scan, prefix_end
 from ..storage import Buffer, Keyspace, ReadView
 from .upkeep import IndexedRecords, IndexUpkeep
@@ -159,6 +159,10 @@ class IndexRanges(Generic[K, M, IK]):
         self._access = access
         self._records = records
 
+    @property
+    def label(self) -> str:
+        return self._upkeep.label
+
     def exact(self, value: IK) -> bytes:
         """The escaped index key of ``value``."""
         index = self._upkeep.index
@@ -196,6 +200,12 @@ class IndexRanges(Generic[K, M, IK]):
                 high = end if high is None else min(high, end)
         return low, high
 
+    def resume_range(self, after: IK) -> tuple[bytes, bytes | None]:
+        # Every entry of one index key starts with it, escaped; none of another does.
+        at, _ = self.key_range(after, None, None)
+        assert at is not None  # a bound was given
+        return at, prefix_end(at)
+
     def scan(
         self,
         low: bytes | None,
@@ -206,6 +216,25 @@ class IndexRanges(Generic[K, M, IK]):
         txn: Transaction | None,
         part: Part,
     ) -> AsyncIterator[Any]:
+        codec = self._access.codec
+        decode = {
+            Part.ITEMS: codec.decode_item,
+            Part.KEYS: codec.decode_key_of,
+            Part.VALUES: codec.decode_value,
+        }[part]
+        return self._through_entries(low, high, reverse, limit, txn, decode)
+
+    def _through_entries(
+        self,
+        low: bytes | None,
+        high: bytes | None,
+        reverse: bool,
+        limit: int | None,
+        txn: Transaction | None,
+        decode: Callable[[bytes, bytes], Any],
+    ) -> AsyncIterator[Any]:
+        """The records the entries of ``[low, high)`` name, decoded by ``decode`` from
+        their key and value."""
         access = self._access
 
         def through_entries(ctx: Transaction | None) -> AsyncIterator[Any]:
@@ -239,12 +268,6 @@ class IndexRanges(Generic[K, M, IK]):
 
                 return records_of
 
-            codec = access.codec
-            decode = {
-                Part.ITEMS: codec.decode_item,
-                Part.KEYS: codec.decode_key_of,
-                Part.VALUES: codec.decode_value,
-            }[part]
             spec = Scan(opened, low, high, reverse, limit, fetcher, decode)
             return self._stopped_by_drops(access.stream(spec, ctx), opened)
 
@@ -320,13 +343,13 @@ class IndexRanges(Generic[K, M, IK]):
         return await access.read_small_inline(read, ctx)
 
 
-class BoundIndex(Ranged[IK, K, M], Generic[K, M, IK]):
+class BoundIndex(Ranged[IK, IK, K, M], Generic[K, M, IK]):
     """An index of one open collection: the queries through it.
 
     Every query returns records of the collection: ``get`` (unique indexes),
     ``get_all``, ``items``/``keys``/``values`` (with ``start``, ``stop``,
-    ``prefix``, ``reverse``, ``limit`` over index keys, like collection scans),
-    ``count``, ``first`` and ``last``.
+    ``after``, ``prefix``, ``reverse``, ``limit`` over index keys, like
+    collection scans), ``count``, ``first`` and ``last``.
     """
 
     def __init__(
@@ -343,6 +366,7 @@ class BoundIndex(Ranged[IK, K, M], Generic[K, M, IK]):
         self.upkeep = upkeep
         self._label = upkeep.label
         self._index_ranges = IndexRanges[K, M, IK](upkeep, collection.access, records)
+        self._index_bounds = RangeBounds[IK, IK](self._index_ranges)
         super().__init__(self._index_ranges)
 
     async def get(self, value: IK, *, txn: Transaction | None = None) -> M | None:
@@ -368,22 +392,24 @@ class BoundIndex(Ranged[IK, K, M], Generic[K, M, IK]):
         *,
         start: IK | None = None,
         stop: IK | None = None,
+        after: IK | None = None,
         prefix: object = None,
         txn: Transaction | None = None,
     ) -> int:
-        """How many entries have index key ``value`` (with ``start``/``stop``/``prefix``, as
-        :meth:`items`: in that range; with nothing, every entry).
+        """How many entries have index key ``value`` (with ``start``/``stop``/``after``/
+        ``prefix``, as :meth:`items` going forward: in that range; with nothing, every
+        entry).
 
         Each record has one entry per index key it has (several with
         ``multi=True``, none when the extractor gave None).
         """
         ranges = self._index_ranges
         if value is not None:
-            if (start, stop, prefix) != (None, None, None):
+            if (start, stop, after, prefix) != (None, None, None, None):
                 raise TypeError(f"{self._label}: count() takes a value, or bounds, not both")
             entry = ranges.exact(value)
             return await ranges.count(entry, prefix_end(entry), txn)
-        low, high = ranges.key_range(start, stop, prefix)
+        low, high = self._index_bounds.raw(start, stop, prefix, after, False)
         return await ranges.count(low, high, txn)
 
     def __repr__(self) -> str:
