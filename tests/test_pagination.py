@@ -1,5 +1,6 @@
-"""Keyset pagination: ``after=`` on databases, collections and indexes, and counts over
-ranges, on every engine."""
+"""Keyset pagination: ``after=`` on databases, collections and indexes, index cursors
+resuming inside one index key, and counts over ranges, on every engine and in
+transactions."""
 
 from __future__ import annotations
 
@@ -7,11 +8,12 @@ from collections.abc import AsyncIterator
 from typing import Any, TypeVar
 
 import pytest
+from conftest import bounded, detached
 from pydantic import BaseModel
 
 import aiolmdb
 from aiolmdb.coders import Int64Coder, JSONCoder, StringCoder, TupleCoder, UInt32Coder, UInt64Coder
-from aiolmdb.models import Collection, Index
+from aiolmdb.models import Collection, Index, IndexCursor, IndexEntry
 
 T = TypeVar("T")
 Env = aiolmdb.AsyncEnvironment
@@ -207,3 +209,150 @@ async def test_counts_of_a_tuple_index_over_prefixes_and_ranges(posts: Posts) ->
     )
     assert await index.count(prefix=("Oslo",), after=("Oslo", 50)) == sum(p.age > 50 for p in oslo)
     assert await posts.count(after=N_POSTS - 3) == 2
+
+
+def expected_entries(reverse: bool = False) -> list[tuple[str, int]]:
+    """Every (tag, key) entry of by_tag, in the index's order."""
+    entries = sorted(
+        (tag, i)
+        for i in range(N_POSTS)
+        for tag in post(i).tags  # keys are UInt64: byte order is numeric order
+    )
+    return entries[::-1] if reverse else entries
+
+
+async def entry_pages(
+    posts: Posts, size: int, **bounds: Any
+) -> list[list[IndexEntry[str, int, Post]]]:
+    found: list[list[IndexEntry[str, int, Post]]] = []
+    cursor: IndexCursor[str, int] | None = None
+    while True:
+        page = await collect(posts.by_tag.entries(after=cursor, limit=size, **bounds))
+        if not page:
+            return found
+        found.append(page)
+        cursor = page[-1].cursor
+
+
+@pytest.mark.parametrize("reverse", [False, True], ids=["forward", "reverse"])
+@pytest.mark.parametrize("size", [1, 333, 1100])
+async def test_index_cursors_resume_inside_one_index_key(
+    posts: Posts, size: int, reverse: bool
+) -> None:
+    if size == 1 and reverse:
+        pytest.skip("one-entry pages are covered going forward")
+    found = await entry_pages(posts, size, reverse=reverse)
+    got = [(entry.index_key, entry.key) for page in found for entry in page]
+    assert got == expected_entries(reverse)
+    assert all(len(page) == size for page in found[:-1])
+    assert all(entry.value == post(entry.key) for page in found for entry in page)
+
+
+async def test_index_cursors_within_bounds(posts: Posts) -> None:
+    found = await entry_pages(posts, 100, prefix="e")
+    assert [(e.index_key, e.key) for p in found for e in p] == [
+        ("even", i) for i in range(0, N_POSTS, 2)
+    ]
+    found = await entry_pages(posts, 100, stop="seven")
+    assert [(e.index_key, e.key) for p in found for e in p] == [
+        entry for entry in expected_entries() if entry[0] < "seven"
+    ]
+    found = await entry_pages(posts, 100, start="even", reverse=True)
+    assert [(e.index_key, e.key) for p in found for e in p] == [
+        entry for entry in expected_entries(reverse=True) if entry[0] >= "even"
+    ]
+
+
+async def test_items_keys_values_and_count_take_cursors_and_index_keys(posts: Posts) -> None:
+    index = posts.by_tag
+    cursor = IndexCursor("even", 10)
+    assert await collect(index.keys(after=cursor, limit=3)) == [12, 14, 16]
+    assert await collect(index.keys(after=cursor, reverse=True, limit=3)) == [8, 6, 4]
+    assert [k for k, _ in await collect(index.items(after=cursor, limit=2))] == [12, 14]
+    assert await collect(index.values(after=cursor, limit=1)) == [post(12)]
+    # A cursor naming no stored entry resumes where it would sort.
+    assert await collect(index.keys(after=IndexCursor("even", 11), limit=2)) == [12, 14]
+    assert await collect(index.keys(after=IndexCursor("f", 0), limit=2)) == [0, 7]
+    assert await index.count(after=IndexCursor("seven", 1491)) == 1
+    assert await index.count(after=cursor, prefix="e") == len(range(12, N_POSTS, 2))
+    with pytest.raises(TypeError, match="a value, or bounds, not both"):
+        await index.count("even", after=cursor)
+    with pytest.raises(TypeError, match=r"index 'Posts'.by_tag: start= and after= were both"):
+        index.entries(start="a", after=cursor)
+
+
+async def test_cursor_of_a_unique_index_is_its_index_key(posts: Posts) -> None:
+    index = posts.by_slug
+    first = await collect(index.entries(limit=2))
+    assert [(e.index_key, e.key) for e in first] == [("s00000", 0), ("s00001", 1)]
+    assert await collect(index.keys(after=first[-1].cursor, limit=2)) == [2, 3]
+    # The record key of a unique index's cursor is not looked at.
+    assert await collect(index.keys(after=IndexCursor("s00001", 999), limit=1)) == [2]
+    assert await collect(index.keys(after=IndexCursor("s00003", 0), reverse=True)) == [2, 1, 0]
+
+
+async def test_a_cursor_of_a_tuple_index_resumes_inside_a_prefix(posts: Posts) -> None:
+    index = posts.by_city_age
+    oslo = await collect(index.entries(prefix=("Oslo",)))
+    last = oslo[9]
+    assert await index.count(prefix=("Oslo",), after=last.cursor) == len(oslo) - 10
+    rest = await collect(index.entries(prefix=("Oslo",), after=last.cursor))
+    assert rest == oslo[10:]
+    back = await collect(index.entries(prefix=("Oslo",), after=last.cursor, reverse=True))
+    assert back == oslo[:9][::-1]
+
+
+async def test_a_cursor_needs_index_and_record_keys_of_their_types(posts: Posts) -> None:
+    with pytest.raises(aiolmdb.EncodeError, match=r"index 'Posts'.by_tag: cannot encode 3"):
+        await collect(posts.by_tag.keys(after=IndexCursor(3, 0)))  # type: ignore[arg-type]
+    with pytest.raises(aiolmdb.EncodeError, match=r"database 'Posts': cannot encode key 'x'"):
+        await collect(posts.by_tag.keys(after=IndexCursor("all", "x")))  # type: ignore[arg-type]
+    with pytest.raises(TypeError, match=r"by_tag: IndexCursor\(index_key=None, key=1\) has no"):
+        await collect(posts.by_tag.keys(after=IndexCursor(None, 1)))  # type: ignore[arg-type]
+
+
+# -- in transactions ------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("optimistic", [False, True], ids=["plain", "optimistic"])
+async def test_pages_in_a_write_transaction_see_its_writes(
+    posts: Posts, env: Env, optimistic: bool
+) -> None:
+    async with env.transaction(optimistic=optimistic) as txn:
+        await posts.put(N_POSTS, post(N_POSTS), txn=txn)
+        await posts.delete(2, txn=txn)
+        found = await entry_pages_in(posts, txn, prefix="all")
+        assert found == [("all", i) for i in range(N_POSTS + 1) if i != 2]
+        assert await posts.by_tag.count(after=IndexCursor("all", 1), prefix="all", txn=txn) == (
+            N_POSTS - 2
+        )
+        assert await collect(posts.keys(after=N_POSTS - 2, txn=txn)) == [N_POSTS - 1, N_POSTS]
+        assert await posts.count(after=0, stop=4, txn=txn) == 2
+
+
+async def entry_pages_in(
+    posts: Posts,
+    txn: aiolmdb.Transaction,
+    cursor: IndexCursor[str, int] | None = None,
+    **bounds: Any,
+) -> list[tuple[str, int]]:
+    """The (tag, key) of every entry in ``txn``, in pages of 400 from ``cursor`` on."""
+    got: list[tuple[str, int]] = []
+    while True:
+        page = await collect(posts.by_tag.entries(after=cursor, limit=400, txn=txn, **bounds))
+        if not page:
+            return got
+        got.extend((entry.index_key, entry.key) for entry in page)
+        cursor = page[-1].cursor
+
+
+async def test_pages_in_a_read_snapshot_do_not_see_later_writes(posts: Posts, env: Env) -> None:
+    async with env.transaction(write=False) as txn:
+        first = await collect(posts.by_tag.entries(prefix="all", limit=700, txn=txn))
+        # Committed outside the snapshot.
+        await bounded(detached(posts.put(N_POSTS, post(N_POSTS))))
+        await bounded(detached(posts.delete(1000)))
+        rest = await entry_pages_in(posts, txn, first[-1].cursor, prefix="all")
+        assert [(e.index_key, e.key) for e in first] + rest == [("all", i) for i in range(N_POSTS)]
+        assert await posts.count(after=N_POSTS - 2, txn=txn) == 1
+    assert await posts.by_tag.count(after=IndexCursor("all", N_POSTS - 1), prefix="all") == 1

@@ -8,14 +8,15 @@ read, a batch at a time.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import AsyncIterator, Callable, Iterable
 from typing import TYPE_CHECKING, Any, Generic, Literal, TypeVar, overload
 
 from ..access import TOO_LARGE, DatabaseAccess
 from ..coders import Coder
-from ..coders.base import escape_element
-from ..errors import DatabaseDroppedError, EncodeError, UnorderedKeyError
+from ..coders.base import escape_element, unescape_element
+from ..errors import DatabaseDroppedError, DecodeError, EncodeError, UnorderedKeyError
 from ..query import Part, RangeBounds, Ranged
 from ..scanning import Fetch, Scan, prefix_end
 from ..storage import Buffer, Keyspace, ReadView
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
     from ..transaction import Transaction
     from .collection import Collection
 
-__all__ = ["LAYOUT", "BoundIndex", "Index"]
+__all__ = ["LAYOUT", "BoundIndex", "Index", "IndexCursor", "IndexEntry"]
 
 IK = TypeVar("IK")
 
@@ -148,6 +149,43 @@ class Index(Generic[IK]):
         return f"Index({self.name}, {self.coder!r}{flags})"
 
 
+@dataclasses.dataclass(frozen=True)
+class IndexCursor(Generic[IK, K]):
+    """Where a scan of an index stopped: one entry, named by its index key and the key
+    of the record it points to.
+
+    ``index.items(after=IndexCursor(index_key, key))`` continues with the
+    entry after that one, in the scan's direction, even inside one index key
+    shared by many records (a non-unique or ``multi=True`` index). Entries of
+    one index key follow the order of the records' keys as stored (byte
+    order), whatever the key coder. In a unique index the index key alone
+    names the entry, and ``key`` is not looked at.
+    """
+
+    #: The index key of the entry.
+    index_key: IK
+    #: The key of the record the entry points to.
+    key: K
+
+
+@dataclasses.dataclass(frozen=True)
+class IndexEntry(Generic[IK, K, M]):
+    """One entry of an index as :meth:`BoundIndex.entries` gives it: its index key and the
+    record it points to."""
+
+    #: The index key of the entry (one of a record's keys with ``multi=True``).
+    index_key: IK
+    #: The key of the record.
+    key: K
+    #: The record.
+    value: M
+
+    @property
+    def cursor(self) -> IndexCursor[IK, K]:
+        """The cursor of this entry: ``after=entry.cursor`` continues after it."""
+        return IndexCursor(self.index_key, self.key)
+
+
 class IndexRanges(Generic[K, M, IK]):
     """The range queries of an index: over its entries, bounded by index keys, giving
     the records the entries name."""
@@ -200,11 +238,21 @@ class IndexRanges(Generic[K, M, IK]):
                 high = end if high is None else min(high, end)
         return low, high
 
-    def resume_range(self, after: IK) -> tuple[bytes, bytes | None]:
-        # Every entry of one index key starts with it, escaped; none of another does.
-        at, _ = self.key_range(after, None, None)
-        assert at is not None  # a bound was given
-        return at, prefix_end(at)
+    def resume_range(self, after: IK | IndexCursor[IK, K]) -> tuple[bytes, bytes | None]:
+        if not isinstance(after, IndexCursor):
+            # Every entry of one index key starts with it, escaped; none of another does.
+            at, _ = self.key_range(after, None, None)
+            assert at is not None  # a bound was given
+            return at, prefix_end(at)
+        if after.index_key is None:
+            raise TypeError(f"{self.label}: {after!r} has no index key to resume after")
+        at, _ = self.key_range(after.index_key, None, None)
+        assert at is not None
+        if self._upkeep.index.unique:  # the entry is the index key alone
+            return at, prefix_end(at)
+        # A plain entry is the escaped index key followed by the record's key.
+        at += self._access.codec.encode_key(after.key)
+        return at, at + b"\x00"
 
     def scan(
         self,
@@ -222,7 +270,37 @@ class IndexRanges(Generic[K, M, IK]):
             Part.KEYS: codec.decode_key_of,
             Part.VALUES: codec.decode_value,
         }[part]
-        return self._through_entries(low, high, reverse, limit, txn, decode)
+        return self._through_entries(low, high, reverse, limit, txn, decode, with_entries=False)
+
+    def entries(
+        self,
+        low: bytes | None,
+        high: bytes | None,
+        *,
+        reverse: bool,
+        limit: int | None,
+        txn: Transaction | None,
+    ) -> AsyncIterator[IndexEntry[IK, K, M]]:
+        """The entries of ``[low, high)`` in order, each with its index key and record."""
+        return self._through_entries(
+            low, high, reverse, limit, txn, self._decode_entry, with_entries=True
+        )
+
+    def _decode_entry(self, entry: bytes, buf: bytes) -> IndexEntry[IK, K, M]:
+        """An entry fetched by :meth:`entries`: its escaped index key followed by the
+        record's key, and the record."""
+        index = self._upkeep.index
+        raw_index_key, end = unescape_element(entry, 0)
+        raw_key = entry[end:]
+        try:
+            index_key: IK = index.coder.deserialize(raw_index_key)
+        except Exception as exc:
+            raise DecodeError(
+                f"{self._upkeep.label}: cannot decode the index key {raw_index_key!r} of key "
+                f"{self._access.codec.show_key(raw_key)} with {index.coder!r}: {exc}"
+            ) from exc
+        key, value = self._access.codec.decode_item(raw_key, buf)
+        return IndexEntry(index_key, key, value)
 
     def _through_entries(
         self,
@@ -232,9 +310,11 @@ class IndexRanges(Generic[K, M, IK]):
         limit: int | None,
         txn: Transaction | None,
         decode: Callable[[bytes, bytes], Any],
+        *,
+        with_entries: bool,
     ) -> AsyncIterator[Any]:
         """The records the entries of ``[low, high)`` name, decoded by ``decode`` from
-        their key and value."""
+        their key (``with_entries``: the entry's index key, then their key) and value."""
         access = self._access
 
         def through_entries(ctx: Transaction | None) -> AsyncIterator[Any]:
@@ -264,6 +344,11 @@ class IndexRanges(Generic[K, M, IK]):
                                 f"{upkeep.label} has an entry for a missing record"
                             )
                         found.append((raw_key, buf))
+                    if with_entries:  # the escaped index key, then the record's key
+                        return [
+                            (entry + raw_key if upkeep.index.unique else entry, buf)
+                            for (entry, _), (raw_key, buf) in zip(entries, found, strict=True)
+                        ]
                     return found
 
                 return records_of
@@ -343,13 +428,19 @@ class IndexRanges(Generic[K, M, IK]):
         return await access.read_small_inline(read, ctx)
 
 
-class BoundIndex(Ranged[IK, IK, K, M], Generic[K, M, IK]):
+class BoundIndex(Ranged[IK, "IK | IndexCursor[IK, K]", K, M], Generic[K, M, IK]):
     """An index of one open collection: the queries through it.
 
     Every query returns records of the collection: ``get`` (unique indexes),
     ``get_all``, ``items``/``keys``/``values`` (with ``start``, ``stop``,
     ``after``, ``prefix``, ``reverse``, ``limit`` over index keys, like
-    collection scans), ``count``, ``first`` and ``last``.
+    collection scans), ``entries`` (the same, with each entry's index key),
+    ``count``, ``first`` and ``last``.
+
+    ``after`` takes an index key (continue past every entry of it) or an
+    :class:`IndexCursor` (continue past that one entry, inside its index key):
+    the cursor of the last entry :meth:`entries` gave resumes a scan exactly
+    where it stopped, on a non-unique or ``multi=True`` index too.
     """
 
     def __init__(
@@ -366,7 +457,7 @@ class BoundIndex(Ranged[IK, IK, K, M], Generic[K, M, IK]):
         self.upkeep = upkeep
         self._label = upkeep.label
         self._index_ranges = IndexRanges[K, M, IK](upkeep, collection.access, records)
-        self._index_bounds = RangeBounds[IK, IK](self._index_ranges)
+        self._index_bounds = RangeBounds[IK, IK | IndexCursor[IK, K]](self._index_ranges)
         super().__init__(self._index_ranges)
 
     async def get(self, value: IK, *, txn: Transaction | None = None) -> M | None:
@@ -386,13 +477,35 @@ class BoundIndex(Ranged[IK, IK, K, M], Generic[K, M, IK]):
         )
         return [record async for record in records]
 
+    def entries(
+        self,
+        start: IK | None = None,
+        stop: IK | None = None,
+        *,
+        after: IK | IndexCursor[IK, K] | None = None,
+        prefix: object = None,
+        reverse: bool = False,
+        limit: int | None = None,
+        txn: Transaction | None = None,
+    ) -> AsyncIterator[IndexEntry[IK, K, M]]:
+        """Iterate over the index's entries in order, as :meth:`items` does, each an
+        :class:`IndexEntry` (index key, record key, record).
+
+        A record comes once per index key it has (several with
+        ``multi=True``); ``entry.cursor`` is what ``after=`` takes to continue
+        after it.
+        """
+        ranges = self._index_ranges
+        low, high = self._index_bounds.raw(start, stop, prefix, after, reverse)
+        return ranges.entries(low, high, reverse=reverse, limit=limit, txn=txn)
+
     async def count(
         self,
         value: IK | None = None,
         *,
         start: IK | None = None,
         stop: IK | None = None,
-        after: IK | None = None,
+        after: IK | IndexCursor[IK, K] | None = None,
         prefix: object = None,
         txn: Transaction | None = None,
     ) -> int:
