@@ -21,6 +21,7 @@ __all__ = [
     "DecodeError",
     "DiskFullError",
     "EncodeError",
+    "IndexExtractorError",
     "IndexNotReadyError",
     "KeyExistsError",
     "KeyNotFoundError",
@@ -44,6 +45,37 @@ class EncodeError(AiolmdbError, TypeError):
     Raised before anything is written. The message names the database, the
     coder and the type of the offending object.
     """
+
+
+class IndexExtractorError(AiolmdbError):
+    """An index's extractor raised (or returned what its index cannot take) on a record.
+
+    A bug in the application's declaration, not bad input: unlike
+    :class:`EncodeError` it derives from neither ``TypeError`` nor
+    ``ValueError``. Raised before anything is written, so the write (and, in
+    a transaction, that call) leaves nothing behind. The message names the
+    collection, the index and the record's key; the extractor's own exception
+    is the ``__cause__``.
+    """
+
+    def __init__(self, message: str, *, collection: str, index: str, key: object) -> None:
+        super().__init__(message)
+        #: The name of the collection.
+        self.collection = collection
+        #: The name of the index.
+        self.index = index
+        #: The key of the record (decoded; its stored bytes when it does not decode).
+        self.key = key
+
+    def __reduce__(self) -> tuple[object, ...]:
+        # Keyword-only arguments: copies (raise_again) and pickles rebuild through this.
+        return (_rebuild_extractor_error, (self.args[0], self.collection, self.index, self.key))
+
+
+def _rebuild_extractor_error(
+    message: str, collection: str, index: str, key: object
+) -> IndexExtractorError:
+    return IndexExtractorError(message, collection=collection, index=index, key=key)
 
 
 class DecodeError(AiolmdbError, ValueError):

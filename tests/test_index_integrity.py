@@ -431,6 +431,6 @@ class Tags(Collection[int, Tagged]):
 
 async def test_a_multi_index_refuses_a_string_for_its_keys(env: aiolmdb.AsyncEnvironment) -> None:
     tags = await Tags.open(env)
-    with pytest.raises(aiolmdb.EncodeError, match=r"by_tag.*key 1.*multi=True.*str"):
+    with pytest.raises(aiolmdb.IndexExtractorError, match=r"by_tag.*key 1.*multi=True.*str"):
         await tags.put(1, Tagged(tag="admin"))
     assert await tags.count() == 0

@@ -341,7 +341,9 @@ async def test_insert_refuses_an_existing_key(users: Users) -> None:
     assert await users.by_email.get("six@x") is not None
 
 
-async def test_extractor_errors_are_encode_errors(env: aiolmdb.AsyncEnvironment) -> None:
+async def test_an_index_coder_failing_on_an_extracted_key_is_an_encode_error(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
     class Broken(Collection[int, User]):
         key_coder = UInt64Coder()
         by_age = Index(lambda u: u.age, StringCoder())  # an int given to a str coder

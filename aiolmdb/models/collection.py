@@ -217,11 +217,12 @@ class Collection(AsyncDatabase[K, M]):
         return records
 
     def _upkeep(self, index: Index[Any], keyspace: Keyspace) -> IndexUpkeep[M]:
+        assert isinstance(self.name, str)  # a collection with indexes has a str name
         return IndexUpkeep(
             index,
             keyspace,
             self.codec,
-            self.label,
+            self.name,
             index.signature_bytes(),
             self.env.max_key_size(),
         )

@@ -49,9 +49,11 @@ class Index(Generic[IK]):
 
     ``extractor(record)`` returns the record's index key, or None to leave
     the record out of the index; with ``multi=True`` it returns an iterable
-    of keys, each indexed. ``coder`` encodes index keys (an ordered one for
-    range and prefix queries). ``unique=True`` makes a write that would give
-    two records the same index key raise :class:`UniqueViolationError`.
+    of keys, each indexed. An exception the extractor raises fails the write
+    with :class:`IndexExtractorError` (nothing written). ``coder`` encodes
+    index keys (an ordered one for range and prefix queries). ``unique=True``
+    makes a write that would give two records the same index key raise
+    :class:`UniqueViolationError`.
     Change ``version`` when you change the extractor: the index is then
     rebuilt when the collection is opened.
 

@@ -25,6 +25,7 @@ from ..coders.base import escape_element, unescape_element
 from ..errors import (
     DatabaseDroppedError,
     EncodeError,
+    IndexExtractorError,
     IndexNotReadyError,
     UniqueViolationError,
     raise_again,
@@ -56,15 +57,16 @@ class IndexUpkeep(Generic[M]):
         index: Index[Any],
         keyspace: Keyspace,
         codec: Codec[Any, M],
-        collection_label: str,
+        collection_name: str,
         signature: bytes,
         max_key_size: int,
     ) -> None:
         self.index = index
         self.keyspace = keyspace
         self._codec = codec
+        self._collection_name = collection_name
         #: How messages name the index.
-        self.label = f"index {collection_label}.{index.name}"
+        self.label = f"index {collection_name!r}.{index.name}"
         #: The declaration's signature, as the catalog stores it.
         self.signature = signature
         self._max_key_size = max_key_size
@@ -83,8 +85,10 @@ class IndexUpkeep(Generic[M]):
     def entry_keys(self, record: M, raw_key: bytes) -> set[bytes]:
         """The escaped index keys that ``record``, stored under ``raw_key``, has in this index.
 
-        Raises EncodeError, naming the record's key, when the extractor or the
-        coder fails or an entry would exceed the engine's key size.
+        Raises IndexExtractorError when the extractor fails (a bug of the
+        declaration), and EncodeError when the coder cannot encode what it
+        gave or an entry would exceed the engine's key size; both name the
+        record's key.
         """
         # A non-unique entry is the index key followed by the record's key.
         extra = 0 if self.index.unique else len(raw_key)
@@ -108,7 +112,7 @@ class IndexUpkeep(Generic[M]):
         try:
             extracted = self.index.extractor(record)
         except Exception as exc:
-            raise self._error(
+            raise self._extractor_error(
                 raw_key, f"the extractor failed on a {type(record).__name__}: {exc!r}"
             ) from exc
         if extracted is None:
@@ -116,17 +120,31 @@ class IndexUpkeep(Generic[M]):
         if not self.index.multi:
             return [extracted]
         if isinstance(extracted, (str, bytes)):
-            raise self._error(
+            raise self._extractor_error(
                 raw_key,
                 f"a multi=True index needs an iterable of index keys, and the extractor "
                 f"returned a {type(extracted).__name__} ({show(extracted)})",
             )
-        try:
+        try:  # a generator's body runs here
             return [value for value in extracted if value is not None]
-        except TypeError as exc:
-            raise self._error(
-                raw_key, f"a multi=True index needs an iterable of index keys: {exc}"
+        except Exception as exc:
+            raise self._extractor_error(
+                raw_key,
+                f"a multi=True index needs an iterable of index keys, and iterating what "
+                f"the extractor returned ({type(extracted).__name__}) failed: {exc!r}",
             ) from exc
+
+    def _extractor_error(self, raw_key: bytes, problem: str) -> IndexExtractorError:
+        try:
+            key: object = self._codec.key_coder.deserialize(raw_key)
+        except Exception:
+            key = raw_key
+        return IndexExtractorError(
+            f"{self.label}, key {self._codec.show_key(raw_key)}: {problem}",
+            collection=self._collection_name,
+            index=self.index.name,
+            key=key,
+        )
 
     def _error(self, raw_key: bytes, problem: str) -> EncodeError:
         return EncodeError(
