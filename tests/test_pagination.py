@@ -328,6 +328,11 @@ async def test_pages_in_a_write_transaction_see_its_writes(
         )
         assert await collect(posts.keys(after=N_POSTS - 2, txn=txn)) == [N_POSTS - 1, N_POSTS]
         assert await posts.count(after=0, stop=4, txn=txn) == 2
+        # A stop below after, in the transaction's writes too: nothing.
+        await posts.put(3, post(3), txn=txn)
+        assert await collect(posts.keys(after=10, stop=4, txn=txn)) == []
+        assert await posts.count(after=10, stop=4, txn=txn) == 0
+        assert await posts.by_tag.count(after=IndexCursor("all", 10), stop="all", txn=txn) == 0
 
 
 async def entry_pages_in(
