@@ -103,9 +103,8 @@ class RangeBounds(Generic[B, A]):
             direction = "a reverse scan" if reverse else "a scan"
             raise TypeError(
                 f"{self._ranges.label}: {begins_at}= and after= were both given: after= "
-                f"takes the place of "
-                f"{begins_at}= in {direction} (it continues past the last key seen); "
-                "give one of them"
+                f"takes the place of {begins_at}= in {direction} (it continues past the "
+                "last key seen); give one of them"
             )
         low, high = self._ranges.key_range(start, stop, prefix)
         if after is None:
