@@ -3,7 +3,7 @@
 # mypy --strict, the import-linter layering contracts (pyproject.toml) and ruff.
 # Works on a fresh clone with Python >= 3.10 and pip; as root with apt-get it installs
 # the system packages the tests need (scripts/_system.sh).
-source "$(dirname "$0")/_venv.sh" "[dev,bench,postgres,cli]"
+source "$(dirname "$0")/_venv.sh" "[dev,bench,postgres,cli,examples]"
 # System packages (pg_auto_failover); _venv.sh went to the checkout's root.
 source scripts/_system.sh
 .venv/bin/python -m pytest "$@"
