@@ -11,7 +11,6 @@ import signal
 import sys
 import uuid
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
 from http import HTTPStatus
 from pathlib import Path
 from typing import Any
@@ -19,10 +18,8 @@ from typing import Any
 import httpx
 import pytest
 from conftest import TIMEOUT, EngineKind, bounded
-from fastapi import FastAPI
 from helpers.postgres import PostgresServer
 from helpers.postgres_fixtures import SWITCH
-from starlette.types import Receive, Scope, Send
 
 import aiolmdb
 from aiolmdb.errors import (
@@ -42,8 +39,9 @@ from aiolmdb.errors import (
     UniqueViolationError,
 )
 from aiolmdb.storage.locations import MEMORY
-from examples.webservice.app import Store, create_app
+from examples.webservice.app import create_app
 from examples.webservice.errors import problem_response, status_for
+from examples.webservice.inprocess import in_process
 from examples.webservice.ledger import InsufficientFundsError
 from examples.webservice.models import Accounts
 
@@ -61,31 +59,10 @@ def location(engine_kind: EngineKind, tmp_path: Path, request: pytest.FixtureReq
     return MEMORY
 
 
-@asynccontextmanager
-async def serving(app: FastAPI) -> AsyncIterator[tuple[httpx.AsyncClient, Store]]:
-    """A client of ``app`` over ASGI, with the app's lifespan run around it, and the store
-    the lifespan opened.
-
-    As a server does, each request's scope carries a copy of the state the
-    lifespan yielded (httpx's transport runs no lifespan of its own).
-    """
-    async with app.router.lifespan_context(app) as state:
-        assert state is not None
-        opened = state["store"]
-        assert isinstance(opened, Store)
-
-        async def with_state(scope: Scope, receive: Receive, send: Send) -> None:
-            await app({**scope, "state": dict(state)}, receive, send)
-
-        transport = httpx.ASGITransport(app=with_state)
-        async with httpx.AsyncClient(transport=transport, base_url="http://ledger") as client:
-            yield client, opened
-
-
 @pytest.fixture
 async def client(location: str) -> AsyncIterator[httpx.AsyncClient]:
-    async with serving(create_app(location)) as (client, _):
-        yield client
+    async with in_process(create_app(location)) as served:
+        yield served.client
 
 
 def account(account_id: str, balance: int = 0, email: str | None = None) -> dict[str, Any]:
@@ -335,10 +312,10 @@ async def test_concurrent_transfers_conserve_the_total(client: httpx.AsyncClient
 
 async def test_a_closed_store_is_503(location: str) -> None:
     """A request still coming in once the store is closed (the server shutting down)."""
-    async with serving(create_app(location)) as (client, store):
-        await open_accounts(client, account("ada"))
-        await store.env.close()
-        response = await client.get("/accounts/ada")
+    async with in_process(create_app(location)) as served:
+        await open_accounts(served.client, account("ada"))
+        await served.store.env.close()
+        response = await served.client.get("/accounts/ada")
     assert problem(response, HTTPStatus.SERVICE_UNAVAILABLE, "ClosedError") == "Service Unavailable"
     assert response.headers["Retry-After"] == "1"
 
@@ -349,10 +326,10 @@ async def test_a_database_server_gone_away_is_503_without_its_address() -> None:
     # A server of its own, since this test stops it.
     server = await asyncio.to_thread(PostgresServer().start)
     try:
-        async with serving(create_app(server.url, reconnect_timeout=0.5)) as (client, _):
-            await open_accounts(client, account("ada"))
+        async with in_process(create_app(server.url, reconnect_timeout=0.5)) as served:
+            await open_accounts(served.client, account("ada"))
             await asyncio.to_thread(server.stop)
-            response = await client.get("/accounts/ada")
+            response = await served.client.get("/accounts/ada")
     finally:
         await asyncio.to_thread(server.stop)
     detail = problem(response, HTTPStatus.SERVICE_UNAVAILABLE, "UnavailableError")

@@ -46,8 +46,9 @@ class Store:
 
 def store(request: Request) -> Store:
     """The open store, from the lifespan's state."""
-    opened = request.state.store
-    assert isinstance(opened, Store), f"the lifespan's state holds {opened!r}, not a Store"
+    opened = getattr(request.state, "store", None)
+    if not isinstance(opened, Store):
+        raise RuntimeError(f"the lifespan's state holds no Store but {opened!r}")
     return opened
 
 
