@@ -46,6 +46,26 @@ from examples.webservice.ledger import InsufficientFundsError
 from examples.webservice.models import Accounts
 
 ROOT = Path(__file__).resolve().parents[1]
+GUIDE = ROOT / "docs" / "web-service.md"
+#: A block of the guide that quotes the example: the file it names must hold it as shown.
+QUOTE = re.compile(
+    r"<!-- fragment: an excerpt of (examples/webservice/\w+\.py) -->\n```python\n(.*?)\n```",
+    re.DOTALL,
+)
+
+
+def test_the_guide_quotes_the_example_as_it_is() -> None:
+    quotes = QUOTE.findall(GUIDE.read_text(encoding="utf-8"))
+    assert {path for path, _ in quotes} == {
+        "examples/webservice/models.py",
+        "examples/webservice/app.py",
+        "examples/webservice/errors.py",
+        "examples/webservice/ledger.py",
+    }
+    for path, code in quotes:
+        source = (ROOT / path).read_text(encoding="utf-8")
+        first = code.splitlines()[0]
+        assert code in source, f"docs/web-service.md quotes {path} as it no longer is: {first!r}"
 
 
 @pytest.fixture
