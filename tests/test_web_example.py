@@ -297,11 +297,11 @@ async def test_pagination_walks_every_page_with_writes_in_between(
 
 
 async def test_concurrent_transfers_conserve_the_total(client: httpx.AsyncClient) -> None:
-    names = [f"acct-{n}" for n in range(5)]
+    names = [f"acct-{n}" for n in range(8)]
     await open_accounts(client, *(account(name, 1_000) for name in names))
     rng = random.Random(14)
     orders: list[dict[str, Any]] = []
-    for _ in range(60):
+    for _ in range(40):
         source, target = rng.sample(names, 2)
         orders.append(
             {
@@ -326,7 +326,7 @@ async def test_concurrent_transfers_conserve_the_total(client: httpx.AsyncClient
     assert made > 0
     final = await balances(client)
     assert final == expected
-    assert sum(final.values()) == 5_000
+    assert sum(final.values()) == 8_000
     assert min(final.values()) >= 0
 
 
