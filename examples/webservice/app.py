@@ -131,10 +131,7 @@ async def list_accounts(
     neither shift nor repeat the pages after.
     """
     # One more than the page, to know whether there is a next page.
-    items = [account async for account in accounts.values(start=after, limit=limit + 2)]
-    if items and items[0].id == after:
-        items = items[1:]
-    items = items[: limit + 1]
+    items = [account async for account in accounts.values(after=after, limit=limit + 1)]
     more = len(items) > limit
     return AccountPage(items=items[:limit], next=items[limit - 1].id if more else None)
 
