@@ -136,6 +136,8 @@ async def test_accounts_open_change_and_close(client: httpx.AsyncClient) -> None
     assert (await client.get("/accounts/ada")).json() == changed.json()
     # The old email is free again, the new one is taken.
     await open_accounts(client, account("bob", email="ada@example.com"))
+    taken = await client.post("/accounts", json=account("cy", email="ada@lovelace.org"))
+    assert "ada@lovelace.org" in problem(taken, HTTPStatus.CONFLICT, "UniqueViolationError")
 
     closed = await client.delete("/accounts/ada")
     assert closed.status_code == HTTPStatus.NO_CONTENT
