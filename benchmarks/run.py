@@ -4,13 +4,14 @@ aiolmdb runs on LMDB; its in-memory engine (``aiolmdb :memory:`` rows) runs
 beside it, informative only, where a workload is about the API. P1-P6 run its
 PostgreSQL engine against the raw driver (psycopg 3) sending the same statements.
 
-Run ``python -m benchmarks.run [--quick] [--only W1,P3] [--json PATH] [--strict]
-[--postgres URL]`` (without ``--postgres``, P1-P6 start a throwaway server; where
+Run ``python -m benchmarks.run [--quick] [--only W1,P3] [--json PATH] [--chart PATH]
+[--strict] [--postgres URL]`` (without ``--postgres``, P1-P6 start a throwaway server; where
 none can be had, they are reported skipped, with the reason).
 Prints the machine, then one Markdown table (one row per contender per
 workload, with the issue's targets evaluated as PASS/FAIL), then notes on how
 each workload was measured; writes the same results as JSON (by default to
-``benchmarks/results/latest.json``).
+``benchmarks/results/latest.json``) and, with ``--chart``, a chart of them
+(``benchmarks.chart``; ``python -m benchmarks.chart`` draws one from a JSON written earlier).
 
 Speed is reported, never asserted: the exit code is 0 even when targets fail,
 unless ``--strict`` is given (then 3). A workload that crashes is reported
@@ -42,6 +43,7 @@ import pydantic
 
 import aiolmdb
 
+from . import chart
 from ._harness import Row, Sizes, Skipped
 from ._pg_server import check_url, postgres_source
 from ._workloads import WORKLOADS
@@ -175,6 +177,11 @@ def _parse(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--json", default=str(DEFAULT_JSON), help="where to write the results as JSON"
     )
+    parser.add_argument(
+        "--chart",
+        metavar="PATH",
+        help="also draw the results as a chart (matplotlib) to PATH, e.g. results.svg",
+    )
     parser.add_argument("--strict", action="store_true", help="exit with 3 when a target fails")
     parser.add_argument(
         "--postgres",
@@ -303,6 +310,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(json.dumps(results, indent=2, default=str) + "\n", encoding="utf-8")
     print(f"Results written to {path}")
+    if args.chart is not None:
+        chart.main([str(path), args.chart])
 
     if errors:
         return 1

@@ -49,7 +49,8 @@ def test_quick_run_covers_every_workload_and_contender(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], request: pytest.FixtureRequest
 ) -> None:
     out = tmp_path / "quick.json"
-    argv = ["--quick", "--json", str(out)]
+    chart = tmp_path / "quick.svg"
+    argv = ["--quick", "--json", str(out), "--chart", str(chart)]
     workloads = list(LMDB_WORKLOADS)
     server: PostgresServer | None = None
     if os.environ.get(SWITCH) == "0":
@@ -61,6 +62,7 @@ def test_quick_run_covers_every_workload_and_contender(
         workloads += POSTGRES_WORKLOADS
     assert main(argv) == 0
     results = json.loads(out.read_text())
+    assert chart.read_text(encoding="utf-8").startswith("<?xml")
     assert results["errors"] == []
     assert results["skipped"] == []
     rows = results["rows"]
