@@ -175,3 +175,10 @@ def test_blocks_keep_their_kind_line_and_indentation() -> None:
         (11, Kind.FRAGMENT, "import urllib\n", "needs the network"),
         (14, Kind.SHOWN, "output\n", ""),
     ]
+
+
+def test_the_errors_page_names_every_public_error() -> None:
+    text = (ROOT / "docs" / "errors.md").read_text(encoding="utf-8")
+    public = [name for name in aiolmdb.__all__ if name.endswith("Error")]
+    assert "ConflictError" in public
+    assert [name for name in public if f"`{name}`" not in text] == []
