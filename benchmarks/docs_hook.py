@@ -35,7 +35,7 @@ def on_files(files: Files, config: MkDocsConfig, **kwargs: Any) -> Files:
     page = files.get_file_from_path(PAGE)
     if page is None:
         return files
-    tables = rows_from_table(Path(page.abs_src_path or "").read_text(encoding="utf-8"))
+    tables = rows_from_table(page.content_string)
     for n, rows in enumerate(tables, start=1):
         title = TITLES[n - 1] if n <= len(TITLES) else f"Table {n}"
         files.append(File.generated(config, chart_name(n), content=render_svg(rows, title)))
