@@ -15,6 +15,7 @@ import ast
 import asyncio
 import inspect
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -182,3 +183,11 @@ def test_the_errors_page_names_every_public_error() -> None:
     public = [name for name in aiolmdb.__all__ if name.endswith("Error")]
     assert "ConflictError" in public
     assert [name for name in public if f"`{name}`" not in text] == []
+
+
+def test_the_readme_links_to_files_of_the_checkout() -> None:
+    """mkdocs checks the links of docs/; the README, read on its own, is checked here."""
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    targets = [t for t in re.findall(r"\]\(([^)#]+)(?:#[^)]*)?\)", text) if "://" not in t]
+    assert "docs/index.md" in targets
+    assert [t for t in targets if not (ROOT / t).is_file()] == []
