@@ -43,8 +43,8 @@ def reader_table(location: str, *, clear_stale: bool) -> tuple[str, int | None]:
     transaction), after freeing the slots of processes that died when ``clear_stale``
     (how many were freed; None otherwise).
 
-    Read through py-lmdb directly rather than an opened environment, whose open
-    would clear the stale slots first and take a slot of its own.
+    The table is read without opening the environment for use (see
+    :func:`aiolmdb.storage.lmdb.read_reader_table`).
     """
     if engine_kind(location) is not EngineKind.LMDB:
         raise CliError(
@@ -52,14 +52,12 @@ def reader_table(location: str, *, clear_stale: bool) -> tuple[str, int | None]:
             "only LMDB's environments have one",
             ExitCode.UNSUPPORTED,
         )
-    import lmdb
+    # Here, not at the top: only this command loads the LMDB engine before a location
+    # names it.
+    from ..storage.lmdb import RawError, read_reader_table
 
     try:
-        env = lmdb.open(location, readonly=True, create=False, max_dbs=0)
-        try:
-            cleared: int | None = env.reader_check() if clear_stale else None
-            return env.readers(), cleared
-        finally:
-            env.close()
-    except lmdb.Error as exc:
+        table = read_reader_table(location, clear_stale=clear_stale)
+    except RawError as exc:
         raise CliError(f"readers: {location}: {exc}", ExitCode.PROBLEMS) from exc
+    return table.text, table.cleared

@@ -6,6 +6,7 @@ Imported only when a path names an LMDB environment (``aiolmdb.open(path)``).
 import lmdb
 
 from .engine import LMDB_CAPABILITIES, LmdbEngine, LmdbSettings, version
+from .reader_table import ReaderTable, read_reader_table
 from .views import LmdbReadView, LmdbWriteView
 
 #: py-lmdb's own types, as what only LMDB has (``env.lmdb_env``, ``run()``'s raw
@@ -13,6 +14,8 @@ from .views import LmdbReadView, LmdbWriteView
 RawEnvironment = lmdb.Environment
 RawTransaction = lmdb.Transaction
 RawCursor = lmdb.Cursor
+#: What py-lmdb raises for an environment it cannot use.
+RawError = lmdb.Error
 
 __all__ = [
     "LMDB_CAPABILITIES",
@@ -22,6 +25,9 @@ __all__ = [
     "LmdbWriteView",
     "RawCursor",
     "RawEnvironment",
+    "RawError",
     "RawTransaction",
+    "ReaderTable",
+    "read_reader_table",
     "version",
 ]
