@@ -128,44 +128,44 @@ async def test_a_get_after_a_transaction_commits_sees_it(env: aiolmdb.AsyncEnvir
     assert await db.get(b"k") == b"inside"
 
 
-@pytest.mark.lmdb_only
-async def test_a_batched_commit_renews_the_reused_read(open_env: EnvFactory, ageless: None) -> None:
-    env = open_env()
-    db = env.open_db("data")
-    await db.put(b"k", b"before")
-    assert read_inline(db, b"k") == b"before"
-    in_another_thread(lambda: db.put(b"k", b"after"))
-    assert read_inline(db, b"k") == b"after"
+Db = aiolmdb.AsyncDatabase[bytes, bytes]
+
+
+async def _batched_put(env: aiolmdb.AsyncEnvironment, db: Db) -> None:
+    await db.put(b"k", b"after")
+
+
+async def _interactive_put(env: aiolmdb.AsyncEnvironment, db: Db) -> None:
+    async with env.transaction():
+        await db.put(b"k", b"after")
+
+
+async def _put_alone(env: aiolmdb.AsyncEnvironment, db: Db) -> None:
+    def write(txn: aiolmdb.DatabaseTxn[bytes, bytes]) -> None:
+        txn.put(b"k", b"after")
+
+    await db.run(write, write=True)
+
+
+#: Each way a write of this process commits: a batched commit, an interactive
+#: transaction, a write that has the writer alone.
+COMMITS: dict[str, Callable[[aiolmdb.AsyncEnvironment, Db], Coroutine[Any, Any, None]]] = {
+    "batched": _batched_put,
+    "interactive": _interactive_put,
+    "alone": _put_alone,
+}
 
 
 @pytest.mark.lmdb_only
-async def test_an_interactive_commit_renews_the_reused_read(
-    open_env: EnvFactory, ageless: None
+@pytest.mark.parametrize("commit", list(COMMITS))
+async def test_a_commit_renews_the_reused_read(
+    open_env: EnvFactory, ageless: None, commit: str
 ) -> None:
     env = open_env()
     db = env.open_db("data")
     await db.put(b"k", b"before")
     assert read_inline(db, b"k") == b"before"
-
-    async def commit() -> None:
-        async with env.transaction():
-            await db.put(b"k", b"after")
-
-    in_another_thread(commit)
-    assert read_inline(db, b"k") == b"after"
-
-
-@pytest.mark.lmdb_only
-async def test_a_write_alone_renews_the_reused_read(open_env: EnvFactory, ageless: None) -> None:
-    env = open_env()
-    db = env.open_db("data")
-    await db.put(b"k", b"before")
-    assert read_inline(db, b"k") == b"before"
-
-    def write(txn: aiolmdb.DatabaseTxn[bytes, bytes]) -> None:
-        txn.put(b"k", b"after")
-
-    in_another_thread(lambda: db.run(write, write=True))
+    in_another_thread(lambda: COMMITS[commit](env, db))
     assert read_inline(db, b"k") == b"after"
 
 
