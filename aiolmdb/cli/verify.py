@@ -12,8 +12,10 @@ from __future__ import annotations
 import dataclasses
 import enum
 import functools
+from collections.abc import Callable
 from typing import Any
 
+from ..access import DatabaseAccess
 from ..codec import show
 from ..coders.base import unescape_element
 from ..database import INTERNAL_DATABASE, AsyncDatabase
@@ -22,7 +24,7 @@ from ..errors import AiolmdbError, DatabaseNotFoundError
 from ..models import Collection
 from ..models.catalog import IndexCatalog
 from ..models.index import BoundIndex, Index
-from ..storage import Buffer, ReadView
+from ..storage import Buffer, Keyspace, ReadView
 from ..transaction import Transaction
 from .inspect import open_named
 from .render import escape_bytes
@@ -140,44 +142,36 @@ async def _check_records(
     access, codec = collection.access, collection.codec
     main = access.keyspace
 
-    def chunk(after: bytes | None, view: ReadView) -> tuple[int, bytes | None]:
-        seen, last = 0, after
-        for raw_key, raw_value in view.range(main, after=after, limit=VERIFY_CHUNK):
-            seen, last = seen + 1, raw_key
-            try:
-                codec.decode_key(raw_key)
-                record = codec.decode_value(raw_key, raw_value)
-            except AiolmdbError as exc:
-                problems.append(
-                    Problem(ProblemKind.UNDECODABLE, f"collection {collection.label}", str(exc))
-                )
-                continue
-            for index in indexes:
-                upkeep = index.upkeep
-                try:
-                    entries = upkeep.entry_keys(record, raw_key)
-                except AiolmdbError as exc:
-                    problems.append(Problem(ProblemKind.UNINDEXABLE, upkeep.label, str(exc)))
-                    continue
-                for entry in entries:
-                    stored = entry if upkeep.index.unique else entry + raw_key
-                    found = view.get(upkeep.keyspace, stored)
-                    if found is None or (upkeep.index.unique and bytes(found) != raw_key):
-                        problems.append(
-                            Problem(
-                                ProblemKind.MISSING_ENTRY,
-                                upkeep.label,
-                                f"record {codec.show_key(raw_key)} lacks its entry "
-                                f"{_show_index_key(index, entry)}",
-                            )
-                        )
-        return seen, last
-
-    after: bytes | None = None
-    while True:
-        seen, after = await access.read(functools.partial(chunk, after), txn)
-        if seen < VERIFY_CHUNK:
+    def check(view: ReadView, raw_key: bytes, raw_value: Buffer) -> None:
+        try:
+            codec.decode_key(raw_key)
+            record = codec.decode_value(raw_key, raw_value)
+        except AiolmdbError as exc:
+            problems.append(
+                Problem(ProblemKind.UNDECODABLE, f"collection {collection.label}", str(exc))
+            )
             return
+        for index in indexes:
+            upkeep = index.upkeep
+            try:
+                entries = upkeep.entry_keys(record, raw_key)
+            except AiolmdbError as exc:
+                problems.append(Problem(ProblemKind.UNINDEXABLE, upkeep.label, str(exc)))
+                continue
+            for entry in entries:
+                stored = entry if upkeep.index.unique else entry + raw_key
+                found = view.get(upkeep.keyspace, stored)
+                if found is None or (upkeep.index.unique and bytes(found) != raw_key):
+                    problems.append(
+                        Problem(
+                            ProblemKind.MISSING_ENTRY,
+                            upkeep.label,
+                            f"record {codec.show_key(raw_key)} lacks its entry "
+                            f"{_show_index_key(index, entry)}",
+                        )
+                    )
+
+    await _each_record(access, main, txn, check)
 
 
 async def _check_entries(
@@ -191,35 +185,50 @@ async def _check_entries(
     upkeep, codec = index.upkeep, collection.codec
     main = collection.access.keyspace
 
+    def check(view: ReadView, stored: bytes, value: Buffer) -> None:
+        raw_key = upkeep.record_key(stored, value)
+        entry = stored if upkeep.index.unique else stored[: len(stored) - len(raw_key)]
+        buf = view.get(main, raw_key)
+        if buf is None:
+            why = "does not exist"
+        else:
+            try:
+                if entry in upkeep.entry_keys(codec.decode_value(raw_key, buf), raw_key):
+                    return
+            except AiolmdbError:
+                return  # reported with the record already
+            why = "does not have it"
+        problems.append(
+            Problem(
+                ProblemKind.STRAY_ENTRY,
+                upkeep.label,
+                f"entry {_show_index_key(index, entry)} points to record "
+                f"{codec.show_key(raw_key)}, which {why}",
+            )
+        )
+
+    await _each_record(collection.access, upkeep.keyspace, txn, check)
+
+
+async def _each_record(
+    access: DatabaseAccess,
+    keyspace: Keyspace,
+    txn: Transaction,
+    check: Callable[[ReadView, bytes, Buffer], None],
+) -> None:
+    """``check(view, key, value)`` of every record of ``keyspace`` in ``txn``, read
+    :data:`VERIFY_CHUNK` records at a time (memory stays bounded however large it is)."""
+
     def chunk(after: bytes | None, view: ReadView) -> tuple[int, bytes | None]:
         seen, last = 0, after
-        for stored, value in view.range(upkeep.keyspace, after=after, limit=VERIFY_CHUNK):
-            seen, last = seen + 1, stored
-            raw_key = upkeep.record_key(stored, value)
-            entry = stored if upkeep.index.unique else stored[: len(stored) - len(raw_key)]
-            buf = view.get(main, raw_key)
-            if buf is None:
-                why = "does not exist"
-            else:
-                try:
-                    if entry in upkeep.entry_keys(codec.decode_value(raw_key, buf), raw_key):
-                        continue
-                except AiolmdbError:
-                    continue  # reported with the record already
-                why = "does not have it"
-            problems.append(
-                Problem(
-                    ProblemKind.STRAY_ENTRY,
-                    upkeep.label,
-                    f"entry {_show_index_key(index, entry)} points to record "
-                    f"{codec.show_key(raw_key)}, which {why}",
-                )
-            )
+        for raw_key, raw_value in view.range(keyspace, after=after, limit=VERIFY_CHUNK):
+            seen, last = seen + 1, raw_key
+            check(view, raw_key, raw_value)
         return seen, last
 
     after: bytes | None = None
     while True:
-        seen, after = await collection.access.read(functools.partial(chunk, after), txn)
+        seen, after = await access.read(functools.partial(chunk, after), txn)
         if seen < VERIFY_CHUNK:
             return
 
