@@ -381,8 +381,10 @@ class ReadSnapshot:
     ) -> None:
         # Tells the engine the snapshot has ended.
         self._on_release = on_release
-        self._txn: lmdb.Transaction | None = txn
-        self._view = LmdbReadView(txn)
+        # The one reference to the transaction, dropped when it ends: py-lmdb frees an
+        # ended read's slot in the reader table only once nothing refers to it, and an
+        # ended snapshot may be kept (by a transaction waiting for its commit, a traceback).
+        self._view: LmdbReadView | None = LmdbReadView(txn)
         self._end = end
         self._executor = executor
         self._lock = asyncio.Lock()
@@ -391,18 +393,17 @@ class ReadSnapshot:
     @property
     def ended(self) -> bool:
         """True once the snapshot was released, or is being released."""
-        return self._closing or self._txn is None
+        return self._closing or self._view is None
 
-    def _require(self) -> lmdb.Transaction:
-        if self._closing or self._txn is None:
+    def _require(self) -> LmdbReadView:
+        if self._closing or self._view is None:
             raise TransactionError("the read snapshot has ended")
-        return self._txn
+        return self._view
 
     async def call(self, fn: Callable[[LmdbReadView], Any], *, offload: bool = False) -> Any:
         """Run ``fn(view)``: inline on the loop thread, or on a worker when ``offload``."""
         async with self._lock:
-            self._require()
-            view = self._view
+            view = self._require()
             try:
                 if not offload:
                     return fn(view)
@@ -425,7 +426,7 @@ class ReadSnapshot:
         If the caller is cancelled while waiting, that call ends it.
         """
         self._closing = True
-        if self._txn is None or not self._lock.locked():
+        if self._view is None or not self._lock.locked():
             self.release_now()
             return
         async with self._lock:
@@ -438,12 +439,12 @@ class ReadSnapshot:
         the lock file shares between processes.
         """
         self._closing = True
-        self._txn = None
+        self._view = None
 
     def release_now(self) -> None:
         """End the snapshot immediately (the caller knows nothing is in flight)."""
         self._closing = True
         self._on_release(self)
-        if self._txn is not None:
-            txn, self._txn = self._txn, None
-            self._end(txn)
+        if self._view is not None:
+            view, self._view = self._view, None
+            self._end(view.txn)

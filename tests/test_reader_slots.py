@@ -1,0 +1,98 @@
+"""LMDB's reader table: an ended read gives its slot back at once.
+
+py-lmdb keeps an aborted read transaction's slot in the reader table for as long
+as the Python object lives, so ending a read is not enough: nothing may keep a
+reference to it. These tests count every slot this process holds, the reset
+ones included (``txnid`` ``-``), which is what fills the table.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+
+import pytest
+from conftest import TIMEOUT, EnvFactory, bounded
+
+import aiolmdb
+from aiolmdb.coders import UInt32Coder
+
+MAX_READERS = 8
+
+#: More transactions than the table has slots.
+MANY = 5 * MAX_READERS
+
+
+def slots_held(env: aiolmdb.AsyncEnvironment) -> int:
+    """Reader-table slots this process holds: open read transactions and reset ones."""
+    lines = env.readers().strip().splitlines()[1:]
+    return sum(1 for line in lines if line.split()[0] == str(os.getpid()))
+
+
+async def next_iterations(count: int = 3) -> None:
+    """Let the event loop run ``count`` iterations."""
+    for _ in range(count):
+        await asyncio.sleep(0)
+
+
+@pytest.mark.lmdb_only
+async def test_optimistic_transactions_waiting_for_their_commit_hold_no_reader_slot(
+    open_env: EnvFactory,
+) -> None:
+    env = open_env(max_readers=MAX_READERS)
+    db = env.open_db("data", key_coder=UInt32Coder(), value_coder=UInt32Coder())
+    await db.put(0, 0)
+    committing = 0
+
+    async def body(number: int) -> None:
+        nonlocal committing
+        async with env.transaction(optimistic=True):
+            assert await db.get(0) == 0
+            await db.put(number + 1, number)
+            committing += 1
+
+    release_writer = asyncio.Event()
+
+    async def hold_the_writer() -> None:
+        async with env.transaction():
+            await release_writer.wait()
+
+    holder = asyncio.ensure_future(hold_the_writer())
+    await next_iterations()
+    bodies = []
+    for number in range(MANY):
+        # Begun in loop iterations of their own: each reads a snapshot of its own.
+        bodies.append(asyncio.ensure_future(body(number)))
+        await next_iterations()
+
+    async def all_committing() -> None:
+        while committing < MANY:
+            failed = [b for b in bodies if b.done() and b.exception() is not None]
+            if failed:
+                raise failed[0].exception()  # type: ignore[misc]
+            await asyncio.sleep(0.001)
+
+    await bounded(all_committing(), timeout=TIMEOUT)
+    # Every body has read and now waits for the writer to commit it.
+    assert slots_held(env) <= 3  # the loop's reused read, py-lmdb's spare, one more
+    async with env.transaction(write=False):
+        assert await db.get(0) == 0
+    release_writer.set()
+    await bounded(asyncio.gather(holder, *bodies), timeout=TIMEOUT)
+    assert [v async for v in db.values(start=1)] == list(range(MANY))
+
+
+@pytest.mark.lmdb_only
+async def test_a_read_snapshot_kept_after_it_ended_holds_no_reader_slot(
+    open_env: EnvFactory,
+) -> None:
+    env = open_env(max_readers=MAX_READERS)
+    db = env.open_db("data")
+    await db.put(b"k", b"v")
+    kept = []
+    for _ in range(MANY):
+        async with env.transaction(write=False) as snapshot:
+            assert await db.get(b"k") == b"v"
+        kept.append(snapshot)  # as a traceback or a log record might keep it
+    assert slots_held(env) <= 3
+    assert await db.get(b"k") == b"v"
