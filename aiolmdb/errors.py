@@ -26,6 +26,7 @@ __all__ = [
     "KeyExistsError",
     "KeyNotFoundError",
     "MapNotAdoptedError",
+    "ReadersFullError",
     "RetryableError",
     "TransactionError",
     "UnavailableError",
@@ -198,6 +199,19 @@ class MapNotAdoptedError(AiolmdbError):
     A process adopts a larger map only while none of its read transactions is
     open: a read snapshot (``env.transaction(write=False)``) held open blocks
     it. End the snapshot and retry.
+    """
+
+
+class ReadersFullError(AiolmdbError):
+    """LMDB's reader table is full: no read transaction can begin until one ends.
+
+    Every open read transaction of every process holds a slot of the table
+    (``max_readers``, 126 by default): this process's read snapshots held
+    open, the read the event loop shares, its reader threads. The message
+    names the environment, the table's size and how many slots this process
+    holds. End read snapshots (``env.transaction(write=False)``) sooner, or
+    open the environment with a larger ``max_readers=``. It is also an
+    ``lmdb.ReadersFullError``, for handlers written for py-lmdb.
     """
 
 

@@ -1,4 +1,5 @@
-"""LMDB's reader table: an ended read gives its slot back at once.
+"""LMDB's reader table: an ended read gives its slot back at once, and a full table is
+named.
 
 py-lmdb keeps an aborted read transaction's slot in the reader table for as long
 as the Python object lives, so ending a read is not enough: nothing may keep a
@@ -11,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import os
 
+import lmdb
 import pytest
 from conftest import TIMEOUT, EnvFactory, bounded
 
@@ -95,4 +97,43 @@ async def test_a_read_snapshot_kept_after_it_ended_holds_no_reader_slot(
             assert await db.get(b"k") == b"v"
         kept.append(snapshot)  # as a traceback or a log record might keep it
     assert slots_held(env) <= 3
+    assert await db.get(b"k") == b"v"
+
+
+@pytest.mark.lmdb_only
+async def test_a_full_reader_table_is_an_error_naming_the_environment(
+    open_env: EnvFactory,
+) -> None:
+    env = open_env(max_readers=MAX_READERS)
+    db = env.open_db("data")
+    await db.put(b"k", b"v")
+    loop = asyncio.get_running_loop()
+    release = asyncio.Event()
+
+    async def hold_a_snapshot(opened: asyncio.Future[None]) -> None:
+        async with env.transaction(write=False) as snapshot:
+            assert await db.get(b"k", txn=snapshot) == b"v"
+            opened.set_result(None)
+            await release.wait()
+
+    holders: list[asyncio.Future[None]] = []
+    with pytest.raises(aiolmdb.ReadersFullError) as raised:
+        for _ in range(MAX_READERS + 1):
+            opened = loop.create_future()
+            holder = asyncio.ensure_future(hold_a_snapshot(opened))
+            holders.append(holder)
+            await bounded(asyncio.wait([opened, holder], return_when=asyncio.FIRST_COMPLETED))
+            if holder.done():
+                holder.result()
+    assert isinstance(raised.value, lmdb.ReadersFullError)  # as py-lmdb's handlers expect
+    message = str(raised.value)
+    assert env.path() in message
+    assert f"its {MAX_READERS} slots are taken" in message
+    assert "max_readers=" in message
+    assert "env.transaction(write=False)" in message
+    release.set()
+    await bounded(asyncio.gather(*holders[:-1]))
+    # The snapshots ended: their slots are free again.
+    async with env.transaction(write=False) as snapshot:
+        assert await db.get(b"k", txn=snapshot) == b"v"
     assert await db.get(b"k") == b"v"

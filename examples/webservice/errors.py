@@ -22,6 +22,7 @@ from aiolmdb.errors import (
     IndexNotReadyError,
     KeyExistsError,
     KeyNotFoundError,
+    ReadersFullError,
     RetryableError,
     UnavailableError,
     UniqueViolationError,
@@ -49,6 +50,8 @@ STATUSES: tuple[tuple[type[Exception], HTTPStatus], ...] = (
     (UnavailableError, HTTPStatus.SERVICE_UNAVAILABLE),
     (IndexNotReadyError, HTTPStatus.SERVICE_UNAVAILABLE),
     (ClosedError, HTTPStatus.SERVICE_UNAVAILABLE),
+    # Every LMDB reader slot taken: a moment's load, gone as reads end.
+    (ReadersFullError, HTTPStatus.SERVICE_UNAVAILABLE),
     (DiskFullError, HTTPStatus.INSUFFICIENT_STORAGE),
 )
 

@@ -29,6 +29,7 @@ from ...errors import (
     ClosedError,
     DatabaseNotFoundError,
     MapNotAdoptedError,
+    ReadersFullError,
 )
 from ..base import (
     Buffer,
@@ -102,6 +103,10 @@ _inherited_paths: set[str] = set()
 
 class _ResizePending(NotNowError):
     """This process is resizing its map: the read waits for it on the event loop."""
+
+
+class _ReadersFullError(ReadersFullError, lmdb.ReadersFullError):
+    """The reader table is full: aiolmdb's error, and py-lmdb's for handlers of it."""
 
 
 class _State(enum.Enum):
@@ -605,7 +610,7 @@ class LmdbEngine:
         if not self._gate.enter():
             raise self._resizing_error()
         try:
-            return self.lmdb_env.begin(buffers=True)
+            return self._begin_counted_read()
         except lmdb.MapResizedError:
             self._gate.leave()
         except BaseException:
@@ -615,10 +620,25 @@ class LmdbEngine:
         if not self._gate.enter():
             raise self._resizing_error()
         try:
-            return self.lmdb_env.begin(buffers=True)
+            return self._begin_counted_read()
         except BaseException:
             self._gate.leave()
             raise
+
+    def _begin_counted_read(self) -> lmdb.Transaction:
+        """Begin a read transaction, counted in the gate already."""
+        try:
+            return self.lmdb_env.begin(buffers=True)
+        except lmdb.ReadersFullError as exc:
+            held = self._gate.readers - 1  # not counting this one
+            raise _ReadersFullError(
+                f"environment {self._name}: LMDB's reader table is full: its "
+                f"{self.lmdb_env.max_readers()} slots are taken, {held} by read transactions "
+                "of this process and the others by other processes (reader_check() frees "
+                "those of crashed ones); end read snapshots (env.transaction(write=False)) "
+                "sooner, or open the environment with a larger max_readers= (the first "
+                "process to open it sets the table's size)"
+            ) from exc
 
     def _resizing_error(self) -> _ResizePending:
         """What a read is told while this process resizes the map (it waits on the loop)."""
