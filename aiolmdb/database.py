@@ -242,7 +242,16 @@ class AsyncDatabase(Ranged[K, K, K, V], Generic[K, V]):
             await access.until_open(txn)
         if next(yield_due):  # before the checks: a drop may run meanwhile
             await asyncio.sleep(0)
-        ctx = access.resolve(txn)
+        # access.resolve(txn)'s own fast path, spelt out on the hottest path (a call fewer).
+        if (
+            txn is None
+            and not self._engine.closed
+            and access.context.get() is None
+            and not self._keyspace.dropped
+        ):
+            ctx = None
+        else:
+            ctx = access.resolve(txn)
         if ctx is None:
             # The hot path: a read of its own, on the loop thread.
             try:
