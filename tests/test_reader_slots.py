@@ -100,6 +100,43 @@ async def test_a_read_snapshot_kept_after_it_ended_holds_no_reader_slot(
     assert await db.get(b"k") == b"v"
 
 
+async def fail_to_read(env: aiolmdb.AsyncEnvironment, how: str) -> None:
+    """Read a value its coder refuses (a DecodeError), in the way ``how`` names."""
+    db = env.open_db("data", value_coder=UInt32Coder())
+    if how == "own read":
+        await db.get(b"k")
+    elif how == "read snapshot":
+        async with env.transaction(write=False):
+            await db.get(b"k")
+    elif how == "transact":
+
+        async def body() -> None:
+            await db.get(b"k")
+
+        await env.transact(body)
+    else:
+        assert how == "scan"
+        async for _ in db.items():
+            pass
+
+
+@pytest.mark.lmdb_only
+@pytest.mark.parametrize("how", ["own read", "read snapshot", "transact", "scan"])
+async def test_a_kept_exception_of_a_failed_read_holds_no_reader_slot(
+    open_env: EnvFactory, how: str
+) -> None:
+    env = open_env(max_readers=MAX_READERS)
+    await env.open_db("data").put(b"k", b"not a 4-byte integer")
+    kept: list[BaseException] = []
+    for _ in range(MANY):
+        with pytest.raises(aiolmdb.DecodeError) as raised:
+            await fail_to_read(env, how)
+        kept.append(raised.value)  # its traceback holds the frames of the read
+        await next_iterations()
+    assert slots_held(env) <= 3
+    assert await env.open_db("data").get(b"k") == b"not a 4-byte integer"
+
+
 @pytest.mark.lmdb_only
 async def test_a_full_reader_table_is_an_error_naming_the_environment(
     open_env: EnvFactory,

@@ -437,8 +437,9 @@ class LmdbEngine:
         """
         self.check()
 
-        def names(txn: lmdb.Transaction) -> list[bytes]:
-            return [bytes(key) for key, value in txn.cursor() if len(value) == DATABASE_RECORD_SIZE]
+        def names(view: LmdbReadView) -> list[bytes]:
+            cursor = view.txn.cursor()
+            return [bytes(key) for key, value in cursor if len(value) == DATABASE_RECORD_SIZE]
 
         return await self._on_reader_thread(
             self._call_in_read_txn, names, self._settings.map_resize_wait
@@ -452,7 +453,7 @@ class LmdbEngine:
         if raw_name is None:
             return False  # the main database itself
         try:
-            return self._call_in_read_txn(lambda t: t.get(raw_name) is None)
+            return self._call_in_read_txn(lambda view: view.txn.get(raw_name) is None)
         except NotNowError:
             return False
 
@@ -554,7 +555,7 @@ class LmdbEngine:
 
     def _read_alone(self, fn: Callable[[ReadView], R]) -> R:
         """``fn(view)`` in a read transaction of its own, on the calling thread."""
-        return self._call_in_read_txn(lambda txn: fn(LmdbReadView(txn)))
+        return self._call_in_read_txn(fn)
 
     async def read(self, fn: Callable[[ReadView], R], *, offload: bool = False) -> R:
         """``fn(view)`` inline (as :meth:`read_now`), or in a read transaction of its own on
@@ -567,9 +568,7 @@ class LmdbEngine:
             except NotNowError:
                 pass  # on a reader thread, which may wait for this process's readers
         return await self._on_reader_thread(
-            self._call_in_read_txn,
-            lambda t: fn(LmdbReadView(t)),
-            self._settings.map_resize_wait,
+            self._call_in_read_txn, fn, self._settings.map_resize_wait
         )
 
     async def _on_reader_thread(self, begins_a_read: Callable[..., R], *args: Any) -> R:
@@ -590,12 +589,12 @@ class LmdbEngine:
             except _ResizePending:
                 continue  # a resize began meanwhile
 
-    def _call_in_read_txn(self, fn: Callable[[lmdb.Transaction], R], wait: float = 0.0) -> R:
-        txn = self._begin_read(wait)
+    def _call_in_read_txn(self, fn: Callable[[LmdbReadView], R], wait: float = 0.0) -> R:
+        view = LmdbReadView(self._begin_read(wait))
         try:
-            return fn(txn)
+            return fn(view)
         finally:
-            self._end_read(txn)
+            self._end_read(view.detach())
 
     def _begin_read(self, wait: float = 0.0) -> lmdb.Transaction:
         """Begin a read transaction (buffers=True), passing the map-resize gate.

@@ -178,7 +178,7 @@ class ReusedRead:
     def _end_now(self) -> None:
         view, self._view, self._loop = self._view, None, None
         if view is not None:
-            self._end(view.txn)
+            self._end(view.detach())
 
     def close(self) -> None:
         """End the transaction and begin none any more (the environment is closing)."""

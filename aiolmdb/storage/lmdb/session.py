@@ -381,9 +381,8 @@ class ReadSnapshot:
     ) -> None:
         # Tells the engine the snapshot has ended.
         self._on_release = on_release
-        # The one reference to the transaction, dropped when it ends: py-lmdb frees an
-        # ended read's slot in the reader table only once nothing refers to it, and an
-        # ended snapshot may be kept (by a transaction waiting for its commit, a traceback).
+        # Let go of when it ends (see LmdbReadView.detach): an ended snapshot may be
+        # kept (by a transaction waiting for its commit, a traceback).
         self._view: LmdbReadView | None = LmdbReadView(txn)
         self._end = end
         self._executor = executor
@@ -447,4 +446,4 @@ class ReadSnapshot:
         self._on_release(self)
         if self._view is not None:
             view, self._view = self._view, None
-            self._end(view.txn)
+            self._end(view.detach())

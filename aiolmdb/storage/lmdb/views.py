@@ -27,6 +27,17 @@ class LmdbReadView:
     def __init__(self, txn: lmdb.Transaction) -> None:
         self.txn = txn
 
+    def detach(self) -> lmdb.Transaction:
+        """The transaction, which the view lets go of, for the caller to end.
+
+        py-lmdb frees an ended read transaction's slot in the reader table only
+        once nothing refers to it, and a view may outlive its read: in the
+        frames of an exception's traceback, kept by whoever caught it.
+        """
+        txn = self.txn
+        del self.txn
+        return txn
+
     def get(self, keyspace: Keyspace, key: bytes) -> Buffer | None:
         return self.txn.get(key, db=keyspace.handle)
 
