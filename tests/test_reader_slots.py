@@ -31,6 +31,17 @@ def slots_held(env: aiolmdb.AsyncEnvironment) -> int:
     return sum(1 for line in lines if line.split()[0] == str(os.getpid()))
 
 
+async def small_reader_table(
+    open_env: EnvFactory,
+) -> tuple[aiolmdb.AsyncEnvironment, aiolmdb.AsyncDatabase[bytes, bytes]]:
+    """An environment whose reader table has ``MAX_READERS`` slots, and its database
+    ``data`` holding ``b"k": b"v"``."""
+    env = open_env(max_readers=MAX_READERS)
+    db = env.open_db("data")
+    await db.put(b"k", b"v")
+    return env, db
+
+
 async def next_iterations(count: int = 3) -> None:
     """Let the event loop run ``count`` iterations."""
     for _ in range(count):
@@ -88,9 +99,7 @@ async def test_optimistic_transactions_waiting_for_their_commit_hold_no_reader_s
 async def test_a_read_snapshot_kept_after_it_ended_holds_no_reader_slot(
     open_env: EnvFactory,
 ) -> None:
-    env = open_env(max_readers=MAX_READERS)
-    db = env.open_db("data")
-    await db.put(b"k", b"v")
+    env, db = await small_reader_table(open_env)
     kept = []
     for _ in range(MANY):
         async with env.transaction(write=False) as snapshot:
@@ -141,9 +150,7 @@ async def test_a_kept_exception_of_a_failed_read_holds_no_reader_slot(
 async def test_a_full_reader_table_is_an_error_naming_the_environment(
     open_env: EnvFactory,
 ) -> None:
-    env = open_env(max_readers=MAX_READERS)
-    db = env.open_db("data")
-    await db.put(b"k", b"v")
+    env, db = await small_reader_table(open_env)
     loop = asyncio.get_running_loop()
     release = asyncio.Event()
 
