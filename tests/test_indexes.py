@@ -79,6 +79,27 @@ async def assert_in_step(users: Users) -> None:
 # -- queries ----------------------------------------------------------------
 
 
+class StaffUsers(Users):
+    name = "staff"
+    by_age = Index(lambda u: u.age, Int64Coder())
+
+
+async def test_bound_indexes_are_every_declared_index_in_declaration_order(
+    env: aiolmdb.AsyncEnvironment,
+) -> None:
+    staff = StaffUsers(env)
+    bound = staff.bound_indexes()
+    assert [index.index.name for index in bound] == [
+        "by_email",
+        "by_city_age",
+        "by_tag",
+        "by_nickname",
+        "by_age",
+    ]
+    assert bound[0] is staff.by_email and bound[-1] is staff.by_age
+    assert all(index.collection is staff for index in bound)
+
+
 async def test_unique_get(users: Users) -> None:
     found = await users.by_email.get("grace@x")
     assert found is not None and found.id == 3

@@ -23,7 +23,7 @@ from ..environment import AsyncEnvironment
 from ..errors import AiolmdbError, DatabaseNotFoundError
 from ..models import Collection
 from ..models.catalog import IndexCatalog
-from ..models.index import BoundIndex, Index
+from ..models.index import BoundIndex
 from ..storage import Buffer, Keyspace, ReadView
 from ..transaction import Transaction
 from .inspect import open_named
@@ -65,22 +65,13 @@ class Problem:
         return f"{self.where}: {self.kind.value}: {self.message}"
 
 
-def declared_indexes(collection: type[Collection[Any, Any]]) -> list[str]:
-    """The names of the indexes ``collection`` declares, in name order."""
-    return sorted(
-        value.name
-        for name in dir(collection)
-        if isinstance(value := getattr(collection, name, None), Index)
-    )
-
-
 async def verify_collection(
     env: AsyncEnvironment, collection: Collection[Any, Any]
 ) -> list[Problem]:
     """Every problem of ``collection`` (opened in ``env``): records that do not decode,
     indexes not built, entries missing or stray."""
     problems: list[Problem] = []
-    indexes = [collection.bound_index(name) for name in declared_indexes(type(collection))]
+    indexes = sorted(collection.bound_indexes(), key=lambda index: index.index.name)
     # Every keyspace open before the snapshot begins, which would not see one opened after.
     await collection.access.until_open(None)
     for index in indexes:

@@ -186,6 +186,11 @@ class Collection(AsyncDatabase[K, M]):
         """The declared index ``name``, bound to this collection (what ``self.<name>`` gives)."""
         return self._bound_indexes[name]
 
+    def bound_indexes(self) -> list[BoundIndex[K, M, Any]]:
+        """Every declared index (inherited ones too), bound to this collection, in the
+        order of declaration."""
+        return list(self._bound_indexes.values())
+
     # -- opening -------------------------------------------------------------
 
     def _records_of(self) -> IndexedRecords[K, M]:
