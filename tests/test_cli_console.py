@@ -11,7 +11,6 @@ import os
 import signal
 import subprocess
 import sys
-import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -27,37 +26,8 @@ from aiolmdb.cli.transfer import LOADS_DATABASE
 
 ROOT = Path(__file__).resolve().parents[1]
 
-MODELS = textwrap.dedent(
-    """
-    from pydantic import BaseModel
-
-    from aiolmdb.coders import StringCoder, UInt64Coder
-    from aiolmdb.models import Collection, Index
-
-
-    class User(BaseModel):
-        id: int
-        email: str
-        city: str
-
-
-    class Users(Collection[int, User]):
-        key_coder = UInt64Coder()
-        name = "users"
-        by_email = Index(lambda u: u.email, StringCoder(), unique=True)
-        by_city = Index(lambda u: u.city, StringCoder())
-
-
-    class Mismatch(BaseModel):
-        id: int
-        size: float
-
-
-    class WrongUsers(Collection[int, Mismatch]):
-        key_coder = UInt64Coder()
-        name = "users"
-    """
-)
+#: The application's module, which the console finds in the current directory.
+MODELS = (ROOT / "tests" / "helpers" / "shop.py").read_text()
 
 USERS = [
     {"id": 1, "email": "ann@x", "city": "Oslo"},

@@ -8,6 +8,7 @@ import json
 from pathlib import Path
 
 import pytest
+from helpers.shop import User, Users, WrongUsers
 from pydantic import BaseModel
 
 import aiolmdb
@@ -27,19 +28,6 @@ from aiolmdb.coders import PydanticCoder, StringCoder, TupleCoder, UInt32Coder, 
 from aiolmdb.models import Collection, Index
 
 
-class User(BaseModel):
-    id: int
-    email: str
-    city: str
-
-
-class Users(Collection[int, User]):
-    key_coder = UInt64Coder()
-    name = "users"
-    by_email = Index(lambda u: u.email, StringCoder(), unique=True)
-    by_city = Index(lambda u: u.city, StringCoder())
-
-
 class Visit(BaseModel):
     page: str
 
@@ -47,16 +35,6 @@ class Visit(BaseModel):
 class Visits(Collection[tuple[str, int], Visit]):
     key_coder = TupleCoder(StringCoder(), UInt32Coder())
     name = "visits"
-
-
-class WrongModel(BaseModel):
-    id: int
-    size: float
-
-
-class WrongUsers(Collection[int, WrongModel]):
-    key_coder = UInt64Coder()
-    name = "users"
 
 
 USERS = [
