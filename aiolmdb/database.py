@@ -184,7 +184,7 @@ class AsyncDatabase(Ranged[K, K, K, V], Generic[K, V]):
         self._decode_small_value = self._decode_small
         self._ranges_of = DatabaseRanges[K, V](self.access)
         self._bounds_of = RangeBounds[K, K](self._ranges_of)
-        super().__init__(self._ranges_of)
+        super().__init__(self._ranges_of, self._bounds_of)
 
     @property
     def async_env(self) -> AsyncEnvironment:

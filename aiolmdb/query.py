@@ -125,9 +125,11 @@ class Ranged(Generic[B, A, K, V]):
     index, ``B`` is its index key type and ``A`` that or an index cursor.
     """
 
-    def __init__(self, ranges: RangeSource[B, A]) -> None:
+    def __init__(self, ranges: RangeSource[B, A], bounds: RangeBounds[B, A]) -> None:
+        """``bounds`` turns the bounds of a query into a raw range of ``ranges`` (the
+        subclass keeps it too, for its own queries)."""
         self._ranges = ranges
-        self._bounds = RangeBounds[B, A](ranges)
+        self._bounds = bounds
 
     def items(
         self,

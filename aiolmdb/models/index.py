@@ -460,7 +460,7 @@ class BoundIndex(Ranged[IK, "IK | IndexCursor[IK, K]", K, M], Generic[K, M, IK])
         self._label = upkeep.label
         self._index_ranges = IndexRanges[K, M, IK](upkeep, collection.access, records)
         self._index_bounds = RangeBounds[IK, IK | IndexCursor[IK, K]](self._index_ranges)
-        super().__init__(self._index_ranges)
+        super().__init__(self._index_ranges, self._index_bounds)
 
     async def get(self, value: IK, *, txn: Transaction | None = None) -> M | None:
         """The record whose index key is ``value`` (a unique index), or None."""
