@@ -18,7 +18,6 @@ from ..storage.locations import MEMORY, EngineKind, engine_kind
 from .errors import CliError, ExitCode
 
 __all__ = [
-    "database_label",
     "import_collection",
     "open_database",
     "open_location",
@@ -132,11 +131,6 @@ def import_collection(spec: str) -> type[Collection[Any, Any]]:
             ExitCode.USAGE,
         )
     return found
-
-
-def database_label(name: str | None) -> str:
-    """How messages name database ``name``."""
-    return "<default>" if name is None else repr(name)
 
 
 async def open_database(
