@@ -22,7 +22,14 @@ if TYPE_CHECKING:
     from .storage.lmdb import LmdbReadView, RawCursor, RawTransaction
     from .transaction import Transaction
 
-__all__ = ["INTERNAL_DATABASE", "AsyncDatabase", "DatabaseTxn", "RecordsFactory", "as_ints"]
+__all__ = [
+    "INTERNAL_DATABASE",
+    "AsyncDatabase",
+    "DatabaseTxn",
+    "RecordsFactory",
+    "as_ints",
+    "database_label",
+]
 
 K = TypeVar("K")
 V = TypeVar("V")
@@ -34,6 +41,12 @@ R = TypeVar("R")
 INTERNAL_DATABASE = "__aiolmdb__"
 #: get_multi calls with more keys than this read off the event loop.
 INLINE_MULTI_LIMIT = 32
+
+
+def database_label(name: str | bytes | None) -> str:
+    """How messages name the database ``name`` (None: the unnamed default one)."""
+    return "<default>" if name is None else repr(name)
+
 
 _MISSING: Any = object()
 
@@ -148,7 +161,7 @@ class AsyncDatabase(Ranged[K, K, K, V], Generic[K, V]):
         self.env = env
         self.name = name
         #: How messages name the database.
-        self.label = "<default>" if name is None else repr(name)
+        self.label = database_label(name)
         keyspace = env.open_keyspace(
             name,
             self.label,

@@ -15,7 +15,7 @@ from types import TracebackType
 from typing import TYPE_CHECKING, Any, NoReturn, ParamSpec, TypeVar, cast, overload
 
 from .coders import Coder, IdentityCoder
-from .database import AsyncDatabase, as_ints
+from .database import AsyncDatabase, as_ints, database_label
 from .errors import RetryableError, TransactionError, UnsupportedError
 from .storage import Capabilities, Engine, Keyspace
 from .storage.locations import lmdb_version, open_engine
@@ -385,7 +385,7 @@ class AsyncEnvironment:
         :class:`TransactionError`, as :meth:`open_db` does; a transaction of
         another task is waited for (so that task must not await this one).
         """
-        label = "<default>" if name is None else repr(name)
+        label = database_label(name)
         # Queued behind the transactions open now, which open_db refuses to do.
         self.open_keyspace(
             name,
